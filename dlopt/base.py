@@ -1,0 +1,136 @@
+"""The contract: a gradient transformation is a pair of pure functions.
+
+``init(params) -> state`` builds the optimizer state; ``update(updates, state, params=None,
+**extra_args) -> (updates, state)`` turns gradients into updates. Both are pure, so they jit,
+vmap, pmap and scan. The NamedTuples here are duck-compatible with optax's in both directions.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from dlopt import tree as tree_lib
+
+Params = chex.ArrayTree
+Updates = chex.ArrayTree
+OptState = chex.ArrayTree
+Numeric = chex.Numeric
+Schedule = Callable[[chex.Numeric], chex.Numeric]
+ScalarOrSchedule = float | jax.Array | Schedule
+
+
+class TransformInitFn(Protocol):
+    def __call__(self, params: Params) -> OptState: ...
+
+
+class TransformUpdateFn(Protocol):
+    def __call__(
+        self, updates: Updates, state: OptState, params: Params | None = None
+    ) -> tuple[Updates, OptState]: ...
+
+
+class GradientTransformation(NamedTuple):
+    """``init(params) -> state`` and ``update(updates, state, params=None) -> (updates, state)``.
+
+    Example:
+        >>> import jax.numpy as jnp, dlopt
+        >>> tx = dlopt.sgd(0.1)
+        >>> params = {"w": jnp.ones(3)}
+        >>> state = tx.init(params)
+        >>> updates, state = tx.update({"w": jnp.ones(3)}, state, params)
+        >>> dlopt.apply_updates(params, updates)["w"]
+        Array([0.9, 0.9, 0.9], dtype=float32)
+    """
+
+    init: TransformInitFn
+    update: TransformUpdateFn
+
+
+class GradientTransformationExtraArgs(GradientTransformation):
+    """A transform whose ``update`` also takes keyword arguments such as ``value=``.
+
+    ``update(updates, state, params=None, **extra_args) -> (updates, state)``. `chain`
+    forwards extra arguments only to the transforms whose ``update`` accepts them.
+    """
+
+
+class EmptyState(NamedTuple):
+    """The state of a stateless transform."""
+
+
+def init_empty_state(params: Params) -> EmptyState:
+    del params
+    return EmptyState()
+
+
+def identity() -> GradientTransformation:
+    """The transform that returns the updates unchanged: ``u <- u``."""
+
+    def update_fn(updates, state, params=None):
+        del params
+        return updates, state
+
+    return GradientTransformation(init_empty_state, update_fn)
+
+
+def stateless(
+    f: Callable[[Updates, Params | None], Updates],
+) -> GradientTransformation:
+    """Lifts ``f(updates, params) -> updates`` to a transform with no state.
+
+    Example:
+        >>> import jax, dlopt
+        >>> halve = dlopt.stateless(lambda u, p: jax.tree.map(lambda x: x / 2, u))
+    """
+
+    def update_fn(updates, state, params=None):
+        del state
+        return f(updates, params), EmptyState()
+
+    return GradientTransformation(init_empty_state, update_fn)
+
+
+def apply_updates(params: Params, updates: Updates) -> Params:
+    """``p <- p + u`` leaf by leaf, keeping each parameter's dtype.
+
+    The update is cast to the parameter's dtype before the add, so bf16 parameters stay bf16
+    and the sum is clean under ``jax_numpy_dtype_promotion="strict"``. ``None`` leaves pass
+    through. Mismatched trees raise a ``ValueError`` naming the first differing path.
+    """
+    tree_lib.check_matching_trees(params, updates, "params", "updates")
+    return jax.tree.map(
+        lambda p, u: p + jnp.asarray(u).astype(jnp.asarray(p).dtype), params, updates
+    )
+
+
+def with_extra_args_support(tx: GradientTransformation | Any) -> GradientTransformationExtraArgs:
+    """Wraps ``tx`` so that its ``update`` accepts (and drops) extra keyword arguments.
+
+    A transform whose ``update`` already takes ``**kwargs`` (dlopt's or optax's
+    ``GradientTransformationExtraArgs``) is returned unchanged in behaviour.
+    """
+    if accepts_extra_args(tx.update):
+        return GradientTransformationExtraArgs(tx.init, tx.update)
+
+    def update(updates, state, params=None, **extra_args):
+        del extra_args
+        return tx.update(updates, state, params)
+
+    return GradientTransformationExtraArgs(tx.init, update)
+
+
+def accepts_extra_args(update_fn: Callable[..., Any]) -> bool:
+    """True when ``update_fn`` takes ``**kwargs`` or keyword-only arguments."""
+    try:
+        signature = inspect.signature(update_fn)
+    except (TypeError, ValueError):
+        return False
+    return any(
+        p.kind in (p.VAR_KEYWORD, p.KEYWORD_ONLY) for p in signature.parameters.values()
+    )

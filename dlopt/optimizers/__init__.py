@@ -1,0 +1,1 @@
+"""Optimizer families, one per file: state, ``scale_by_*`` building block, aliases."""

@@ -1,0 +1,142 @@
+"""Pytree math shared by the update rules: moments, bias correction, norms, checks.
+
+Each rule is written for one array and lifted to pytrees once with `jax.tree.map` or
+`map_unzip`. ``None`` leaves are empty subtrees in JAX, so they pass through every helper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+from jax.tree_util import keystr, tree_flatten_with_path
+
+INT32_MAX = jnp.iinfo(jnp.int32).max
+
+
+def safe_increment(count: chex.Array) -> chex.Array:
+    """``count + 1``, saturating at the dtype's maximum instead of wrapping to negative."""
+    count = jnp.asarray(count)
+    max_value = jnp.iinfo(count.dtype).max
+    return jnp.where(count < max_value, count + jnp.ones_like(count), max_value)
+
+
+def zeros_like(params: chex.ArrayTree, dtype: Any | None = None) -> chex.ArrayTree:
+    """A tree of zeros shaped like ``params``, in ``dtype`` or each leaf's own dtype."""
+    return jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), dtype or jnp.asarray(p).dtype), params)
+
+
+def moments_like(params: chex.ArrayTree, dtype: Any | None = None) -> chex.ArrayTree:
+    """Zero-initialised optimizer moments for ``params``; rejects non-floating params."""
+    check_float_params(params)
+    return zeros_like(params, dtype)
+
+
+def full_like(params: chex.ArrayTree, value: float, dtype: Any | None = None) -> chex.ArrayTree:
+    """A tree filled with ``value``, shaped like ``params``."""
+    return jax.tree.map(
+        lambda p: jnp.full(jnp.shape(p), value, dtype or jnp.asarray(p).dtype), params
+    )
+
+
+def cast(tree: chex.ArrayTree, dtype: Any | None) -> chex.ArrayTree:
+    """Casts every leaf to ``dtype``; ``None`` leaves the tree as it is."""
+    if dtype is None:
+        return tree
+    return jax.tree.map(lambda x: jnp.asarray(x).astype(dtype), tree)
+
+
+def cast_like(tree: chex.ArrayTree, reference: chex.ArrayTree) -> chex.ArrayTree:
+    """Casts each leaf of ``tree`` to the dtype of the matching leaf of ``reference``."""
+    return jax.tree.map(lambda x, r: jnp.asarray(x).astype(jnp.asarray(r).dtype), tree, reference)
+
+
+def scalar_like(value: chex.Numeric, x: chex.Array) -> chex.Array:
+    """``value`` as a 0-d array of ``x``'s dtype (hyperparameters may arrive as f32 arrays)."""
+    return jnp.asarray(value).astype(jnp.asarray(x).dtype)
+
+
+def ema(moment: chex.Array, x: chex.Array, decay: chex.Numeric) -> chex.Array:
+    """Exponential moving average ``m <- decay * m + (1 - decay) * x``, in ``m``'s dtype."""
+    decay = scalar_like(decay, moment)
+    return decay * moment + (1 - decay) * x.astype(moment.dtype)
+
+
+def bias_correction(decay: chex.Numeric, count: chex.Array) -> chex.Array:
+    """``1 - decay ** count`` in float32, the divisor that unbiases a zero-started moment."""
+    decay = jnp.asarray(decay).astype(jnp.float32)
+    return 1 - decay ** count.astype(jnp.float32)
+
+
+def global_norm(tree: chex.ArrayTree) -> chex.Array:
+    """``sqrt(sum over leaves of sum(x**2))``, accumulated in float32 (or wider)."""
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        return jnp.zeros((), jnp.float32)
+    squares = [
+        jnp.sum(jnp.square(jnp.abs(x).astype(jnp.promote_types(x.dtype, jnp.float32))))
+        for x in map(jnp.asarray, leaves)
+    ]
+    total = squares[0]
+    for s in squares[1:]:
+        total = total + s.astype(total.dtype)
+    return jnp.sqrt(total)
+
+
+def map_unzip(fn: Callable[..., tuple], tree: chex.ArrayTree, *rest: chex.ArrayTree) -> tuple:
+    """Maps ``fn`` returning a tuple over leaves; returns a tuple of trees shaped like ``tree``.
+
+    Example: ``updates, mu = map_unzip(lambda g, m: (g + m, m), grads, mu)``.
+    """
+    leaves, treedef = jax.tree.flatten(tree)
+    rest_leaves = [treedef.flatten_up_to(r) for r in rest]
+    outputs = [fn(*args) for args in zip(leaves, *rest_leaves, strict=True)]
+    if not outputs:
+        return ()
+    return tuple(treedef.unflatten(list(column)) for column in zip(*outputs, strict=True))
+
+
+def _paths(tree: chex.ArrayTree) -> dict[str, Any]:
+    return {keystr(path): leaf for path, leaf in tree_flatten_with_path(tree)[0]}
+
+
+def check_matching_trees(a: chex.ArrayTree, b: chex.ArrayTree, name_a: str, name_b: str) -> None:
+    """Raises ``ValueError`` naming the first path where ``a`` and ``b`` differ in structure
+    or shape. Runs at trace time only (pure Python on the tree structure)."""
+    paths_a, paths_b = _paths(a), _paths(b)
+    if paths_a.keys() != paths_b.keys():
+        only_a = sorted(paths_a.keys() - paths_b.keys())
+        only_b = sorted(paths_b.keys() - paths_a.keys())
+        where = (
+            f"{name_a} has {only_a[0]} that {name_b} lacks"
+            if only_a
+            else f"{name_b} has {only_b[0]} that {name_a} lacks"
+        )
+        if not only_a and not only_b:
+            where = f"the containers differ: {jax.tree.structure(a)} vs {jax.tree.structure(b)}"
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same tree structure, but {where}. "
+            f"Compute {name_b} from the same pytree as {name_a} (e.g. jax.grad of a function "
+            f"of {name_a})."
+        )
+    for path, leaf_a in paths_a.items():
+        shape_a, shape_b = jnp.shape(leaf_a), jnp.shape(paths_b[path])
+        if shape_a != shape_b:
+            raise ValueError(
+                f"{name_a} and {name_b} differ in shape at {path}: {shape_a} vs {shape_b}."
+            )
+
+
+def check_float_params(params: chex.ArrayTree) -> None:
+    """Raises ``TypeError`` naming the first non-floating leaf of ``params``."""
+    for path, leaf in tree_flatten_with_path(params)[0]:
+        dtype = jnp.asarray(leaf).dtype
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                f"params must be floating point, but params{keystr(path)} has dtype {dtype}. "
+                "Cast it (e.g. jax.tree.map(lambda x: x.astype(jnp.float32), params)) or keep "
+                "integer leaves out of the optimized tree."
+            )
