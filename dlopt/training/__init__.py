@@ -5,3 +5,17 @@ Importing this package imports flax; ``import dlopt`` alone does not.
 
 from dlopt.training.callbacks import Callback as Callback
 from dlopt.training.loop import History as History
+from dlopt.training.parallel import make_mesh as make_mesh
+from dlopt.training.parallel import make_mesh_eval_step as make_mesh_eval_step
+from dlopt.training.parallel import make_mesh_train_step as make_mesh_train_step
+from dlopt.training.parallel import make_pmap_eval_step as make_pmap_eval_step
+from dlopt.training.parallel import make_pmap_train_step as make_pmap_train_step
+from dlopt.training.parallel import replicate as replicate
+from dlopt.training.parallel import shard_batch as shard_batch
+from dlopt.training.parallel import shard_state as shard_state
+from dlopt.training.parallel import split_batch as split_batch
+from dlopt.training.parallel import state_sharding as state_sharding
+from dlopt.training.parallel import unreplicate as unreplicate
+from dlopt.training.state import TrainState as TrainState
+from dlopt.training.steps import make_eval_step as make_eval_step
+from dlopt.training.steps import make_train_step as make_train_step

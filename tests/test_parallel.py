@@ -1,0 +1,155 @@
+"""pmap, mesh-jit and ZeRO-1 mesh steps give the one-device numbers (8 fake CPU devices)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+from test_train_state import MLP, batches, make_data, make_loss_fn, make_state
+
+import dlopt
+from dlopt import training
+from dlopt.training import TrainState
+
+STEPS = 20
+GLOBAL_BATCH = 32
+N_DEV = 8
+
+
+@functools.cache
+def data_batches():
+    return batches(make_data(4 * GLOBAL_BATCH, seed=1), GLOBAL_BATCH)
+
+
+def run(step, state, prepare, steps=STEPS):
+    losses = []
+    for t in range(steps):
+        state, metrics = step(state, prepare(data_batches()[t % len(data_batches())]))
+        losses.append(float(metrics["loss"]))
+    return state, np.array(losses)
+
+
+@functools.cache
+def reference(per_example_dropout: bool):
+    """One device, global batches, 20 steps: (params, batch_stats, losses)."""
+    model = MLP(per_example_dropout=per_example_dropout)
+    step = training.make_train_step(make_loss_fn(model))
+    state, losses = run(step, make_state(per_example_dropout=per_example_dropout), lambda b: b)
+    return jax.device_get((state.params, state.model_state)), losses
+
+
+def assert_matches_reference(state, losses, per_example_dropout=True):
+    (params, model_state), ref_losses = reference(per_example_dropout)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        jax.device_get((state.params, state.model_state)),
+        (params, model_state),
+    )
+    np.testing.assert_allclose(losses, ref_losses, rtol=1e-5, atol=1e-6)
+
+
+def test_reference_actually_trains_and_uses_dropout():
+    (params, _), losses = reference(True)
+    assert losses[-4:].mean() < losses[:4].mean()
+    # dropout on: two different train-mode keys give different losses
+    state = make_state()
+    loss_fn = make_loss_fn(MLP())
+    batch = data_batches()[0]
+    a, b = (
+        loss_fn(state.params, batch, model_state=state.model_state, rng=key, train=True)[0]
+        for key in (jax.random.key(1), jax.random.key(2))
+    )
+    assert float(a) != float(b)
+
+
+def test_pmap_matches_one_device():
+    assert jax.local_device_count() == N_DEV
+    model = MLP(axis_name="batch")
+    step = training.make_pmap_train_step(
+        make_loss_fn(model), axis_name="batch", per_device_rng=False
+    )
+    state = training.replicate(make_state())
+    state, losses = run(step, state, lambda b: training.split_batch(b, N_DEV))
+    assert state.params["Dense_0"]["kernel"].shape[0] == N_DEV
+    assert_matches_reference(training.unreplicate(state), losses)
+
+
+def test_pmap_eval_matches_one_device():
+    state = make_state()
+    batch = data_batches()[0]
+    want = training.make_eval_step(make_loss_fn(MLP()))(state, batch)
+    got = training.make_pmap_eval_step(make_loss_fn(MLP(axis_name="batch")))(
+        training.replicate(state), training.split_batch(batch, N_DEV)
+    )
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5), got, want)
+
+
+@pytest.mark.parametrize(
+    "shard_opt_state,per_example_dropout",
+    [(False, True), (True, True), (False, False)],
+    ids=["replicated", "zero1", "flax-dropout"],
+)
+def test_mesh_matches_one_device(shard_opt_state, per_example_dropout):
+    mesh = training.make_mesh(N_DEV)
+    step = training.make_mesh_train_step(
+        make_loss_fn(MLP(per_example_dropout=per_example_dropout)),
+        mesh=mesh,
+        shard_opt_state=shard_opt_state,
+    )
+    state = training.shard_state(
+        make_state(per_example_dropout=per_example_dropout), mesh, shard_opt_state=shard_opt_state
+    )
+    state, losses = run(step, state, lambda b: training.shard_batch(b, mesh))
+    specs = [x.sharding.spec for x in jax.tree.leaves(state.opt_state)]
+    assert any(s != P() for s in specs) == shard_opt_state
+    assert all(x.sharding.spec == P() for x in jax.tree.leaves(state.params))
+    assert_matches_reference(state, losses, per_example_dropout)
+
+
+def test_state_sharding_zero1_specs():
+    state = make_state()
+    mesh = training.make_mesh(N_DEV)
+    shardings = training.state_sharding(state, mesh, shard_opt_state=True)
+    trace = shardings.opt_state[0].trace
+    assert trace["Dense_0"]["kernel"].spec == P(None, "data")  # (4, 16): dim 1 divides by 8
+    assert trace["Dense_1"]["bias"].spec == P()  # (1,): nothing divides, replicated
+    assert shardings.params["Dense_0"]["kernel"].spec == P()
+
+
+def linear_loss_fn(params, batch, *, model_state, rng, train):
+    """Masked logistic regression: no BatchNorm, so padded rows cannot leak in."""
+    del rng, train
+    logits = batch["x"] @ params["w"] + params["b"]
+    losses = jnp.logaddexp(0.0, logits) - logits * batch["y"]
+    mask = batch["mask"]
+    return jnp.sum(losses * mask) / jnp.sum(mask), {"model_state": model_state}
+
+
+def test_padded_batch_with_mask_matches_unpadded():
+    """A last batch of 20 rows, padded to 32 with a mask, gives the 20-row step's numbers."""
+    data = make_data(20, seed=3)
+    data["mask"] = np.ones(20, np.float32)
+    padded = {k: np.concatenate([v, np.zeros_like(v[:12])]) for k, v in data.items()}
+    params = {"w": jnp.linspace(-1.0, 1.0, 4), "b": jnp.zeros(())}
+    state = TrainState.create(apply_fn=None, params=params, tx=dlopt.sgd(0.5), rng=0)
+    want, want_m = training.make_train_step(linear_loss_fn, donate=False)(state, data)
+    mesh = training.make_mesh(N_DEV)
+    mesh_step = training.make_mesh_train_step(linear_loss_fn, mesh=mesh, donate=False)
+    got, got_m = mesh_step(training.shard_state(state, mesh), training.shard_batch(padded, mesh))
+    assert float(got_m["num_examples"]) == 20.0
+    np.testing.assert_allclose(float(got_m["loss"]), float(want_m["loss"]), rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), got.params, want.params)
+    assert float(jnp.abs(got.params["w"] - params["w"]).max()) > 1e-3  # it did move
+    pmap_step = training.make_pmap_train_step(linear_loss_fn, donate=False)
+    got, _ = pmap_step(training.replicate(state), training.split_batch(padded, N_DEV))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6),
+        training.unreplicate(got.params),
+        want.params,
+    )
+    with pytest.raises(ValueError, match="divide"):
+        training.split_batch(data, N_DEV)
