@@ -4,7 +4,13 @@ Importing this package imports flax; ``import dlopt`` alone does not.
 """
 
 from dlopt.training.callbacks import Callback as Callback
+from dlopt.training.callbacks import EarlyStopping as EarlyStopping
+from dlopt.training.callbacks import LambdaCallback as LambdaCallback
+from dlopt.training.callbacks import ReduceLROnPlateau as ReduceLROnPlateau
+from dlopt.training.callbacks import TerminateOnNaN as TerminateOnNaN
 from dlopt.training.loop import History as History
+from dlopt.training.loop import evaluate as evaluate
+from dlopt.training.loop import fit as fit
 from dlopt.training.parallel import make_mesh as make_mesh
 from dlopt.training.parallel import make_mesh_eval_step as make_mesh_eval_step
 from dlopt.training.parallel import make_mesh_train_step as make_mesh_train_step

@@ -1,20 +1,29 @@
-"""Keras-like epoch callbacks for `fit`: early stopping, LR reduction on plateau, NaN guard.
+"""Keras-like callbacks for `fit`: early stopping, LR reduction on plateau, NaN guard, lambdas.
 
 A callback sees the `TrainState`, the `History` so far and the epoch's ``logs`` (``"loss"``,
 ``"val_loss"``, metric names and their ``"val_"`` twins), and returns the (possibly new) state.
-Setting ``stop_training = True`` ends `fit` after the current epoch.
+Setting ``stop_training = True`` ends `fit` after the current batch or epoch.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Callable
 from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from dlopt import validation
+from dlopt.plateau import PlateauConfig, plateau_init, plateau_step
 
 
 class Callback:
     """Base class: every hook is optional and returns the (possibly replaced) state.
 
     Attributes:
-        stop_training: set to True to make `fit` stop after the current epoch.
+        stop_training: set to True to make `fit` stop after the current batch or epoch.
 
     Example:
         >>> class PrintLoss(Callback):
@@ -24,6 +33,11 @@ class Callback:
     """
 
     stop_training: bool = False
+
+    @property
+    def uses_batch_hook(self) -> bool:
+        """Whether `fit` must call `on_train_batch_end` (a host sync per batch)."""
+        return type(self).on_train_batch_end is not Callback.on_train_batch_end
 
     def on_train_begin(self, state: Any, history: Any) -> Any:
         """Called once before the first epoch."""
@@ -35,6 +49,11 @@ class Callback:
         del epoch, history
         return state
 
+    def on_train_batch_end(self, batch: int, state: Any, logs: dict[str, float]) -> Any:
+        """Called after every train step with its metrics, when `uses_batch_hook`."""
+        del batch, logs
+        return state
+
     def on_epoch_end(self, epoch: int, state: Any, history: Any, logs: dict[str, float]) -> Any:
         """Called after every epoch, once ``logs`` holds its train and validation numbers."""
         del epoch, history, logs
@@ -44,3 +63,290 @@ class Callback:
         """Called once after the last epoch (also after an early stop)."""
         del history
         return state
+
+
+def _resolve_mode(mode: str, monitor: str) -> str:
+    if mode == "auto":
+        return "max" if ("acc" in monitor or monitor.endswith("auc")) else "min"
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min', 'max' or 'auto', got mode={mode!r}.")
+    return mode
+
+
+def _monitored(logs: dict[str, float], monitor: str, who: str) -> float | None:
+    if monitor not in logs:
+        warnings.warn(
+            f"{who}: monitor={monitor!r} is not in the logs (available: {sorted(logs)}); "
+            "skipping this epoch. Pass val_data to fit for 'val_*' monitors.",
+            stacklevel=3,
+        )
+        return None
+    return float(logs[monitor])
+
+
+def _copy(tree: Any) -> Any:
+    """An on-device copy that survives the donation of the original buffers."""
+    return jax.tree.map(lambda x: jnp.array(x, copy=True), tree)
+
+
+class EarlyStopping(Callback):
+    """Stops training when ``monitor`` has not improved for ``patience`` epochs (Keras).
+
+    An epoch improves on the best value ``b`` when ``v < b - min_delta`` (mode ``"min"``;
+    ``v > b + min_delta`` for ``"max"``). The wait counter resets only when the epoch also
+    beats ``baseline`` (if given); training stops once it reaches ``patience``. Epochs before
+    ``start_from_epoch`` are not monitored.
+
+    Args:
+        monitor: the logs key to watch, e.g. ``"val_loss"`` or ``"val_accuracy"``.
+        mode: ``"min"``, ``"max"`` or ``"auto"`` (max for names with "acc").
+        patience: epochs without improvement before stopping, an int >= 0.
+        min_delta: the smallest change that counts as an improvement, >= 0.
+        baseline: a value the monitor must beat, or None.
+        start_from_epoch: the first epoch that is monitored (warm-up epochs before it).
+        restore_best: on stopping, put back the params and model state (the "weights",
+            BatchNorm statistics included) of the best epoch; step, opt_state and rng stay.
+
+    Attributes:
+        best, best_epoch, stopped_epoch, wait: as in Keras (``stopped_epoch`` 0: no stop).
+
+    Example:
+        >>> stop = EarlyStopping(monitor="val_loss", patience=3)
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        mode: str = "min",
+        patience: int = 0,
+        min_delta: float = 0.0,
+        baseline: float | None = None,
+        start_from_epoch: int = 0,
+        restore_best: bool = True,
+    ):
+        _check_count("patience", patience)
+        _check_count("start_from_epoch", start_from_epoch)
+        validation.check_non_negative("min_delta", min_delta)
+        self.monitor = monitor
+        self.mode = _resolve_mode(mode, monitor)
+        self.patience = patience
+        self.min_delta = float(min_delta)
+        self.baseline = baseline
+        self.start_from_epoch = start_from_epoch
+        self.restore_best = restore_best
+        self.on_train_begin(None, None)
+
+    def _improves(self, value: float, reference: float | None) -> bool:
+        if reference is None:
+            return True
+        if self.mode == "min":
+            return value < reference - self.min_delta
+        return value > reference + self.min_delta
+
+    def on_train_begin(self, state: Any, history: Any) -> Any:
+        del history
+        self.stop_training = False
+        self.wait = 0
+        self.stopped_epoch = 0
+        self.best: float | None = None
+        self.best_epoch = 0
+        self.best_weights: tuple[Any, Any] | None = None
+        return state
+
+    def on_epoch_end(self, epoch: int, state: Any, history: Any, logs: dict[str, float]) -> Any:
+        del history
+        if epoch < self.start_from_epoch:
+            return state
+        value = _monitored(logs, self.monitor, "EarlyStopping")
+        if value is None:
+            return state
+        if self.restore_best and self.best_weights is None:
+            self.best_weights = _copy((state.params, state.model_state))
+        self.wait += 1
+        if not math.isnan(value) and self._improves(value, self.best):
+            self.best, self.best_epoch = value, epoch
+            if self.restore_best:
+                self.best_weights = _copy((state.params, state.model_state))
+            if self.baseline is None or self._improves(value, self.baseline):
+                self.wait = 0
+                return state
+        if self.wait >= self.patience and epoch > 0:
+            self.stopped_epoch = epoch
+            self.stop_training = True
+            if self.restore_best and self.best_weights is not None:
+                params, model_state = self.best_weights
+                state = state.replace(params=params, model_state=model_state)
+        return state
+
+
+def _check_count(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {name}={value!r}.")
+
+
+class ReduceLROnPlateau(Callback):
+    """Multiplies an injected learning rate by ``factor`` when ``monitor`` plateaus (epochs).
+
+    The decision is `dlopt.plateau_step`, the same rule as the `dlopt.reduce_on_plateau`
+    transform (torch's): with ``b`` the best value, an epoch improves (mode ``"min"``) when
+    ``v < b - threshold * |b|`` (``"rel"``) or ``v < b - threshold`` (``"abs"``); after more
+    than ``patience`` bad epochs ``lr <- max(factor * lr, min_lr)`` and ``cooldown`` epochs
+    are ignored. The learning rate must be a hyperparameter injected into the optimizer state
+    with `dlopt.inject_hyperparams`; it is read and written with `dlopt.get_hyperparam` /
+    `dlopt.set_hyperparam`.
+
+    Args:
+        monitor: the logs key to watch.
+        factor: the reduction factor, in [0, 1).
+        patience: bad epochs tolerated before a reduction.
+        threshold: the improvement margin ``tau`` >= 0.
+        threshold_mode: ``"rel"`` or ``"abs"``.
+        cooldown: epochs after a reduction during which bad epochs are not counted.
+        min_lr: the learning rate never goes below this.
+        mode: ``"min"``, ``"max"`` or ``"auto"``.
+        hyperparam: the name of the injected hyperparameter to drive.
+
+    Attributes:
+        initial_lr: the learning rate read at the first ``on_train_begin``; the plateau state
+            (best value, counters) lives in the callback and carries over between `fit` calls
+            made with the same callback object.
+
+    Example:
+        >>> tx = dlopt.inject_hyperparams(dlopt.sgd)(learning_rate=0.1)  # doctest: +SKIP
+        >>> cb = ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2)
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        factor: float = 0.1,
+        patience: int = 10,
+        threshold: float = 1e-4,
+        threshold_mode: str = "rel",
+        cooldown: int = 0,
+        min_lr: float = 0.0,
+        mode: str = "min",
+        hyperparam: str = "learning_rate",
+    ):
+        validation.check_non_negative("min_lr", min_lr)
+        self.monitor = monitor
+        self.min_lr = float(min_lr)
+        self.hyperparam = hyperparam
+        self._config = PlateauConfig(
+            factor, patience, threshold, threshold_mode, _resolve_mode(mode, monitor), cooldown
+        )
+        plateau_init(self._config)  # validates the fields, naming the bad one
+        self.initial_lr: float | None = None
+        self.plateau = None
+
+    def on_train_begin(self, state: Any, history: Any) -> Any:
+        del history
+        if self.initial_lr is None:
+            import dlopt
+
+            lr = jnp.asarray(dlopt.get_hyperparam(state.opt_state, self.hyperparam))
+            self.initial_lr = float(lr.reshape(-1)[0])
+            min_scale = min(self.min_lr / self.initial_lr, 1.0) if self.initial_lr > 0 else 0.0
+            self._config = self._config._replace(min_scale=min_scale)
+            self.plateau = plateau_init(self._config)
+        return state
+
+    @property
+    def learning_rate(self) -> float:
+        """The learning rate the callback currently sets."""
+        return self.initial_lr * float(self.plateau.scale)
+
+    def on_epoch_end(self, epoch: int, state: Any, history: Any, logs: dict[str, float]) -> Any:
+        del epoch, history
+        value = _monitored(logs, self.monitor, "ReduceLROnPlateau")
+        if value is None:
+            return state
+        old_scale = float(self.plateau.scale)
+        self.plateau = plateau_step(self.plateau, value, self._config)
+        if float(self.plateau.scale) == old_scale:
+            return state
+        import dlopt
+
+        old = jnp.asarray(dlopt.get_hyperparam(state.opt_state, self.hyperparam))
+        new = jnp.full(old.shape, self.learning_rate, old.dtype)
+        if isinstance(old, jax.Array) and hasattr(old, "sharding"):
+            new = jax.device_put(new, old.sharding)
+        return state.replace(opt_state=dlopt.set_hyperparam(state.opt_state, self.hyperparam, new))
+
+
+class TerminateOnNaN(Callback):
+    """Stops training after the first train step whose ``monitor`` (the loss) is NaN or Inf.
+
+    Attributes:
+        stopped_batch: the index (within its epoch) of that step, or None.
+
+    Example:
+        >>> guard = TerminateOnNaN()
+    """
+
+    def __init__(self, monitor: str = "loss"):
+        self.monitor = monitor
+        self.stopped_batch: int | None = None
+
+    def on_train_begin(self, state: Any, history: Any) -> Any:
+        del history
+        self.stop_training, self.stopped_batch = False, None
+        return state
+
+    def on_train_batch_end(self, batch: int, state: Any, logs: dict[str, float]) -> Any:
+        if self.monitor in logs and not math.isfinite(logs[self.monitor]):
+            self.stop_training, self.stopped_batch = True, batch
+        return state
+
+
+class LambdaCallback(Callback):
+    """A callback from plain functions, one per hook (Keras's ``LambdaCallback``).
+
+    Each function takes the hook's arguments (``on_epoch_end(epoch, state, history, logs)``,
+    ...) and returns a new state, or None to keep the state unchanged.
+
+    Example:
+        >>> losses = []
+        >>> cb = LambdaCallback(on_epoch_end=lambda e, s, h, logs: losses.append(logs["loss"]))
+    """
+
+    def __init__(
+        self,
+        *,
+        on_train_begin: Callable[..., Any] | None = None,
+        on_epoch_begin: Callable[..., Any] | None = None,
+        on_train_batch_end: Callable[..., Any] | None = None,
+        on_epoch_end: Callable[..., Any] | None = None,
+        on_train_end: Callable[..., Any] | None = None,
+    ):
+        self._fns = {
+            "on_train_begin": on_train_begin,
+            "on_epoch_begin": on_epoch_begin,
+            "on_train_batch_end": on_train_batch_end,
+            "on_epoch_end": on_epoch_end,
+            "on_train_end": on_train_end,
+        }
+
+    @property
+    def uses_batch_hook(self) -> bool:
+        return self._fns["on_train_batch_end"] is not None
+
+    def _call(self, hook: str, state: Any, *args: Any) -> Any:
+        fn = self._fns[hook]
+        out = fn(*args) if fn is not None else None
+        return state if out is None else out
+
+    def on_train_begin(self, state, history):
+        return self._call("on_train_begin", state, state, history)
+
+    def on_epoch_begin(self, epoch, state, history):
+        return self._call("on_epoch_begin", state, epoch, state, history)
+
+    def on_train_batch_end(self, batch, state, logs):
+        return self._call("on_train_batch_end", state, batch, state, logs)
+
+    def on_epoch_end(self, epoch, state, history, logs):
+        return self._call("on_epoch_end", state, epoch, state, history, logs)
+
+    def on_train_end(self, state, history):
+        return self._call("on_train_end", state, state, history)

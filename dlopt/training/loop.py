@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from dlopt.training.callbacks import Callback
+from dlopt.training.steps import NUM_EXAMPLES, make_eval_step, make_train_step
 
 
 class History:
@@ -68,3 +76,166 @@ class History:
 
 def _same(a: float, b: float) -> bool:
     return a == b or (math.isnan(a) and math.isnan(b))
+
+
+Data = Iterable[Any] | Callable[[int], Iterable[Any]]
+
+
+def _epoch_batches(data: Data, epoch: int, name: str) -> Iterable[Any]:
+    if callable(data) and not isinstance(data, Iterable):
+        return data(epoch)
+    if iter(data) is data and epoch > 0:
+        raise ValueError(
+            f"{name} is a one-shot iterator and was used up by epoch 0. Pass a list, a "
+            f"re-iterable object, or a callable epoch -> iterable of batches."
+        )
+    return data
+
+
+class _Mean:
+    """Example-weighted running means of step metrics, summed on device (no host sync)."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, jax.Array] = {}
+        self.count = jnp.zeros((), jnp.float32)
+
+    def add(self, metrics: Mapping[str, jax.Array]) -> None:
+        w = jnp.asarray(metrics[NUM_EXAMPLES], jnp.float32)
+        self.count = self.count + w
+        for k, v in metrics.items():
+            if k != NUM_EXAMPLES:
+                term = jnp.where(w > 0, jnp.asarray(v, jnp.float32) * w, jnp.float32(0.0))
+                self.sums[k] = self.sums.get(k, jnp.zeros((), jnp.float32)) + term
+
+    def result(self, prefix: str = "") -> dict[str, float]:
+        count = float(self.count)
+        names = sorted(self.sums, key=lambda k: (k != "loss", k))  # "loss" first
+        return {prefix + k: float(self.sums[k]) / count if count else math.nan for k in names}
+
+
+def _progress_bar(enabled: bool, epoch: int, epochs: int, total: int | None):
+    if not enabled or not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False)
+
+
+def evaluate(state: Any, data: Iterable[Any], eval_step: Callable[..., Any]) -> dict[str, float]:
+    """Example-weighted means of ``eval_step``'s metrics over the batches of ``data``."""
+    mean = _Mean()
+    for batch in data:
+        mean.add(eval_step(state, batch))
+    return mean.result()
+
+
+def fit(
+    state: Any,
+    train_data: Data,
+    *,
+    epochs: int,
+    val_data: Data | None = None,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = True,
+    loss_fn: Callable[..., Any] | None = None,
+    train_step: Callable[..., Any] | None = None,
+    eval_step: Callable[..., Any] | None = None,
+    initial_epoch: int = 0,
+    history: History | None = None,
+) -> tuple[Any, History]:
+    """Trains for epochs ``initial_epoch .. epochs - 1``; returns ``(state, history)``.
+
+    Each epoch runs ``train_step`` over ``train_data`` and, with ``val_data``, ``eval_step``
+    over it. The epoch's logs are example-weighted means (by ``"num_examples"``, the valid
+    rows) of the steps' metrics: ``"loss"`` and the loss function's metrics, and their
+    ``"val_"`` twins; exact for per-example means such as loss and accuracy. Callbacks see
+    ``on_train_begin``, ``on_epoch_begin``, ``on_train_batch_end`` (only those whose
+    ``uses_batch_hook`` is true, as it costs a host sync per batch), ``on_epoch_end`` and
+    ``on_train_end``, each returning the state; training stops after the batch or epoch in
+    which a callback sets ``stop_training``.
+
+    Args:
+        state: the `TrainState` (replicated for a pmap step, sharded for a mesh step).
+        train_data: a re-iterable of batches (a list, a loader), or a callable
+            ``epoch -> iterable`` (for shuffling per epoch); batches go to the step as is.
+        epochs: the index one past the last epoch to run (as in Keras).
+        val_data: batches for the validation metrics, same forms as ``train_data``.
+        callbacks: `Callback` objects, called in order.
+        progress: a tqdm bar with the running loss and examples/s, shown only on a TTY.
+        loss_fn: builds ``train_step``/``eval_step`` with `make_train_step`/`make_eval_step`
+            when those are not given.
+        train_step: ``(state, batch) -> (state, metrics)``, e.g. from `make_pmap_train_step`.
+        eval_step: ``(state, batch) -> metrics``.
+        initial_epoch: the first epoch to run (to resume a run).
+        history: the `History` to append to (to resume); default a new one.
+
+    Returns:
+        ``(state, history)``.
+
+    Example:
+        >>> state, history = fit(state, batches, epochs=5, val_data=val,  # doctest: +SKIP
+        ...                      loss_fn=loss_fn, callbacks=[EarlyStopping(patience=2)])
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
+        raise ValueError(f"epochs must be an int >= 0, got {epochs=}.")
+    if train_step is None:
+        if loss_fn is None:
+            raise ValueError("fit needs loss_fn= or train_step=, got neither.")
+        train_step = make_train_step(loss_fn)
+    if eval_step is None and loss_fn is not None:
+        eval_step = make_eval_step(loss_fn)
+    if val_data is not None and eval_step is None:
+        raise ValueError("val_data needs eval_step= or loss_fn= to evaluate it.")
+    history = History() if history is None else history
+    callbacks = list(callbacks)
+    batch_hooks = [cb for cb in callbacks if getattr(cb, "uses_batch_hook", False)]
+
+    for cb in callbacks:
+        state = cb.on_train_begin(state, history)
+    for epoch in range(initial_epoch, epochs):
+        for cb in callbacks:
+            state = cb.on_epoch_begin(epoch, state, history)
+        batches = _epoch_batches(train_data, epoch, "train_data")
+        bar = _progress_bar(progress, epoch, epochs, _len(batches))
+        mean, start, seen = _Mean(), time.perf_counter(), 0.0
+        for i, batch in enumerate(batches):
+            state, metrics = train_step(state, batch)
+            mean.add(metrics)
+            if bar is not None:
+                seen += float(metrics[NUM_EXAMPLES])
+                rate = seen / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(loss=f"{float(metrics['loss']):.4g}", ex_s=f"{rate:.0f}")
+                bar.update()
+            if batch_hooks:
+                logs = {k: float(v) for k, v in metrics.items() if k != NUM_EXAMPLES}
+                for cb in batch_hooks:
+                    state = cb.on_train_batch_end(i, state, logs)
+                if _stop(callbacks):
+                    break
+        if bar is not None:
+            bar.close()
+        logs = mean.result()
+        if val_data is not None:
+            val = _epoch_batches(val_data, epoch, "val_data")
+            logs.update({f"val_{k}": v for k, v in evaluate(state, val, eval_step).items()})
+        history.append(logs)
+        for cb in callbacks:
+            state = cb.on_epoch_end(epoch, state, history, logs)
+        if _stop(callbacks):
+            break
+    for cb in callbacks:
+        state = cb.on_train_end(state, history)
+    return state, history
+
+
+def _stop(callbacks: Sequence[Any]) -> bool:
+    return any(getattr(cb, "stop_training", False) for cb in callbacks)
+
+
+def _len(batches: Iterable[Any]) -> int | None:
+    try:
+        return len(batches)  # type: ignore[arg-type]
+    except TypeError:
+        return None

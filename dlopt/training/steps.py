@@ -59,9 +59,7 @@ def _split_micro(batch, k):
 
 def _scaled(tree, w):
     """``x * w``, and exactly 0 where ``w == 0`` (an all-padding shard may have a NaN loss)."""
-    return jax.tree.map(
-        lambda x: jnp.where(w > 0, x * w.astype(x.dtype), jnp.zeros_like(x)), tree
-    )
+    return jax.tree.map(lambda x: jnp.where(w > 0, x * w.astype(x.dtype), jnp.zeros_like(x)), tree)
 
 
 def _divided(tree, w):
