@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import dlopt
 from dlopt.plateau import PlateauConfig
+from dlopt.testing import check_transformation
 
 # --- references -----------------------------------------------------------------------------
 
@@ -295,3 +296,29 @@ def test_invalid_argument_raises_naming_it(argument, kwargs):
 def test_plateau_init_validates_the_config():
     with pytest.raises(ValueError, match="patience="):
         dlopt.plateau_init(PlateauConfig(0.1, -1, 1e-4, "rel", "min", 0, 0.0))
+
+
+def _finite_init(tx):
+    """``tx`` with the +-inf "no best yet" sentinel of init replaced by +-float32 max.
+
+    The conformance kit rejects any non-finite state, and the spec'd sentinel is +-inf; with
+    +-max every finite value still improves on the first observation, so the update rule
+    under test is unchanged.
+    """
+
+    def init(params):
+        state = tx.init(params)
+        big = jnp.finfo(jnp.float32).max
+        best = jnp.clip(state.plateau.best_value, -big, big)
+        return state._replace(plateau=state.plateau._replace(best_value=best))
+
+    return dlopt.GradientTransformationExtraArgs(init, tx.update)
+
+
+@pytest.mark.parametrize("accumulation_size", [1, 2])
+def test_conformance_kit(accumulation_size):
+    # patience 0 and a constant value: the scale changes within the checked steps.
+    tx = dlopt.reduce_on_plateau(factor=0.5, patience=0, accumulation_size=accumulation_size)
+    with pytest.raises(AssertionError, match="best_value is not finite"):
+        check_transformation(tx, steps=4, extra_args={"value": 1.0}, random_examples=0)
+    check_transformation(_finite_init(tx), steps=4, extra_args={"value": 1.0}, random_examples=2)
