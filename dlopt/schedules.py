@@ -221,11 +221,7 @@ def linear_schedule(
 
     .. math:: v(t) = I + \\frac{\\min(\\max(t - B, 0), T)}{T} (E - I)
 
-    Args:
-        init_value: ``I`` >= 0.
-        end_value: ``E`` >= 0.
-        transition_steps: ``T`` >= 0; ``0`` holds ``I`` forever (as in optax).
-        transition_begin: ``B`` >= 0.
+    Args: as `polynomial_schedule`.
 
     Returns:
         A schedule ``step -> value``.
