@@ -16,7 +16,8 @@ The properties, in the order they are checked (the names are those in the error 
 - ``updates match params' structure, shapes and dtypes``.
 - ``state structure, shapes and dtypes are stable across updates``.
 - ``finite grads give finite updates and state`` (with hypothesis over gradient magnitudes
-  1e-3 ... 1e3 when hypothesis is installed).
+  1e-3 ... 1e3 when hypothesis is installed); the state may keep an infinite initial value
+  untouched (a sentinel such as reduce-on-plateau's ``best = inf``), never a NaN.
 - ``no retrace across steps``: one jitted ``update`` compiles once for all steps.
 - ``state is a lax.scan carry``: ``lax.scan`` over the steps equals the step-by-step loop.
 - ``zero gradients leave params unchanged``: from a fresh state, zero grads give zero updates
@@ -156,10 +157,19 @@ def _numeric(x: Any) -> np.ndarray:
     return np.asarray(x).astype(np.float64)
 
 
-def _assert_finite(tree: Any, name: str, context: str) -> None:
-    for path, x in _leaves(tree):
-        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact) and not np.isfinite(_numeric(x)).all():
-            raise AssertionError(f"{context}: {name}{path} is not finite: {_numeric(x)}.")
+def _assert_finite(tree: Any, name: str, context: str, sentinels: Any = None) -> None:
+    """No NaN or inf in ``tree``; an inf equal to the same leaf of ``sentinels`` is allowed
+    (an untouched initial value such as ``best = inf``)."""
+    allowed = [("", None)] * len(_leaves(tree)) if sentinels is None else _leaves(sentinels)
+    for (path, x), (_, init) in zip(_leaves(tree), allowed, strict=True):
+        if not jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact):
+            continue
+        values = _numeric(x)
+        bad = ~np.isfinite(values)
+        if init is not None:
+            bad &= ~(np.isinf(values) & (values == _numeric(init)))
+        if bad.any():
+            raise AssertionError(f"{context}: {name}{path} is not finite: {values}.")
 
 
 def _stack(trees: list[Any]) -> Any:
@@ -272,7 +282,7 @@ def check_transformation(
         _assert_close(first, eager, "(updates, state)", context, rtol, atol)
 
     with _checking(FINITE):
-        _assert_finite(state0, "state", "after init")
+        _assert_finite(state0, "state", "after init", sentinels=state0)
 
     loop_updates, states, state = [], [state0], state0
     for k in range(steps):
@@ -289,7 +299,8 @@ def check_transformation(
         with _checking(STATE_STABLE):
             _assert_same_types(state, state0, "state", f"after step {k + 1}, vs init")
         with _checking(FINITE):
-            _assert_finite((updates, state), "(updates, state)", f"step {k + 1}")
+            _assert_finite(updates, "updates", f"step {k + 1}")
+            _assert_finite(state, "state", f"step {k + 1}", sentinels=state0)
         loop_updates.append(updates)
         states.append(state)
 
@@ -360,7 +371,9 @@ def _check_finite_magnitudes(jit_update, state0, params, extra, steps, examples)
         for k in range(steps):
             g = random_like(params, 10_000 + seed * steps + k, scale)
             u, s = jit_update(g, s, params, extra)
-            _assert_finite((u, s), "(updates, state)", f"gradient scale {scale:.3g}, step {k + 1}")
+            context = f"gradient scale {scale:.3g}, step {k + 1}"
+            _assert_finite(u, "updates", context)
+            _assert_finite(s, "state", context, sentinels=state0)
 
     try:
         from hypothesis import HealthCheck, example, given, settings

@@ -81,6 +81,26 @@ def produces_nan() -> GradientTransformation:
     return _stateless(lambda u, p: jax.tree.map(jnp.log, u))  # log of negative grads
 
 
+def nan_in_state() -> GradientTransformation:
+    def update(updates, state, params=None):
+        logs = jax.tree.map(lambda a, g: a + jnp.log(g), state["acc"], updates)
+        return updates, {"acc": logs}
+
+    return GradientTransformation(lambda p: {"acc": jax.tree.map(jnp.zeros_like, p)}, update)
+
+
+def inf_sentinel() -> GradientTransformation:
+    # Starts at inf, like reduce-on-plateau's best value: allowed while untouched.
+    def init(params):
+        return {"best": jnp.full((), jnp.inf, jnp.float32), "never": jnp.full((), -jnp.inf)}
+
+    def update(updates, state, params=None):
+        norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(updates)))
+        return updates, {"best": jnp.minimum(state["best"], norm), "never": state["never"]}
+
+    return GradientTransformation(init, update)
+
+
 def overflows_on_large_grads() -> GradientTransformation:
     return _stateless(lambda u, p: jax.tree.map(lambda g: jnp.exp(g) - jnp.exp(-g), u))
 
@@ -114,7 +134,8 @@ BROKEN = [
     ("state_dtype", state_dtype_changes, testing.STATE_STABLE, r"state\['mu'\]\['matrix'\] is bf"),
     ("wrong_shape", wrong_shape, testing.UPDATES_MATCH, r"updates\['matrix'\] is float32\[12\]"),
     ("wrong_dtype", wrong_dtype, testing.UPDATES_MATCH, r"updates\['matrix'\] is bfloat16"),
-    ("nan", produces_nan, testing.FINITE, "step 1.*not finite"),
+    ("nan", produces_nan, testing.FINITE, r"step 1: updates\[.matrix.\] is not finite"),
+    ("nan_state", nan_in_state, testing.FINITE, r"step 1: state\['acc'\]\['matrix'\] is not"),
     ("overflow", overflows_on_large_grads, testing.FINITE, "gradient scale"),
     ("none_leaves", breaks_on_none, testing.NONE_LEAVES, "TypeError"),
     ("moves_params", moves_params, testing.ZERO_GRADS, "params would move"),
@@ -145,6 +166,7 @@ GOOD = [
     ),
     ("decay", lambda: dlopt.add_decayed_weights(0.1), {"decays_weights": True}),
     ("stateless_decay", stateless_decay, {"decays_weights": True}),
+    ("inf_sentinel", inf_sentinel, {}),
     ("vmap_off", host_callback_without_vmap_rule, {"check_vmap": False}),
 ]
 

@@ -1,0 +1,150 @@
+"""Every transform dlopt exports passes the conformance kit (`dlopt.testing.check_transformation`).
+
+`TRANSFORMS` has one or more entries per exported factory; `test_table_is_complete` fails when
+a public function returning a GradientTransformation has no entry, so no export skips the kit.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import dlopt
+from dlopt.testing import check_transformation
+
+
+class Entry(NamedTuple):
+    name: str  # the exported factory this entry covers
+    variant: str
+    make: Callable[[], Any]
+    kwargs: dict = {}  # for check_transformation
+
+
+def _matrices(params):
+    return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+
+
+def _labels(params):
+    return jax.tree.map(lambda p: "matrix" if jnp.ndim(p) > 1 else "other", params)
+
+
+def _halve(updates, params):
+    return jax.tree.map(lambda u: 0.5 * u, updates)
+
+
+def _schedule(count):
+    return 0.1 / (1.0 + count.astype(jnp.float32))
+
+
+DECAYS = {"decays_weights": True}
+
+TRANSFORMS = [
+    # the contract and its combinators
+    Entry("identity", "", dlopt.identity),
+    Entry("stateless", "", lambda: dlopt.stateless(_halve)),
+    Entry("with_extra_args_support", "", lambda: dlopt.with_extra_args_support(dlopt.scale(0.5))),
+    Entry("chain", "adam", lambda: dlopt.chain(dlopt.scale_by_adam(), dlopt.scale(-0.01))),
+    Entry("chain", "empty", dlopt.chain),
+    Entry(
+        "named_chain",
+        "",
+        lambda: dlopt.named_chain(("m", dlopt.trace(0.9)), ("lr", dlopt.scale(-0.1))),
+    ),
+    Entry("masked", "", lambda: dlopt.masked(dlopt.sgd(0.1, momentum=0.9), _matrices)),
+    Entry(
+        "partition",
+        "",
+        lambda: dlopt.partition({"matrix": dlopt.adam(1e-2), "other": dlopt.sgd(0.1)}, _labels),
+    ),
+    # scaling blocks
+    Entry("scale", "", lambda: dlopt.scale(-0.1)),
+    Entry("scale_by_schedule", "", lambda: dlopt.scale_by_schedule(_schedule)),
+    Entry("scale_by_learning_rate", "float", lambda: dlopt.scale_by_learning_rate(0.1)),
+    Entry("scale_by_learning_rate", "schedule", lambda: dlopt.scale_by_learning_rate(_schedule)),
+    # optimizers
+    Entry("trace", "", lambda: dlopt.trace(0.9, nesterov=True)),
+    Entry("sgd", "plain", lambda: dlopt.sgd(0.1)),
+    Entry("sgd", "momentum", lambda: dlopt.sgd(0.1, momentum=0.9)),
+    Entry("sgd", "nesterov_schedule", lambda: dlopt.sgd(_schedule, momentum=0.9, nesterov=True)),
+    Entry("scale_by_rss", "", dlopt.scale_by_rss),
+    Entry("adagrad", "", lambda: dlopt.adagrad(0.1)),
+    Entry("scale_by_rms", "", dlopt.scale_by_rms),
+    Entry("scale_by_stddev", "", dlopt.scale_by_stddev),
+    Entry("rmsprop", "plain", lambda: dlopt.rmsprop(1e-2)),
+    Entry(
+        "rmsprop",
+        "centered_nesterov",
+        lambda: dlopt.rmsprop(1e-2, centered=True, momentum=0.9, nesterov=True),
+    ),
+    Entry("scale_by_adadelta", "", dlopt.scale_by_adadelta),
+    Entry("adadelta", "", lambda: dlopt.adadelta(1.0)),
+    Entry(
+        "scale_by_adam",
+        "nesterov_bf16_mu",
+        lambda: dlopt.scale_by_adam(mu_dtype=jnp.bfloat16, nesterov=True),
+    ),  # fmt: skip
+    Entry("adam", "", lambda: dlopt.adam(1e-2)),
+    Entry("adam", "schedule", lambda: dlopt.adam(_schedule)),
+    Entry("adamw", "", lambda: dlopt.adamw(1e-2), DECAYS),
+    Entry("nadam", "", lambda: dlopt.nadam(1e-2)),
+    Entry("nadamw", "", lambda: dlopt.nadamw(1e-2), DECAYS),
+    Entry("scale_by_adamax", "", dlopt.scale_by_adamax),
+    Entry("adamax", "", lambda: dlopt.adamax(1e-2)),
+    Entry("scale_by_lion", "", dlopt.scale_by_lion),
+    Entry("lion", "", lambda: dlopt.lion(1e-3), DECAYS),
+    Entry("lion", "no_decay", lambda: dlopt.lion(1e-3, weight_decay=0.0)),
+    # regularizers
+    Entry("add_decayed_weights", "", lambda: dlopt.add_decayed_weights(1e-2), DECAYS),
+    Entry(
+        "add_decayed_weights",
+        "masked_schedule",
+        lambda: dlopt.add_decayed_weights(_schedule, mask=_matrices),
+        DECAYS,
+    ),
+    # plateau
+    Entry(
+        "reduce_on_plateau",
+        "",
+        lambda: dlopt.chain(dlopt.sgd(0.1), dlopt.reduce_on_plateau(patience=0)),
+        {"extra_args": {"value": 1.0}},
+    ),
+]
+
+
+def _id(entry: Entry) -> str:
+    return f"{entry.name}-{entry.variant}" if entry.variant else entry.name
+
+
+@pytest.mark.parametrize("entry", TRANSFORMS, ids=_id)
+def test_conformance(entry):
+    check_transformation(entry.make(), **entry.kwargs)
+
+
+def exported_transform_factories() -> set[str]:
+    """Public dlopt functions, defined in dlopt, whose return annotation is a transform."""
+    names = set()
+    for name, obj in vars(dlopt).items():
+        if name.startswith("_") or not inspect.isfunction(obj):
+            continue
+        if not (obj.__module__ or "").startswith("dlopt"):
+            continue
+        if "GradientTransformation" in str(inspect.signature(obj).return_annotation):
+            names.add(name)
+    return names
+
+
+def test_table_is_complete():
+    exported = exported_transform_factories()
+    assert {"sgd", "chain", "identity"} <= exported  # the introspection itself works
+    missing = exported - {entry.name for entry in TRANSFORMS}
+    assert not missing, f"add conformance entries to TRANSFORMS for {sorted(missing)}"
+
+
+def test_table_names_are_exported():
+    stale = {entry.name for entry in TRANSFORMS} - exported_transform_factories()
+    assert not stale, f"TRANSFORMS names factories dlopt does not export: {sorted(stale)}"
