@@ -1,0 +1,196 @@
+"""EarlyStopping, ReduceLROnPlateau, TerminateOnNaN, LambdaCallback."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+import dlopt
+from dlopt.training import (
+    EarlyStopping,
+    LambdaCallback,
+    ReduceLROnPlateau,
+    TerminateOnNaN,
+    TrainState,
+    fit,
+)
+
+
+def scalar_state(w=0.0, opt_state=None):
+    state = TrainState.create(apply_fn=None, params={"w": jnp.asarray(w)}, tx=dlopt.sgd(0.1), rng=0)
+    return state if opt_state is None else state.replace(opt_state=opt_state)
+
+
+def drive(cb, values, monitor="val_loss"):
+    """Feeds one monitored value per epoch; returns (stop epoch or None, final state)."""
+    state = cb.on_train_begin(scalar_state(), None)
+    for epoch, v in enumerate(values):
+        state = cb.on_epoch_end(
+            epoch, state.replace(params={"w": jnp.asarray(float(epoch))}), None, {monitor: v}
+        )
+        if cb.stop_training:
+            return epoch, state
+    return None, state
+
+
+# (kwargs, values, stop epoch, best epoch), worked by hand from Keras's rules
+EARLY_STOPPING = [
+    ({"patience": 2}, [1.0, 0.9, 0.95, 0.96, 0.97], 3, 1),
+    ({"patience": 0}, [1.0, 0.9, 0.95], 2, 1),
+    ({"patience": 1, "min_delta": 0.2}, [1.0, 0.9, 0.85, 0.6], 1, 0),
+    ({"patience": 1, "mode": "max", "monitor": "val_accuracy"}, [0.5, 0.6, 0.6, 0.55], 2, 1),
+    ({"patience": 1, "mode": "auto", "monitor": "val_accuracy"}, [0.5, 0.6, 0.6, 0.55], 2, 1),
+    ({"patience": 2, "baseline": 0.5}, [1.0, 0.9, 0.8], 1, 1),
+    ({"patience": 2, "baseline": 0.95}, [1.0, 0.9, 0.92, 0.93, 0.94], 3, 1),
+    ({"patience": 1, "start_from_epoch": 2}, [5.0, 4.0, 3.0, 3.0, 3.0], 3, 2),
+    ({"patience": 1}, [1.0, math.nan, 0.5], 1, 0),
+    ({"patience": 3}, [1.0, 0.9, 0.8, 0.7], None, 3),
+]
+
+
+@pytest.mark.parametrize("kwargs,values,stop,best", EARLY_STOPPING)
+def test_early_stopping_rules(kwargs, values, stop, best):
+    cb = EarlyStopping(**kwargs)
+    stopped, state = drive(cb, values, kwargs.get("monitor", "val_loss"))
+    assert stopped == stop and cb.best_epoch == best
+    assert cb.stopped_epoch == (stop or 0)
+    # restore_best: the params of the best epoch come back on a stop
+    assert float(state.params["w"]) == (best if stop is not None else len(values) - 1)
+
+
+def test_early_stopping_without_restore_keeps_the_last_weights():
+    cb = EarlyStopping(patience=1, restore_best=False)
+    stopped, state = drive(cb, [1.0, 2.0, 3.0])
+    assert stopped == 1 and float(state.params["w"]) == 1.0 and cb.best_weights is None
+
+
+def test_early_stopping_in_fit_restores_donated_weights():
+    """A donating step deletes old buffers; the best weights survive as a copy."""
+    losses = jnp.asarray([3.0, 1.0, 2.0, 4.0, 5.0])
+
+    @jax.jit
+    def step(state, batch):
+        del batch
+        new = state.replace(params={"w": state.params["w"] + 1.0}, step=state.step + 1)
+        return new, {"loss": losses[state.step], "num_examples": jnp.float32(1.0)}
+
+    donating = jax.jit(step, donate_argnums=0)
+    cb = EarlyStopping(monitor="loss", patience=1)
+    state, history = fit(
+        scalar_state(),
+        [{"x": np.zeros(1)}],
+        epochs=5,
+        train_step=donating,
+        callbacks=[cb],
+        progress=False,
+    )
+    assert history.history["loss"] == [3.0, 1.0, 2.0]
+    assert float(state.params["w"]) == 2.0 and int(state.step) == 3
+
+
+def test_early_stopping_missing_monitor_warns_and_bad_args_raise():
+    cb = EarlyStopping(monitor="val_loss")
+    cb.on_train_begin(None, None)
+    with pytest.warns(UserWarning, match="val_loss"):
+        cb.on_epoch_end(0, scalar_state(), None, {"loss": 1.0})
+    for kwargs, name in [
+        ({"patience": -1}, "patience"),
+        ({"min_delta": -0.1}, "min_delta"),
+        ({"mode": "up"}, "mode"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            EarlyStopping(**kwargs)
+
+
+def fake_hyperparams(monkeypatch):
+    """A stand-in for inject_hyperparams' accessors on a dict opt_state."""
+    monkeypatch.setattr(dlopt, "get_hyperparam", lambda s, name: s[name], raising=False)
+    monkeypatch.setattr(dlopt, "set_hyperparam", lambda s, n, v: {**s, n: v}, raising=False)
+
+
+PLATEAU = [
+    ({"factor": 0.5, "patience": 1}, [1.0, 1.0, 1.0, 0.5, 0.6, 0.6, 0.6, 0.6]),
+    (
+        {"factor": 0.1, "patience": 0, "cooldown": 2, "min_lr": 0.005},
+        [3.0, 4.0, 4.0, 4.0, 4.0, 4.0, 4.0],
+    ),
+    (
+        {"factor": 0.5, "patience": 1, "threshold": 0.1, "threshold_mode": "abs"},
+        [1.0, 0.95, 0.85, 0.84, 0.83],
+    ),
+    ({"factor": 0.5, "patience": 1, "threshold": 0.1}, [1.0, 0.95, 0.85, 0.84, 0.83, 0.5]),
+    ({"factor": 0.5, "patience": 1, "mode": "max"}, [0.1, 0.2, 0.2, 0.2, 0.3, 0.3, 0.3]),
+]
+
+
+@pytest.mark.parametrize("kwargs,values", PLATEAU)
+def test_reduce_lr_on_plateau_matches_torch(kwargs, values, monkeypatch):
+    fake_hyperparams(monkeypatch)
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([param], lr=0.5)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, **kwargs)
+    cb = ReduceLROnPlateau(monitor="val_loss", **kwargs)
+    state = cb.on_train_begin(scalar_state(opt_state={"learning_rate": jnp.float32(0.5)}), None)
+    got, want = [], []
+    for epoch, v in enumerate(values):
+        state = cb.on_epoch_end(epoch, state, None, {"val_loss": v})
+        sched.step(v)
+        got.append(float(state.opt_state["learning_rate"]))
+        want.append(opt.param_groups[0]["lr"])
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert len(set(want)) > 1  # each case reduces at least once
+    assert state.opt_state["learning_rate"].dtype == jnp.float32
+
+
+def test_reduce_lr_on_plateau_validates():
+    for kwargs, name in [
+        ({"factor": 1.5}, "factor"),
+        ({"patience": -1}, "patience"),
+        ({"threshold_mode": "x"}, "threshold_mode"),
+        ({"min_lr": -1.0}, "min_lr"),
+    ]:
+        with pytest.raises(ValueError, match=name):
+            ReduceLROnPlateau(**kwargs)
+
+
+def test_terminate_on_nan_stops_after_the_bad_batch():
+    losses = jnp.asarray([1.0, 0.5, jnp.nan, 0.2, 0.1, 0.1])
+
+    @jax.jit
+    def step(state, batch):
+        del batch
+        return state.replace(step=state.step + 1), {
+            "loss": losses[state.step],
+            "num_examples": jnp.float32(1.0),
+        }
+
+    cb = TerminateOnNaN()
+    assert cb.uses_batch_hook
+    data = [{"x": np.zeros(1)}] * 3
+    state, history = fit(
+        scalar_state(), data, epochs=2, train_step=step, callbacks=[cb], progress=False
+    )
+    assert cb.stopped_batch == 2 and int(state.step) == 3 and len(history) == 1
+    assert math.isnan(history.history["loss"][0])
+
+
+def test_lambda_callback_hooks_and_state_replacement():
+    calls = []
+    cb = LambdaCallback(
+        on_train_begin=lambda s, h: calls.append("begin"),
+        on_epoch_end=lambda e, s, h, logs: s.replace(params={"w": jnp.asarray(42.0)}),
+        on_train_end=lambda s, h: calls.append(("end", float(s.params["w"]), len(h))),
+    )
+    assert not cb.uses_batch_hook
+    assert LambdaCallback(on_train_batch_end=lambda b, s, logs: None).uses_batch_hook
+
+    def step(state, batch):
+        return state, {"loss": jnp.float32(1.0), "num_examples": jnp.float32(1.0)}
+
+    fit(scalar_state(), [{}], epochs=2, train_step=step, callbacks=[cb], progress=False)
+    assert calls == ["begin", ("end", 42.0, 2)]
