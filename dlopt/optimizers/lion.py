@@ -1,0 +1,137 @@
+"""Lion: the sign of an interpolated momentum (found by program search)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NamedTuple
+
+import chex
+import jax.numpy as jnp
+
+from dlopt import tree as tree_lib
+from dlopt import validation
+from dlopt.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule
+from dlopt.combine import Mask, chain
+from dlopt.optimizers.adam import canonical_dtype, check_betas, wider_float
+from dlopt.optimizers.scaling import scale_by_learning_rate
+from dlopt.regularizers import add_decayed_weights
+
+LION_MODES = ("hard", "smooth", "refined")
+
+
+def _direction(x, mode, smooth_beta):
+    if mode == "hard":
+        return jnp.sign(x)
+    if mode == "smooth":
+        return jnp.tanh(tree_lib.scalar_like(smooth_beta, x) * x)
+    return jnp.where(jnp.abs(x) < 1, x, jnp.sign(x))  # "refined"
+
+
+def _lion_leaf(g, mu, b1, b2, mode, smooth_beta):
+    wide = wider_float(mu.dtype, g.dtype)
+    m, g_ = mu.astype(wide), g.astype(wide)
+    interpolated = tree_lib.scalar_like(1 - b1, g_) * g_ + tree_lib.scalar_like(b1, m) * m
+    new_mu = tree_lib.ema(m, g_, b2)
+    return _direction(interpolated, mode, smooth_beta).astype(g.dtype), new_mu.astype(mu.dtype)
+
+
+class ScaleByLionState(NamedTuple):
+    count: chex.Array  # int32 step, saturating
+    mu: chex.ArrayTree  # m, the momentum (in mu_dtype)
+
+
+def scale_by_lion(
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.99,
+    mu_dtype: Any | None = None,
+    *,
+    mode: Literal["hard", "smooth", "refined"] = "hard",
+    smooth_beta: float = 1.0,
+) -> GradientTransformation:
+    """The sign of an interpolation of momentum and gradient (Lion's direction).
+
+    .. math::
+        c_t = \\beta_1 m_{t-1} + (1 - \\beta_1) g_t, \\quad
+        u_t = \\operatorname{sign}(c_t), \\quad
+        m_t = \\beta_2 m_{t-1} + (1 - \\beta_2) g_t
+
+    ``mode="smooth"`` uses :math:`\\tanh(\\beta_s c_t)` and ``mode="refined"`` keeps
+    :math:`c_t` where :math:`|c_t| < 1` and its sign elsewhere (as optax does).
+
+    Args:
+        b1: :math:`\\beta_1` in [0, 1), the interpolation weight of the momentum.
+        b2: :math:`\\beta_2` in [0, 1), the momentum's decay.
+        mu_dtype: dtype of :math:`m` (default: each parameter's dtype).
+        mode: "hard" (sign, the paper), "smooth" or "refined".
+        smooth_beta: :math:`\\beta_s` > 0 for ``mode="smooth"``.
+
+    Returns:
+        A `GradientTransformation` with state `ScaleByLionState`.
+
+    Example:
+        >>> import dlopt
+        >>> tx = dlopt.chain(dlopt.scale_by_lion(), dlopt.scale_by_learning_rate(1e-4))
+    """
+    check_betas(b1, b2)
+    if mode not in LION_MODES:
+        raise ValueError(f"mode must be one of {LION_MODES}, got mode={mode!r}.")
+    validation.check_positive("smooth_beta", smooth_beta)
+    mu_dtype = canonical_dtype(mu_dtype)
+
+    def init_fn(params):
+        return ScaleByLionState(
+            count=jnp.zeros([], jnp.int32), mu=tree_lib.moments_like(params, mu_dtype)
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+        updates, mu = tree_lib.map_unzip(
+            lambda g, m: _lion_leaf(g, m, b1, b2, mode, smooth_beta), updates, state.mu
+        )
+        return updates, ScaleByLionState(count=tree_lib.safe_increment(state.count), mu=mu)
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def lion(
+    learning_rate: ScalarOrSchedule,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.99,
+    mu_dtype: Any | None = None,
+    weight_decay: ScalarOrSchedule = 1e-3,
+    mask: Mask | None = None,
+) -> GradientTransformationExtraArgs:
+    """Lion (EvoLved Sign Momentum): every coordinate moves by exactly the learning rate.
+
+    .. math::
+        c \\leftarrow \\beta_1 m + (1 - \\beta_1) g, \\quad
+        w \\leftarrow w - \\eta\\,(\\operatorname{sign}(c) + \\lambda w), \\quad
+        m \\leftarrow \\beta_2 m + (1 - \\beta_2) g
+
+    Sign updates are larger than Adam's, so Lion wants a 3-10x smaller learning rate and a
+    3-10x larger weight decay :math:`\\lambda` (decoupled, as in `adamw`).
+
+    Args:
+        learning_rate: :math:`\\eta` >= 0, or a schedule ``step -> eta``.
+        b1: :math:`\\beta_1` in [0, 1).
+        b2: :math:`\\beta_2` in [0, 1).
+        mu_dtype: dtype of the momentum (e.g. ``jnp.bfloat16``).
+        weight_decay: :math:`\\lambda` >= 0, or a schedule.
+        mask: pytree of bools (or ``params -> pytree``) choosing the decayed leaves.
+
+    Returns:
+        ``chain(scale_by_lion(b1, b2, mu_dtype), add_decayed_weights(weight_decay, mask),
+        scale_by_learning_rate(learning_rate))``; ``update`` needs ``params``.
+
+    Example:
+        >>> import jax.numpy as jnp, dlopt
+        >>> tx = dlopt.lion(1e-4, weight_decay=1e-2)
+        >>> state = tx.init({"w": jnp.zeros(3)})
+
+    References:
+        Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms", NeurIPS.
+    """
+    return chain(
+        scale_by_lion(b1=b1, b2=b2, mu_dtype=mu_dtype),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
+    )
