@@ -151,5 +151,12 @@ def test_padded_batch_with_mask_matches_unpadded():
         training.unreplicate(got.params),
         want.params,
     )
+    # eval: shards 5..7 hold padding only (their masked mean is 0/0) and weigh nothing
+    want_eval = training.make_eval_step(linear_loss_fn)(state, data)
+    got_eval = training.make_pmap_eval_step(linear_loss_fn)(
+        training.replicate(state), training.split_batch(padded, N_DEV)
+    )
+    np.testing.assert_allclose(float(got_eval["loss"]), float(want_eval["loss"]), rtol=1e-6)
+    assert float(got_eval["num_examples"]) == 20.0
     with pytest.raises(ValueError, match="divide"):
         training.split_batch(data, N_DEV)

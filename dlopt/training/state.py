@@ -40,6 +40,11 @@ class TrainState:
     ``variables`` is the Flax linen view ``{"params": params, **model_state}``;
     ``apply_gradients`` runs one optimizer update. Use `TrainState.create` to build one.
 
+    With ``flax.nnx``: ``graphdef, params, rest = nnx.split(model, nnx.Param, ...)``, then
+    ``params=params, model_state=rest``; in the loss, ``nnx.merge(graphdef, params,
+    model_state, copy=True)`` and return ``nnx.state(model, nnx.Not(nnx.Param))`` as the new
+    model state. (``nnx.Optimizer(model, dlopt.sgd(...), wrt=nnx.Param)`` works as well.)
+
     Example:
         >>> import jax, jax.numpy as jnp, flax.linen as nn, dlopt
         >>> from dlopt.training import TrainState

@@ -12,7 +12,9 @@ variables, e.g. ``{"batch_stats": ...}``) and ``"metrics"`` (dict of per-batch m
 
 A train step returns ``(new_state, metrics)``; an eval step returns ``metrics``. ``metrics``
 holds ``"loss"``, the loss function's metrics, and ``"num_examples"`` (the count of valid rows,
-used to weight batch means into exact epoch means).
+used to weight batch means into exact epoch means). Metrics must be scalar per-example means
+(loss, accuracy); ratio metrics such as precision or F1 are not means of batch values: sum a
+`dlopt.metrics.ConfusionMatrix` over the data instead.
 """
 
 from __future__ import annotations
@@ -201,7 +203,7 @@ def eval_step_fn(
         _, _, metrics = _call_loss(loss_fn, state.params, batch, state.model_state, key, False)
         w = batch_weight(batch)
         w_total = total(w)
-        metrics = _divided(jax.tree.map(lambda m: total(m * w), metrics), w_total)
+        metrics = _divided(jax.tree.map(total, _scaled(metrics, w)), w_total)
         return {**metrics, NUM_EXAMPLES: w_total}
 
     return step
