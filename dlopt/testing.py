@@ -284,7 +284,7 @@ def check_transformation(
     with _checking(FINITE):
         _assert_finite(state0, "state", "after init", sentinels=state0)
 
-    loop_updates, states, state = [], [state0], state0
+    loop_updates, state, previous = [], state0, state0
     for k in range(steps):
         with _checking(NO_RETRACE):
             updates, state = first if k == 0 else jit_update(grads[k], state, params, extra)
@@ -292,7 +292,7 @@ def check_transformation(
                 raise AssertionError(
                     f"jax.jit(update) was traced {traces[0]} times in {k + 1} steps with "
                     f"unchanged shapes and dtypes; the state's abstract values changed."
-                    + _weak_type_change(state0, states[-1])
+                    + _weak_type_change(state0, previous)
                 )
         with _checking(UPDATES_MATCH):
             _assert_same_types(updates, params, "updates", f"step {k + 1}")
@@ -302,7 +302,7 @@ def check_transformation(
             _assert_finite(updates, "updates", f"step {k + 1}")
             _assert_finite(state, "state", f"step {k + 1}", sentinels=state0)
         loop_updates.append(updates)
-        states.append(state)
+        previous = state
 
     if random_examples > 0:
         with _checking(FINITE):
@@ -337,26 +337,23 @@ def check_transformation(
             context = "with a None leaf added, the other leaves' updates changed"
             _assert_close(u[0], loop_updates[0], "updates", context, rtol, atol)
 
-    if check_vmap or check_pmap:
+    if check_vmap or check_pmap:  # members with their own grads and one replicated state
         n = max(2, num_devices) if check_vmap else num_devices
-        refs = [(loop_updates[0], states[1])]
-        refs += [jit_update(random_like(params, seed + 1 + k), state0, params, extra)
-                 for k in range(1, n)]  # fmt: skip
-        batched = [random_like(params, seed + 1 + k) for k in range(n)]
-        args = (_stack(batched), _stack([state0] * n), _stack([params] * n))
+        batch = [random_like(params, seed + 1 + k) for k in range(n)]
+        refs = [jit_update(g, state0, params, extra) for g in batch]
+        args = (_stack(batch), _stack([state0] * n), _stack([params] * n), extra)
     if check_vmap:
         with _checking(VMAP):
-            out = jax.jit(jax.vmap(update, in_axes=(0, 0, 0, None)))(*args, extra)
+            out = jax.jit(jax.vmap(update, in_axes=(0, 0, 0, None)))(*args)
             for i in range(n):
                 context = f"member {i} of a vmapped batch differs from its own update"
                 _assert_close(_unstack(out, i), refs[i], "(updates, state)", context, rtol, atol)
     if check_pmap:
         with _checking(PMAP):
-            devices = jax.local_devices()[: min(num_devices, jax.local_device_count())]
+            devices = jax.local_devices()[:num_devices]
             d = len(devices)
-            out = jax.pmap(update, in_axes=(0, 0, 0, None), devices=devices)(
-                *jax.tree.map(lambda x: x[:d], args), extra
-            )
+            args = jax.tree.map(lambda x: x[:d], args[:3]) + (extra,)
+            out = jax.pmap(update, in_axes=(0, 0, 0, None), devices=devices)(*args)
             for i in range(d):
                 context = f"device {i} of {d} under pmap differs from its own update"
                 _assert_close(_unstack(out, i), refs[i], "(updates, state)", context, rtol, atol)

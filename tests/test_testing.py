@@ -188,7 +188,7 @@ def test_masked_decay_moves_only_masked_params():
 
 def test_passes_optax_transform():
     with jax.numpy_dtype_promotion("standard"):
-        check_transformation(optax.adam(1e-3), check_pmap=False)
+        check_transformation(optax.sgd(0.1, momentum=0.9, nesterov=True))
 
 
 def test_custom_bf16_params_and_devices():
