@@ -145,3 +145,37 @@ def test_table_is_complete():
 def test_table_names_are_exported():
     stale = {entry.name for entry in TRANSFORMS} - exported_transform_factories()
     assert not stale, f"TRANSFORMS names factories dlopt does not export: {sorted(stale)}"
+
+
+MIXED_PRECISION_PARAMS = {
+    "w": jnp.linspace(-1.0, 1.0, 6, dtype=jnp.float32).reshape(2, 3).astype(jnp.bfloat16),
+    "b": [jnp.linspace(0.5, 1.0, 3, dtype=jnp.float32)],
+}
+ALIASES = ["sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "nadam", "nadamw",
+           "adamax", "lion"]  # fmt: skip
+
+
+@pytest.mark.parametrize("entry", [e for e in TRANSFORMS if e.name in ALIASES], ids=_id)
+def test_optimizers_keep_bf16_params_bf16(entry):
+    # Updates come back in each parameter's dtype; bf16 arithmetic needs looser tolerances.
+    check_transformation(
+        entry.make(),
+        MIXED_PRECISION_PARAMS,
+        check_vmap=False,
+        check_pmap=False,
+        random_examples=0,
+        rtol=2e-2,
+        atol=1e-3,
+        **entry.kwargs,
+    )
+
+
+def test_completeness_check_sees_new_exports(monkeypatch):
+    def clip_everything(limit: float) -> dlopt.GradientTransformation:
+        return dlopt.identity()
+
+    clip_everything.__module__ = "dlopt.clipping"
+    monkeypatch.setattr(dlopt, "clip_everything", clip_everything, raising=False)
+    assert "clip_everything" in exported_transform_factories()
+    with pytest.raises(AssertionError, match="clip_everything"):
+        test_table_is_complete()
