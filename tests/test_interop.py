@@ -162,3 +162,28 @@ def test_linen_train_state_with_dlopt_rmsprop(lr):
     assert losses[-1] < losses[0], losses
     np.testing.assert_allclose(losses, reference[0], rtol=1e-5)
     chex.assert_trees_all_close(params, reference[1], rtol=1e-5, atol=1e-7)
+
+
+def test_nnx_optimizer_forwards_value_to_dlopt_plateau():
+    def make_tx():
+        return dlopt.chain(dlopt.sgd(1e-2), dlopt.reduce_on_plateau(factor=0.5, patience=0))
+
+    model = MLP(nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, make_tx(), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, value):
+        grads = nnx.grad(lambda m: _mse(m(X)))(model)
+        optimizer.update(model, grads, value=value)
+
+    values = [2.0, 1.0, 1.0, 1.0]  # improves, then flat: the plateau rule must see value=
+    for v in values:
+        step(model, optimizer, jnp.float32(v))
+    # The same values through the bare transform give the reference scale.
+    tx, params = make_tx(), {"w": jnp.zeros(2)}
+    state = tx.init(params)
+    for v in values:
+        _, state = tx.update({"w": jnp.ones(2)}, state, params, value=jnp.float32(v))
+    expected = float(state[1].plateau.scale)
+    assert expected < 1.0
+    assert float(optimizer.opt_state[1].plateau.scale[...]) == expected
