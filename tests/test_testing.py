@@ -58,6 +58,27 @@ def retracing() -> GradientTransformation:
     return GradientTransformation(lambda p: {"count": jnp.asarray(0)}, update)
 
 
+@jax.tree_util.register_pytree_node_class
+class StaticCount:
+    """A state whose step count lives in the tree structure (static): retraces every step."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def tree_flatten(self):
+        return (), self.count
+
+    @classmethod
+    def tree_unflatten(cls, count, children):
+        return cls(count)
+
+
+def static_step_count() -> GradientTransformation:
+    return GradientTransformation(
+        lambda p: StaticCount(0), lambda u, s, p=None: (u, StaticCount(s.count + 1))
+    )
+
+
 def state_dtype_changes() -> GradientTransformation:
     def init(params):
         return {"mu": jax.tree.map(jnp.zeros_like, params)}
@@ -131,6 +152,7 @@ BROKEN = [
     ("impure_init", impure_init, testing.INIT_PURE, r"two init\(params\) calls differ"),
     ("jit_dependent", jit_dependent, testing.JIT, r"jax\.jit\(update\) differs"),
     ("retracing", retracing, testing.NO_RETRACE, "traced 2 times.*weak"),
+    ("static_count", static_step_count, testing.STATE_STABLE, "state has tree structure"),
     ("state_dtype", state_dtype_changes, testing.STATE_STABLE, r"state\['mu'\]\['matrix'\] is bf"),
     ("wrong_shape", wrong_shape, testing.UPDATES_MATCH, r"updates\['matrix'\] is float32\[12\]"),
     ("wrong_dtype", wrong_dtype, testing.UPDATES_MATCH, r"updates\['matrix'\] is bfloat16"),
