@@ -231,6 +231,7 @@ BAD_HYPERPARAMETERS = [
     (lambda: dlopt.sgd(0.1, momentum=1.0), "momentum"),
     (lambda: dlopt.sgd(0.1, momentum=-0.1), "momentum"),
     (lambda: dlopt.sgd(0.1, nesterov=True), "momentum"),
+    (lambda: dlopt.trace(decay=1.0), "decay"),
     (lambda: dlopt.adagrad(0.1, initial_accumulator_value=-1.0), "initial_accumulator_value"),
     (lambda: dlopt.adagrad(0.1, eps=-1e-7), "eps"),
     (lambda: dlopt.rmsprop(0.1, decay=1.0), "decay"),

@@ -227,6 +227,8 @@ def rmsprop(
         Tieleman and Hinton, 2012, "Lecture 6.5 - rmsprop", COURSERA: Neural Networks for
         Machine Learning; Graves, 2013, "Generating Sequences With Recurrent Neural Networks".
     """
+    if momentum is not None:
+        validation.check_in_range("momentum", momentum, 0.0, 1.0)
     if nesterov and momentum is None:
         raise ValueError("nesterov=True needs a momentum, got momentum=None. Pass momentum=0.9.")
     scale_by = scale_by_stddev if centered else scale_by_rms

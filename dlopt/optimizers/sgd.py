@@ -42,7 +42,7 @@ def trace(
     Returns:
         A `GradientTransformation` with state `TraceState`.
     """
-    validation.check_in_range("momentum", decay, 0.0, 1.0)
+    validation.check_in_range("decay", decay, 0.0, 1.0)
 
     def init_fn(params):
         return TraceState(trace=tree_lib.moments_like(params, accumulator_dtype))
@@ -75,6 +75,9 @@ def sgd(
     w \\leftarrow w + v`, computed in the Sutskever et al. reparametrisation used by optax and
     torch: :math:`m \\leftarrow g + a m,\\ w \\leftarrow w - \\eta (g + a m)`.
 
+    Deliberate difference from optax: ``nesterov=True`` without ``momentum`` raises a
+    ``ValueError`` (optax silently runs plain SGD).
+
     Args:
         learning_rate: step size ``eta`` >= 0, or a schedule ``step -> eta``.
         momentum: ``a`` in [0, 1), or None for plain SGD (no state).
@@ -95,11 +98,13 @@ def sgd(
         momentum in deep learning".
     """
     validation.check_learning_rate(learning_rate)
+    if momentum is not None:
+        validation.check_in_range("momentum", momentum, 0.0, 1.0)
     if nesterov and momentum is None:
         raise ValueError("nesterov=True needs a momentum, got momentum=None. Pass momentum=0.9.")
     return chain(
-        trace(momentum, nesterov, accumulator_dtype) if momentum is not None
+        trace(momentum, nesterov, accumulator_dtype)
+        if momentum is not None
         else identity_transform(),
         scale_by_learning_rate(learning_rate),
     )
-
