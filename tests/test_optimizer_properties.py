@@ -161,6 +161,17 @@ def test_mu_dtype_sets_the_first_moment_dtype(name, mu_dtype):
     )
 
 
+@pytest.mark.parametrize("name", ["adam", "nadamw", "lion"])
+def test_float32_first_moment_for_bfloat16_params(name):
+    params = random_tree(0, SMALL, dtype=jnp.bfloat16)
+    _, state, updates = eager_steps(getattr(dlopt, name)(1e-2, mu_dtype=jnp.float32), params)
+    moments = moment_buffers(state)
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(moments["mu"]))
+    assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(moments.get("nu", [])))
+    chex.assert_trees_all_equal_shapes_and_dtypes(updates, params)
+    chex.assert_tree_all_finite(updates)
+
+
 def _map_counts(fn, state):
     if hasattr(state, "_fields"):
         return type(state)(
