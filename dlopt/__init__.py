@@ -19,6 +19,30 @@ from dlopt.combine import named_chain as named_chain
 from dlopt.combine import partition as partition
 
 # --- optimizers
+from dlopt.optimizers.adadelta import ScaleByAdaDeltaState as ScaleByAdaDeltaState
+from dlopt.optimizers.adadelta import adadelta as adadelta
+from dlopt.optimizers.adadelta import scale_by_adadelta as scale_by_adadelta
+from dlopt.optimizers.adagrad import ScaleByRssState as ScaleByRssState
+from dlopt.optimizers.adagrad import adagrad as adagrad
+from dlopt.optimizers.adagrad import scale_by_rss as scale_by_rss
+from dlopt.optimizers.adam import ScaleByAdamState as ScaleByAdamState
+from dlopt.optimizers.adam import adam as adam
+from dlopt.optimizers.adam import adamw as adamw
+from dlopt.optimizers.adam import nadam as nadam
+from dlopt.optimizers.adam import nadamw as nadamw
+from dlopt.optimizers.adam import scale_by_adam as scale_by_adam
+from dlopt.optimizers.adamax import ScaleByAdamaxState as ScaleByAdamaxState
+from dlopt.optimizers.adamax import adamax as adamax
+from dlopt.optimizers.adamax import scale_by_adamax as scale_by_adamax
+from dlopt.optimizers.lion import ScaleByLionState as ScaleByLionState
+from dlopt.optimizers.lion import lion as lion
+from dlopt.optimizers.lion import scale_by_lion as scale_by_lion
+from dlopt.optimizers.rmsprop import ScaleByRmsState as ScaleByRmsState
+from dlopt.optimizers.rmsprop import ScaleByRStdDevState as ScaleByRStdDevState
+from dlopt.optimizers.rmsprop import rmsprop as rmsprop
+from dlopt.optimizers.rmsprop import scale_by_rms as scale_by_rms
+from dlopt.optimizers.rmsprop import scale_by_stddev as scale_by_stddev
+from dlopt.optimizers.sgd import TraceState as TraceState
 from dlopt.optimizers.scaling import scale as scale
 from dlopt.optimizers.scaling import scale_by_learning_rate as scale_by_learning_rate
 from dlopt.optimizers.scaling import scale_by_schedule as scale_by_schedule
@@ -29,8 +53,25 @@ from dlopt.optimizers.sgd import trace as trace
 from dlopt.regularizers import add_decayed_weights as add_decayed_weights
 
 # --- schedules
+from dlopt.schedules import constant_schedule as constant_schedule
+from dlopt.schedules import cosine_decay_schedule as cosine_decay_schedule
+from dlopt.schedules import cosine_onecycle_schedule as cosine_onecycle_schedule
+from dlopt.schedules import exponential_decay as exponential_decay
+from dlopt.schedules import join_schedules as join_schedules
+from dlopt.schedules import linear_schedule as linear_schedule
+from dlopt.schedules import piecewise_constant_schedule as piecewise_constant_schedule
+from dlopt.schedules import polynomial_schedule as polynomial_schedule
+from dlopt.schedules import step_decay_schedule as step_decay_schedule
+from dlopt.schedules import warmup_cosine_decay_schedule as warmup_cosine_decay_schedule
+from dlopt.schedules import warmup_exponential_decay_schedule as warmup_exponential_decay_schedule
 
 # --- plateau
+from dlopt.plateau import PlateauConfig as PlateauConfig
+from dlopt.plateau import PlateauState as PlateauState
+from dlopt.plateau import ReduceLROnPlateauState as ReduceLROnPlateauState
+from dlopt.plateau import plateau_init as plateau_init
+from dlopt.plateau import plateau_step as plateau_step
+from dlopt.plateau import reduce_on_plateau as reduce_on_plateau
 
 # --- clipping
 
@@ -39,6 +80,7 @@ from dlopt.regularizers import add_decayed_weights as add_decayed_weights
 # --- wrappers
 
 # --- submodules
+from dlopt import testing as testing
 from dlopt import tree as tree
 
 __version__ = "0.1.0"

@@ -60,9 +60,14 @@ def scalar_like(value: chex.Numeric, x: chex.Array) -> chex.Array:
 
 
 def ema(moment: chex.Array, x: chex.Array, decay: chex.Numeric) -> chex.Array:
-    """Exponential moving average ``m <- decay * m + (1 - decay) * x``, in ``m``'s dtype."""
-    decay = scalar_like(decay, moment)
-    return decay * moment + (1 - decay) * x.astype(moment.dtype)
+    """Exponential moving average ``m <- decay * m + (1 - decay) * x``, in ``m``'s dtype.
+
+    ``1 - decay`` is formed before the cast (in double precision for a Python float), as
+    optax and torch do: ``1 - float32(0.999)`` is off by 1.3e-5 relative.
+    """
+    return scalar_like(decay, moment) * moment + scalar_like(1 - decay, moment) * x.astype(
+        moment.dtype
+    )
 
 
 def bias_correction(decay: chex.Numeric, count: chex.Array) -> chex.Array:
@@ -76,10 +81,10 @@ def global_norm(tree: chex.ArrayTree) -> chex.Array:
     leaves = jax.tree.leaves(tree)
     if not leaves:
         return jnp.zeros((), jnp.float32)
-    squares = [
-        jnp.sum(jnp.square(jnp.abs(x).astype(jnp.promote_types(x.dtype, jnp.float32))))
-        for x in map(jnp.asarray, leaves)
-    ]
+    squares = []
+    for x in map(jnp.abs, leaves):  # not jnp.promote_types: strict mode refuses bf16 + f32
+        wide = x.astype(jnp.float64 if x.dtype == jnp.float64 else jnp.float32)
+        squares.append(jnp.sum(jnp.square(wide)))
     total = squares[0]
     for s in squares[1:]:
         total = total + s.astype(total.dtype)
@@ -107,15 +112,14 @@ def check_matching_trees(a: chex.ArrayTree, b: chex.ArrayTree, name_a: str, name
     """Raises ``ValueError`` naming the first path where ``a`` and ``b`` differ in structure
     or shape. Runs at trace time only (pure Python on the tree structure)."""
     paths_a, paths_b = _paths(a), _paths(b)
-    if paths_a.keys() != paths_b.keys():
+    if paths_a.keys() != paths_b.keys() or jax.tree.structure(a) != jax.tree.structure(b):
         only_a = sorted(paths_a.keys() - paths_b.keys())
         only_b = sorted(paths_b.keys() - paths_a.keys())
-        where = (
-            f"{name_a} has {only_a[0]} that {name_b} lacks"
-            if only_a
-            else f"{name_b} has {only_b[0]} that {name_a} lacks"
-        )
-        if not only_a and not only_b:
+        if only_a:
+            where = f"{name_a} has {only_a[0]} that {name_b} lacks"
+        elif only_b:
+            where = f"{name_b} has {only_b[0]} that {name_a} lacks"
+        else:
             where = f"the containers differ: {jax.tree.structure(a)} vs {jax.tree.structure(b)}"
         raise ValueError(
             f"{name_a} and {name_b} must have the same tree structure, but {where}. "
