@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from dlopt import tree as tree_lib
 from dlopt.base import GradientTransformation, apply_updates, with_extra_args_support
 
 
@@ -117,7 +118,7 @@ class TrainState:
             grads, self.opt_state, self.params, **extra_args
         )
         return self.replace(
-            step=self.step + jnp.ones((), self.step.dtype),
+            step=tree_lib.safe_increment(self.step),
             params=apply_updates(self.params, updates),
             opt_state=opt_state,
         )

@@ -25,6 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from dlopt import tree as tree_lib
 from dlopt.base import GradientTransformation, apply_updates, with_extra_args_support
 from dlopt.training.state import TrainState
 
@@ -183,8 +184,8 @@ def train_step_fn(
                 opt_state=keep(new.opt_state, state.opt_state),
                 model_state=keep(new.model_state, state.model_state),
             )
-            skipped = skipped + (~finite).astype(skipped.dtype)
-        new = new.replace(step=state.step + jnp.ones((), state.step.dtype), skipped_steps=skipped)
+            skipped = jnp.where(finite, skipped, tree_lib.safe_increment(skipped))
+        new = new.replace(step=tree_lib.safe_increment(state.step), skipped_steps=skipped)
         return new, {**metrics, NUM_EXAMPLES: w}
 
     return step
