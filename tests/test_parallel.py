@@ -132,8 +132,10 @@ def linear_loss_fn(params, batch, *, model_state, rng, train):
 def test_padded_batch_with_mask_matches_unpadded():
     """A last batch of 20 rows, padded to 32 with a mask, gives the 20-row step's numbers."""
     data = make_data(20, seed=3)
+    padded = training.pad_batch(data, 32)
     data["mask"] = np.ones(20, np.float32)
-    padded = {k: np.concatenate([v, np.zeros_like(v[:12])]) for k, v in data.items()}
+    np.testing.assert_array_equal(padded["mask"], np.repeat([1.0, 0.0], [20, 12]))
+    assert padded["x"].shape == (32, 4) and not padded["x"][20:].any()
     params = {"w": jnp.linspace(-1.0, 1.0, 4), "b": jnp.zeros(())}
     state = TrainState.create(apply_fn=None, params=params, tx=dlopt.sgd(0.5), rng=0)
     want, want_m = training.make_train_step(linear_loss_fn, donate=False)(state, data)
@@ -160,3 +162,5 @@ def test_padded_batch_with_mask_matches_unpadded():
     assert float(got_eval["num_examples"]) == 20.0
     with pytest.raises(ValueError, match="divide"):
         training.split_batch(data, N_DEV)
+    with pytest.raises(ValueError, match="pad_batch"):
+        training.shard_batch(data, mesh)

@@ -16,6 +16,7 @@ from dlopt.training.parallel import make_mesh_eval_step as make_mesh_eval_step
 from dlopt.training.parallel import make_mesh_train_step as make_mesh_train_step
 from dlopt.training.parallel import make_pmap_eval_step as make_pmap_eval_step
 from dlopt.training.parallel import make_pmap_train_step as make_pmap_train_step
+from dlopt.training.parallel import pad_batch as pad_batch
 from dlopt.training.parallel import replicate as replicate
 from dlopt.training.parallel import shard_batch as shard_batch
 from dlopt.training.parallel import shard_state as shard_state

@@ -7,7 +7,7 @@ also shards the optimizer state over the data axis (ZeRO-1), which changes memor
 
 Uneven last batches: the global batch size must divide by the number of devices. Either drop
 the last partial batch, or pad it to full size with a ``"mask"`` key (1 for real rows, 0 for
-padding) and write the loss as a masked mean; the steps weight every device by its count of
+padding; `pad_batch` does both) and write the loss as a masked mean; the steps weight every device by its count of
 real rows, so padded batches give exact means. Padded rows still pass through BatchNorm in
 train mode (give them real-looking values, e.g. repeats of real rows, or drop instead).
 """
@@ -59,6 +59,29 @@ def split_batch(batch: Any, num_devices: int | None = None) -> Any:
         return x.reshape((n, x.shape[0] // n) + x.shape[1:])
 
     return jax.tree.map(split, batch)
+
+
+def pad_batch(batch: Any, multiple: int) -> Any:
+    """Pads every leaf with zero rows up to a multiple of ``multiple`` and marks real rows.
+
+    The result has a ``"mask"`` (float32, 1 for real rows, 0 for padding; an existing mask is
+    padded with zeros), so a masked-mean loss and the steps' example weights ignore the
+    padding. ``batch`` must be a dict of host arrays with a common leading size.
+
+    Example:
+        >>> import numpy as np
+        >>> pad_batch({"x": np.ones((5, 2))}, 4)["mask"]
+        array([1., 1., 1., 1., 1., 0., 0., 0.], dtype=float32)
+    """
+    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+        raise ValueError(f"multiple must be an int >= 1, got {multiple=}.")
+    batch = {k: np.asarray(v) for k, v in batch.items()}
+    n = len(next(iter(batch.values())))
+    if "mask" not in batch:
+        batch["mask"] = np.ones(n, np.float32)
+    pad = -n % multiple
+    zeros = {k: np.zeros((pad, *v.shape[1:]), v.dtype) for k, v in batch.items()}
+    return {k: np.concatenate([v, zeros[k]]) for k, v in batch.items()}
 
 
 def make_pmap_train_step(
@@ -175,6 +198,13 @@ def shard_batch(batch: Any, mesh: Mesh, *, data_axis: str = "data") -> Any:
     concatenation in process order.
     """
     sharding = NamedSharding(mesh, P(data_axis))
+    local_devices = len(mesh.local_devices)
+    for x in jax.tree.leaves(batch):
+        if np.shape(x)[0] % local_devices:
+            raise ValueError(
+                f"each process's batch rows must divide by its {local_devices} devices in the "
+                f"mesh, got {np.shape(x)[0]} rows. Drop the last batch or use pad_batch."
+            )
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
     )
