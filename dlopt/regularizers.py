@@ -101,6 +101,11 @@ def _total(
     return total
 
 
+def _abs(x: chex.Array) -> chex.Array:
+    """``|x|`` written as ``x * sign(x)`` so that its gradient at 0 is 0 (``jnp.abs``'s is 1)."""
+    return x * jnp.sign(x)
+
+
 def l1_penalty(
     params: chex.ArrayTree, rate: chex.Numeric, *, mask: Mask | None = None
 ) -> chex.Array:
@@ -109,7 +114,8 @@ def l1_penalty(
     .. math:: R(w) = \\lambda \\sum_i |w_i|, \\qquad \\partial R / \\partial w = \\lambda\\,
         \\operatorname{sign}(w)
 
-    Its gradient is the update that `add_l1_subgradient` adds (``sign(0) = 0``).
+    Its gradient is the update that `add_l1_subgradient` adds, with ``sign(0) = 0`` (the
+    minimum-norm subgradient; ``jax.grad`` of ``jnp.abs`` would give 1 at 0).
 
     Args:
         params: the parameter pytree.
@@ -126,7 +132,7 @@ def l1_penalty(
         Array(0.3, dtype=float32)
     """
     validation.check_non_negative("rate", rate)
-    total = _total(params, mask, jnp.abs)
+    total = _total(params, mask, _abs)
     return tree_lib.scalar_like(rate, total) * total
 
 
@@ -194,7 +200,7 @@ def elastic_net_penalty(
     """
     validation.check_non_negative("rate", rate)
     validation.check_in_range("l1_ratio", l1_ratio, 0.0, 1.0, high_closed=True)
-    l1 = _total(params, mask, jnp.abs)
+    l1 = _total(params, mask, _abs)
     l2 = _total(params, mask, jnp.square)
     rho = tree_lib.scalar_like(l1_ratio, l1)
     return tree_lib.scalar_like(rate, l1) * (rho * l1 + (1 - rho) * 0.5 * l2)
