@@ -103,6 +103,12 @@ TRANSFORMS = [
         lambda: dlopt.add_decayed_weights(_schedule, mask=_matrices),
         DECAYS,
     ),
+    Entry("add_l1_subgradient", "", lambda: dlopt.add_l1_subgradient(1e-2), DECAYS),
+    # clipping
+    Entry("clip", "", lambda: dlopt.clip(0.5)),
+    Entry("clip_by_global_norm", "", lambda: dlopt.clip_by_global_norm(1.0)),
+    Entry("clip_by_block_rms", "", lambda: dlopt.clip_by_block_rms(0.5)),
+    Entry("adaptive_grad_clip", "", lambda: dlopt.adaptive_grad_clip(0.1)),
     # plateau
     Entry(
         "reduce_on_plateau",
@@ -151,12 +157,13 @@ MIXED_PRECISION_PARAMS = {
     "w": jnp.linspace(-1.0, 1.0, 6, dtype=jnp.float32).reshape(2, 3).astype(jnp.bfloat16),
     "b": [jnp.linspace(0.5, 1.0, 3, dtype=jnp.float32)],
 }
-ALIASES = ["sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "nadam", "nadamw",
-           "adamax", "lion"]  # fmt: skip
+MIXED_PRECISION = ["sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "nadam", "nadamw",
+                   "adamax", "lion", "clip", "clip_by_global_norm", "clip_by_block_rms",
+                   "adaptive_grad_clip"]  # fmt: skip
 
 
-@pytest.mark.parametrize("entry", [e for e in TRANSFORMS if e.name in ALIASES], ids=_id)
-def test_optimizers_keep_bf16_params_bf16(entry):
+@pytest.mark.parametrize("entry", [e for e in TRANSFORMS if e.name in MIXED_PRECISION], ids=_id)
+def test_optimizers_and_clipping_keep_bf16_params_bf16(entry):
     # Updates come back in each parameter's dtype; bf16 arithmetic needs looser tolerances.
     check_transformation(
         entry.make(),
