@@ -130,6 +130,13 @@ def breaks_on_none() -> GradientTransformation:
     return _stateless(lambda u, p: jax.tree.map(lambda g: g * 2.0, u, is_leaf=lambda x: x is None))
 
 
+def fills_none_leaves() -> GradientTransformation:
+    def fill(g):
+        return jnp.zeros(()) if g is None else g
+
+    return _stateless(lambda u, p: jax.tree.map(fill, u, is_leaf=lambda x: x is None))
+
+
 def moves_params() -> GradientTransformation:
     return _stateless(lambda u, p: jax.tree.map(lambda g: g + 0.01, u))
 
@@ -160,6 +167,7 @@ BROKEN = [
     ("nan_state", nan_in_state, testing.FINITE, r"step 1: state\['acc'\]\['matrix'\] is not"),
     ("overflow", overflows_on_large_grads, testing.FINITE, "gradient scale"),
     ("none_leaves", breaks_on_none, testing.NONE_LEAVES, "TypeError"),
+    ("none_filled", fills_none_leaves, testing.NONE_LEAVES, r"unexpected leaf updates\[1\]"),
     ("moves_params", moves_params, testing.ZERO_GRADS, "params would move"),
     ("stateless_decay", stateless_decay, testing.ZERO_GRADS, "params would move"),
     ("vmap", host_callback_without_vmap_rule, testing.VMAP, "vmap"),
