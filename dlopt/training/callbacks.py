@@ -184,6 +184,19 @@ def _check_count(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be an int >= 0, got {name}={value!r}.")
 
 
+def _accessors() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """``dlopt.get_hyperparam`` and ``dlopt.set_hyperparam``, looked up at call time."""
+    import dlopt
+
+    try:
+        return dlopt.get_hyperparam, dlopt.set_hyperparam
+    except AttributeError as e:
+        raise RuntimeError(
+            "ReduceLROnPlateau needs dlopt.get_hyperparam/set_hyperparam (dlopt.wrappers), "
+            "which this dlopt build lacks."
+        ) from e
+
+
 class ReduceLROnPlateau(Callback):
     """Multiplies an injected learning rate by ``factor`` when ``monitor`` plateaus (epochs).
 
@@ -242,9 +255,7 @@ class ReduceLROnPlateau(Callback):
     def on_train_begin(self, state: Any, history: Any) -> Any:
         del history
         if self.initial_lr is None:
-            import dlopt
-
-            lr = jnp.asarray(dlopt.get_hyperparam(state.opt_state, self.hyperparam))
+            lr = jnp.asarray(_accessors()[0](state.opt_state, self.hyperparam))
             self.initial_lr = float(lr.reshape(-1)[0])
             min_scale = min(self.min_lr / self.initial_lr, 1.0) if self.initial_lr > 0 else 0.0
             self._config = self._config._replace(min_scale=min_scale)
@@ -265,13 +276,12 @@ class ReduceLROnPlateau(Callback):
         self.plateau = plateau_step(self.plateau, value, self._config)
         if float(self.plateau.scale) == old_scale:
             return state
-        import dlopt
-
-        old = jnp.asarray(dlopt.get_hyperparam(state.opt_state, self.hyperparam))
+        get_hyperparam, set_hyperparam = _accessors()
+        old = jnp.asarray(get_hyperparam(state.opt_state, self.hyperparam))
         new = jnp.full(old.shape, self.learning_rate, old.dtype)
         if isinstance(old, jax.Array) and hasattr(old, "sharding"):
             new = jax.device_put(new, old.sharding)
-        return state.replace(opt_state=dlopt.set_hyperparam(state.opt_state, self.hyperparam, new))
+        return state.replace(opt_state=set_hyperparam(state.opt_state, self.hyperparam, new))
 
 
 class TerminateOnNaN(Callback):

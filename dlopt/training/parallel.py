@@ -7,9 +7,10 @@ also shards the optimizer state over the data axis (ZeRO-1), which changes memor
 
 Uneven last batches: the global batch size must divide by the number of devices. Either drop
 the last partial batch, or pad it to full size with a ``"mask"`` key (1 for real rows, 0 for
-padding; `pad_batch` does both) and write the loss as a masked mean; the steps weight every device by its count of
-real rows, so padded batches give exact means. Padded rows still pass through BatchNorm in
-train mode (give them real-looking values, e.g. repeats of real rows, or drop instead).
+padding; `pad_batch` does both) and write the loss as a masked mean; the steps weight every
+device by its count of real rows, so padded batches give exact means. Padded rows still pass
+through BatchNorm in train mode and shift its batch statistics: drop the last batch instead
+when the model has BatchNorm and exact statistics matter.
 """
 
 from __future__ import annotations
