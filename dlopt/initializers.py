@@ -326,7 +326,9 @@ def orthogonal(scale: float = 1.0, column_axis: int = -1) -> Initializer:
     The kernel is viewed as a matrix with ``shape[column_axis]`` columns and all other axes
     as rows; if there are at least as many rows as columns the columns are orthonormal
     (``W^T W = I``), otherwise the rows are (``W W^T = I``). Signs are fixed by ``diag(R)``
-    so the draw is uniform (Haar). Same numbers as ``jax.nn.initializers.orthogonal``.
+    so the draw is uniform (Haar). Same numbers as ``jax.nn.initializers.orthogonal`` in
+    float32/float64; half-precision kernels are computed in float32 and cast (jax's QR
+    has no bf16 kernel, so ``jax.nn.initializers.orthogonal`` fails there).
 
     Example:
         >>> import jax, jax.numpy as jnp, dlopt
@@ -344,14 +346,16 @@ def orthogonal(scale: float = 1.0, column_axis: int = -1) -> Initializer:
             return jnp.zeros(shape, dtype)
         n_cols = shape[column_axis]
         n_rows = math.prod(shape) // n_cols
-        z = jax.random.normal(key, (max(n_rows, n_cols), min(n_rows, n_cols)), dtype)
+        # QR has no bf16/f16 kernel: draw and factor in float32, cast at the end.
+        work = dtype if jnp.dtype(dtype) in (jnp.float32, jnp.float64) else jnp.float32
+        z = jax.random.normal(key, (max(n_rows, n_cols), min(n_rows, n_cols)), work)
         q, r = jnp.linalg.qr(z)
         d = jnp.diagonal(r)
         q = q * jnp.where(d < 0, -jnp.ones_like(d), jnp.ones_like(d))[None, :]
         if n_rows < n_cols:
             q = q.T
         q = jnp.reshape(q, tuple(np.delete(np.array(shape), column_axis)) + (n_cols,))
-        return jnp.moveaxis(q, -1, column_axis) * jnp.asarray(scale, dtype)
+        return (jnp.moveaxis(q, -1, column_axis) * jnp.asarray(scale, work)).astype(dtype)
 
     return init
 
