@@ -51,6 +51,11 @@ from dlopt.optimizers.sgd import trace as trace
 
 # --- regularizers
 from dlopt.regularizers import add_decayed_weights as add_decayed_weights
+from dlopt.regularizers import add_l1_subgradient as add_l1_subgradient
+from dlopt.regularizers import elastic_net_penalty as elastic_net_penalty
+from dlopt.regularizers import l1_penalty as l1_penalty
+from dlopt.regularizers import l2_penalty as l2_penalty
+from dlopt.regularizers import weights_only as weights_only
 
 # --- schedules
 from dlopt.schedules import constant_schedule as constant_schedule
@@ -74,10 +79,16 @@ from dlopt.plateau import plateau_step as plateau_step
 from dlopt.plateau import reduce_on_plateau as reduce_on_plateau
 
 # --- clipping
+from dlopt.clipping import adaptive_grad_clip as adaptive_grad_clip
+from dlopt.clipping import clip as clip
+from dlopt.clipping import clip_by_block_rms as clip_by_block_rms
+from dlopt.clipping import clip_by_global_norm as clip_by_global_norm
 
 # --- initializers (a namespace: dlopt.initializers.glorot_uniform, ...)
+from dlopt import initializers as initializers
 
 # --- wrappers
+from dlopt.fused import fused as fused
 
 # --- submodules
 from dlopt import testing as testing

@@ -131,6 +131,4 @@ def accepts_extra_args(update_fn: Callable[..., Any]) -> bool:
         signature = inspect.signature(update_fn)
     except (TypeError, ValueError):
         return False
-    return any(
-        p.kind in (p.VAR_KEYWORD, p.KEYWORD_ONLY) for p in signature.parameters.values()
-    )
+    return any(p.kind in (p.VAR_KEYWORD, p.KEYWORD_ONLY) for p in signature.parameters.values())

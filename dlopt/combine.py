@@ -98,9 +98,7 @@ def _hide(tree: chex.ArrayTree, mask: chex.ArrayTree) -> chex.ArrayTree:
     return jax.tree.map(lambda m, x: x if m else MaskedNode(), mask, tree)
 
 
-def masked(
-    inner: GradientTransformation, mask: Mask
-) -> GradientTransformationExtraArgs:
+def masked(inner: GradientTransformation, mask: Mask) -> GradientTransformationExtraArgs:
     """Applies ``inner`` only where ``mask`` is True; other updates pass through unchanged.
 
     ``mask`` is a pytree of bools with the params' structure (or a prefix of it), or a
@@ -122,7 +120,9 @@ def masked(
         new_updates, inner_state = inner.update(
             _hide(updates, mask_tree), state.inner_state, hidden_params, **extra_args
         )
-        merged = jax.tree.map(lambda m, new, old: new if m else old, mask_tree, new_updates, updates)
+        merged = jax.tree.map(
+            lambda m, new, old: new if m else old, mask_tree, new_updates, updates
+        )
         return merged, MaskedState(inner_state)
 
     return GradientTransformationExtraArgs(init_fn, update_fn)
