@@ -1,0 +1,505 @@
+"""The ``dlopt`` command: ``dlopt demo``, ``dlopt schedule``, ``dlopt lr-find`` (and ``bench``).
+
+Every subcommand has ``--help`` and an ``--out`` folder; bad arguments exit with status 2 and
+one line on stderr. The small Flax MLP, the data loading and the loss used here are public so
+that the examples reuse them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+DEMO_OPTIMIZERS: dict[str, tuple[str, float, dict[str, Any]]] = {
+    # name -> (dlopt factory, learning rate, other arguments)
+    "SGD": ("sgd", 0.1, {}),
+    "Momentum": ("sgd", 0.05, {"momentum": 0.9}),
+    "Nesterov": ("sgd", 0.05, {"momentum": 0.9, "nesterov": True}),
+    "AdaGrad": ("adagrad", 0.05, {}),
+    "RMSProp": ("rmsprop", 1e-3, {}),
+    "Adadelta": ("adadelta", 1.0, {}),
+    "Adam": ("adam", 1e-3, {}),
+    "Nadam": ("nadam", 1e-3, {}),
+    "AdamW": ("adamw", 1e-3, {"weight_decay": 1e-2}),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line (exit status 2)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+class UsageError(Exception):
+    """A bad command-line value found after parsing; printed as one line, exit status 2."""
+
+
+# ----------------------------------------------------------------------------- data and model
+
+
+def load_dataset(name: str = "digits", *, limit: int | None = None, seed: int = 0) -> dict:
+    """Train/val/test splits of a classification set as flat, standardized float32 features.
+
+    ``digits`` is scikit-learn's bundled 8x8 digits (offline); ``mnist`` is TFDS MNIST (needs
+    the data downloaded already). Returns ``{"train": (x, y), "val": ..., "test": ...,
+    "source": str}``; ``limit`` caps the training examples.
+    """
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        x, y = load_digits(return_X_y=True)
+        source = "scikit-learn digits (8x8, offline)"
+    elif name == "mnist":
+        try:
+            import tensorflow_datasets as tfds
+
+            data = tfds.as_numpy(
+                tfds.load("mnist", split="train+test", batch_size=-1, download=False)
+            )
+        except Exception as e:  # noqa: BLE001 - any failure means "not available offline"
+            raise UsageError(
+                f"TFDS MNIST is not available here ({type(e).__name__}); download it first "
+                "(tfds.load('mnist')) or use --dataset digits."
+            ) from e
+        x, y = data["image"].reshape(len(data["image"]), -1), data["label"]
+        source = "TFDS MNIST (28x28)"
+    else:
+        raise UsageError(f"unknown dataset {name!r}; choose digits or mnist.")
+    x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
+    order = np.random.default_rng(seed).permutation(len(x))
+    x, y = x[order], y[order]
+    n_test = n_val = int(0.15 * len(x))
+    test, val = (x[:n_test], y[:n_test]), (x[n_test : n_test + n_val], y[n_test : n_test + n_val])
+    train = (x[n_test + n_val :], y[n_test + n_val :])
+    if limit is not None:
+        train = (train[0][:limit], train[1][:limit])
+    mean, std = train[0].mean(0), train[0].std(0) + 1e-6
+    scale = lambda xy: ((xy[0] - mean) / std, xy[1])  # noqa: E731
+    return {"train": scale(train), "val": scale(val), "test": scale(test), "source": source}
+
+
+def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int = 0) -> Callable:
+    """``epoch -> [{"x", "y"} batches]``, reshuffled each epoch, the last partial one dropped."""
+
+    def epoch_batches(epoch: int) -> list[dict[str, np.ndarray]]:
+        order = np.random.default_rng([seed, epoch]).permutation(len(x))
+        n = max(len(x) // batch_size, 1)
+        return [{"x": x[i], "y": y[i]} for i in np.array_split(order[: n * batch_size], n)]
+
+    return epoch_batches
+
+
+def mlp(
+    hidden: Sequence[int] = (128, 64),
+    num_classes: int = 10,
+    *,
+    dropout: float = 0.0,
+    batch_norm: bool = False,
+    kernel_init: Any = None,
+    activation: Any = None,
+) -> Any:
+    """A Flax linen MLP: ``[Dense, (BatchNorm), activation, (Dropout)] * len(hidden), Dense``."""
+    import flax.linen as nn
+    import jax
+
+    act = activation or jax.nn.relu
+    dense = (lambda n: nn.Dense(n, kernel_init=kernel_init)) if kernel_init else nn.Dense
+
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            for n in hidden:
+                x = dense(n)(x)
+                if batch_norm:
+                    x = nn.BatchNorm(use_running_average=not train)(x)
+                x = act(x)
+                if dropout:
+                    x = nn.Dropout(dropout, deterministic=not train)(x)
+            return dense(num_classes)(x)
+
+    return MLP()
+
+
+def classifier_loss(model: Any, *, l2: float = 0.0) -> Callable:
+    """The `dlopt.training` loss: mean cross-entropy (+ ``l2_penalty`` on the weights), accuracy."""
+    import jax
+    import jax.numpy as jnp
+
+    import dlopt
+
+    def loss_fn(params, batch, *, model_state, rng, train):
+        variables = {"params": params, **model_state}
+        mutable = ["batch_stats"] if (train and model_state) else False
+        out = model.apply(
+            variables, batch["x"], train=train, rngs={"dropout": rng}, mutable=mutable
+        )
+        logits, new_state = out if mutable else (out, {"model_state": model_state})
+        new_state = {"model_state": {**model_state, **new_state}} if mutable else new_state
+        logp = jax.nn.log_softmax(logits)
+        loss = -jnp.mean(jnp.take_along_axis(logp, batch["y"][:, None], axis=-1))
+        if l2:
+            loss = loss + dlopt.l2_penalty(params, l2, mask=dlopt.weights_only)
+        acc = jnp.mean((jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32))
+        return loss, {**new_state, "metrics": {"accuracy": acc}}
+
+    return loss_fn
+
+
+def train_classifier(
+    tx: Any,
+    data: dict,
+    *,
+    model: Any,
+    epochs: int,
+    batch_size: int = 64,
+    l2: float = 0.0,
+    patience: int | None = None,
+    seed: int = 0,
+    on_epoch: Callable | None = None,
+) -> dict[str, Any]:
+    """Fits ``model`` with ``tx`` on ``data`` (from `load_dataset`); returns the history, test
+    accuracy and macro F1 (of the best-val-loss weights with ``patience``), epochs, seconds."""
+    import jax
+    import jax.numpy as jnp
+
+    from dlopt import metrics
+    from dlopt.training import EarlyStopping, LambdaCallback, TrainState, fit
+
+    x_train, y_train = data["train"]
+    variables = model.init(jax.random.key(seed), jnp.asarray(x_train[:2]))
+    params, model_state = variables.pop("params"), dict(variables)
+    state = TrainState.create(
+        apply_fn=model.apply, params=params, tx=tx, rng=seed, model_state=model_state
+    )
+    callbacks = [LambdaCallback(on_epoch_end=on_epoch)] if on_epoch else []
+    if patience is not None:
+        callbacks.append(EarlyStopping("val_loss", patience=patience, restore_best=True))
+    val = [{"x": data["val"][0], "y": data["val"][1]}]
+    start = time.perf_counter()
+    state, history = fit(
+        state,
+        batches(x_train, y_train, batch_size, seed=seed),
+        epochs=epochs,
+        val_data=val,
+        loss_fn=classifier_loss(model, l2=l2),
+        callbacks=callbacks,
+        progress=False,
+    )
+    seconds = time.perf_counter() - start
+    x_test, y_test = data["test"]
+    logits = model.apply({"params": state.params, **state.model_state}, x_test, train=False)
+    y_pred, y_true = jnp.argmax(logits, -1), jnp.asarray(y_test)
+    val_loss = history.history["val_loss"]
+    return {
+        "history": history,
+        "test_accuracy": float(metrics.accuracy(y_true, y_pred)),
+        "test_f1": float(metrics.f1_score(y_true, y_pred, num_classes=10, average="macro")),
+        "best_epoch": int(np.nanargmin(val_loss)),
+        "epochs": len(history),
+        "seconds": seconds,
+    }
+
+
+# ----------------------------------------------------------------------------- subcommands
+
+
+def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    cells = [
+        [f"{r[c]:.4g}" if isinstance(r[c], float) else str(r[c]) for c in columns] for r in rows
+    ]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    line = lambda vals: "  ".join(v.rjust(w) for v, w in zip(vals, widths, strict=True))  # noqa: E731
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Trains one MLP with each optimizer, prints the table and diagnoses, writes the PNGs."""
+    from tqdm.auto import tqdm
+
+    import dlopt
+    from dlopt import plots
+    from dlopt.diagnose import diagnose, format_findings
+
+    names = args.optimizers or list(DEMO_OPTIMIZERS)
+    unknown = [n for n in names if n not in DEMO_OPTIMIZERS]
+    if unknown:
+        raise UsageError(f"unknown optimizer {unknown[0]!r}; choose from {list(DEMO_OPTIMIZERS)}.")
+    epochs = 2 if args.quick else args.epochs
+    data = load_dataset(args.dataset, limit=300 if args.quick else args.limit, seed=args.seed)
+    print(
+        f"data: {data['source']}, {len(data['train'][0])} train / {len(data['val'][0])} val / "
+        f"{len(data['test'][0])} test examples; MLP {args.hidden}, dropout 0.2"
+    )
+    model = mlp(args.hidden, dropout=0.2)
+    rows, histories = [], {}
+    with tqdm(total=len(names) * epochs, unit="epoch", file=sys.stderr) as bar:
+        for name in names:
+            factory, lr, kwargs = DEMO_OPTIMIZERS[name]
+            if factory == "adamw":
+                kwargs = {**kwargs, "mask": dlopt.weights_only}
+            bar.set_description(name)
+            result = train_classifier(
+                getattr(dlopt, factory)(lr, **kwargs),
+                data,
+                model=model,
+                epochs=epochs,
+                batch_size=args.batch_size,
+                patience=args.patience,
+                seed=args.seed,
+                on_epoch=lambda epoch, state, history, logs: (bar.update(), state)[1],
+            )
+            bar.update(epochs - result["epochs"])  # epochs skipped by early stopping
+            h = result["history"].history
+            histories[name] = result["history"]
+            rows.append(
+                {
+                    "optimizer": name,
+                    "lr": lr,
+                    "train loss": h["loss"][-1],
+                    "val loss": h["val_loss"][-1],
+                    "best epoch": result["best_epoch"],
+                    "epochs": result["epochs"],
+                    "test acc": result["test_accuracy"],
+                    "test F1": result["test_f1"],
+                    "time s": result["seconds"],
+                }
+            )
+    print(_table(rows, list(rows[0])))
+    print("\ndiagnosis (dlopt.diagnose):")
+    for name, history in histories.items():
+        print(f"{name}:\n  " + format_findings(diagnose(history)).replace("\n", "\n  "))
+    os.makedirs(args.out, exist_ok=True)
+    plots.plot_curves(
+        histories,
+        keys=("loss", "val_loss"),
+        logy=True,
+        mark_best="val_loss",
+        title=f"{data['source']}: loss per optimizer",
+        path=os.path.join(args.out, "loss_curves.png"),
+    )
+    plots.plot_curves(
+        histories,
+        keys=("accuracy", "val_accuracy"),
+        ylabel="accuracy",
+        title="train / validation accuracy",
+        path=os.path.join(args.out, "accuracy_curves.png"),
+    )
+    plots.plot_bars(
+        {r["optimizer"]: r["test acc"] for r in rows},
+        ylabel="test accuracy",
+        ylim=(0, 1.05),
+        path=os.path.join(args.out, "test_accuracy.png"),
+    )
+    with open(os.path.join(args.out, "demo_results.json"), "w") as f:
+        json.dump({"rows": rows, "histories": {k: v.to_dict() for k, v in histories.items()}}, f)
+    print(
+        f"\nwrote loss_curves.png, accuracy_curves.png, test_accuracy.png, demo_results.json "
+        f"to {args.out}"
+    )
+    return 0
+
+
+SCHEDULE_ALIASES = {
+    "constant": "constant_schedule",
+    "step": "step_decay_schedule",
+    "exponential": "exponential_decay",
+    "piecewise": "piecewise_constant_schedule",
+    "polynomial": "polynomial_schedule",
+    "linear": "linear_schedule",
+    "cosine": "cosine_decay_schedule",
+    "warmup_cosine": "warmup_cosine_decay_schedule",
+    "warmup_exponential": "warmup_exponential_decay_schedule",
+    "onecycle": "cosine_onecycle_schedule",
+}
+_LENGTH_ARGS = ("decay_steps", "transition_steps")
+
+
+def _parse_kwargs(pairs: Sequence[str]) -> dict[str, Any]:
+    kwargs = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--args takes NAME=VALUE pairs, got {pair!r}.")
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise UsageError(f"cannot read the value of {key}: {value!r} (a number?).") from None
+    return kwargs
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    """Evaluates a schedule over ``--steps`` steps, prints a few values, draws it."""
+    import inspect
+
+    from dlopt import plots, schedules
+
+    name = SCHEDULE_ALIASES.get(args.name, args.name)
+    factory = getattr(schedules, name, None)
+    if name not in SCHEDULE_ALIASES.values() or factory is None:
+        choices = ", ".join(sorted(SCHEDULE_ALIASES))
+        raise UsageError(f"unknown schedule {args.name!r}; choose from {choices}.")
+    kwargs = _parse_kwargs(args.args)
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as e:
+        raise UsageError(f"{name}{inspect.signature(factory)}: {e}.") from None
+    try:
+        schedule = factory(**kwargs)
+    except ValueError as e:  # the schedule's own argument checks
+        raise UsageError(str(e).splitlines()[0]) from None
+    steps = args.steps or int(next((kwargs[k] for k in _LENGTH_ARGS if k in kwargs), 1000) * 1.1)
+    values = np.asarray(schedule(np.arange(steps)), float)
+    for t in np.unique(np.linspace(0, steps - 1, 11).astype(int)):
+        print(f"step {t:>7d}  {values[t]:.6g}")
+    path = args.plot or os.path.join(args.out, f"schedule_{args.name}.png")
+    plots.plot_schedules({name: values}, title=f"{name}({', '.join(args.args)})", path=path)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    """The LR range test on the demo MLP (no dropout): prints the suggestion, draws the curve."""
+    import jax
+    import jax.numpy as jnp
+
+    import dlopt
+    from dlopt import plots, tuning
+
+    factory = getattr(dlopt, args.optimizer, None)
+    if args.optimizer not in {f for f, _, _ in DEMO_OPTIMIZERS.values()} or factory is None:
+        raise UsageError(f"unknown optimizer {args.optimizer!r}; try sgd, adam, rmsprop, ...")
+    data = load_dataset(args.dataset, limit=args.limit, seed=args.seed)
+    model = mlp(args.hidden)
+    x, y = data["train"]
+    params = model.init(jax.random.key(args.seed), jnp.asarray(x[:2]))["params"]
+    loss = classifier_loss(model)
+    key = jax.random.key(args.seed)
+    loss_fn = lambda p, b: loss(p, b, model_state={}, rng=key, train=False)[0]  # noqa: E731
+    epoch_batches, pass_ = batches(x, y, args.batch_size, seed=args.seed), []
+    while len(pass_) < args.steps:
+        pass_ += epoch_batches(len(pass_))
+    found = tuning.lr_find(
+        loss_fn, params, pass_[: args.steps], factory, min_lr=args.min_lr, max_lr=args.max_lr
+    )
+    where = (
+        f"the loss diverges at lr {found.learning_rates[found.stop]:.3g}"
+        if found.stop < args.steps
+        else "no divergence: raise --max-lr to see the whole curve"
+    )
+    print(f"{args.optimizer} on {data['source']}, lr {args.min_lr:g} -> {args.max_lr:g}: {where}")
+    print(f"suggested learning rate: {found.suggested_lr:.3g}")
+    path = os.path.join(args.out, "lr_find.png")
+    plots.plot_lr_find(
+        found.learning_rates,
+        found.smoothed,
+        raw_losses=found.losses,
+        suggested_lr=found.suggested_lr,
+        path=path,
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``dlopt`` argument parser with its subcommands."""
+    parser = _Parser(prog="dlopt", description="dlopt: deep-learning training techniques in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = sub.add_parser("demo", help="train one MLP with 9 optimizers, compare, diagnose")
+    demo.add_argument("--dataset", default="digits", choices=["digits", "mnist"])
+    demo.add_argument("--epochs", type=_positive_int, default=40)
+    demo.add_argument("--batch-size", type=_positive_int, default=64)
+    demo.add_argument("--hidden", type=_positive_int, nargs="+", default=[128, 64])
+    demo.add_argument(
+        "--patience",
+        type=_positive_int,
+        default=8,
+        help="early stopping on val_loss (best weights restored)",
+    )
+    demo.add_argument("--limit", type=_positive_int, default=None, help="max training examples")
+    demo.add_argument(
+        "--optimizers",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help=f"a subset of {', '.join(DEMO_OPTIMIZERS)}",
+    )
+    demo.add_argument(
+        "--quick", action="store_true", help="2 epochs on 300 examples (a smoke test)"
+    )
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--out", default="dlopt_demo", help="folder for the PNGs (default %(default)s)"
+    )
+    demo.set_defaults(func=cmd_demo)
+
+    sched = sub.add_parser("schedule", help="draw a learning-rate schedule")
+    sched.add_argument("name", help=f"one of {', '.join(SCHEDULE_ALIASES)} (or the full name)")
+    sched.add_argument(
+        "--args",
+        nargs="*",
+        default=[],
+        metavar="NAME=VALUE",
+        help="the schedule's arguments, e.g. init_value=0.1 decay_steps=1000",
+    )
+    sched.add_argument("--steps", type=_positive_int, default=None)
+    sched.add_argument("--plot", default=None, help="PNG path (default OUT/schedule_NAME.png)")
+    sched.add_argument("--out", default=".", help="folder for the PNG (default %(default)s)")
+    sched.set_defaults(func=cmd_schedule)
+
+    find = sub.add_parser("lr-find", help="learning-rate range test on the demo MLP")
+    find.add_argument("--optimizer", default="sgd", help="a dlopt optimizer (sgd, adam, ...)")
+    find.add_argument("--dataset", default="digits", choices=["digits", "mnist"])
+    find.add_argument("--min-lr", type=_positive_float, default=1e-5)
+    find.add_argument("--max-lr", type=_positive_float, default=10.0)
+    find.add_argument("--steps", type=_positive_int, default=100)
+    find.add_argument("--batch-size", type=_positive_int, default=64)
+    find.add_argument("--hidden", type=_positive_int, nargs="+", default=[128, 64])
+    find.add_argument("--limit", type=_positive_int, default=None)
+    find.add_argument("--seed", type=int, default=0)
+    find.add_argument("--out", default=".", help="folder for lr_find.png (default %(default)s)")
+    find.set_defaults(func=cmd_lr_find)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``dlopt`` command; returns the exit status (0 ok, 2 bad arguments).
+
+    Example:
+        >>> main(["schedule", "step", "--args", "init_value=0.1", "step_size=30",
+        ...       "decay_rate=0.5", "--plot", "/tmp/step.png"])  # doctest: +SKIP
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"dlopt {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
