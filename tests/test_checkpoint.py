@@ -1,0 +1,386 @@
+"""ModelCheckpoint and restore: round trips, best-only saving, atomicity, damage, resume."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from typing import NamedTuple
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from orbax.checkpoint import handlers
+
+import dlopt
+from dlopt.training import History, TrainState, fit, make_eval_step, make_train_step
+from dlopt.training.checkpoint import (
+    CheckpointError,
+    ModelCheckpoint,
+    available_steps,
+    restore,
+)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# ------------------------------------------------------------------ a tiny model and its data
+
+
+class Net(nn.Module):
+    """Dense 8 -> BatchNorm -> relu -> dropout -> Dense 1 (a logit)."""
+
+    @nn.compact
+    def __call__(self, x, *, train: bool):
+        x = nn.Dense(8)(x)
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+        x = nn.Dropout(0.2, deterministic=not train)(nn.relu(x))
+        return nn.Dense(1)(x)[:, 0]
+
+
+def loss_fn(params, batch, *, model_state, rng, train):
+    variables = {"params": params, **model_state}
+    if train:
+        logits, updates = Net().apply(
+            variables, batch["x"], train=True, rngs={"dropout": rng}, mutable=["batch_stats"]
+        )
+    else:
+        logits, updates = Net().apply(variables, batch["x"], train=False), model_state
+    loss = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, batch["y"]))
+    accuracy = jnp.mean(((logits > 0) == (batch["y"] > 0.5)).astype(jnp.float32))
+    return loss, {"model_state": dict(updates), "metrics": {"accuracy": accuracy}}
+
+
+def make_tx():
+    """Adam on a decaying schedule (a schedule count) behind a plateau scale (plateau state)."""
+    schedule = dlopt.exponential_decay(0.05, transition_steps=4, decay_rate=0.7)
+    return dlopt.chain(
+        dlopt.adam(schedule), dlopt.reduce_on_plateau(factor=0.5, patience=1, accumulation_size=2)
+    )
+
+
+def make_state(seed: int = 0) -> TrainState:
+    variables = Net().init(jax.random.key(seed), jnp.ones((2, 3)), train=False)
+    params, model_state = variables["params"], {"batch_stats": variables["batch_stats"]}
+    return TrainState.create(
+        apply_fn=Net().apply, params=params, tx=make_tx(), rng=seed + 1, model_state=model_state
+    )
+
+
+def make_data():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((48, 3)).astype(np.float32)
+    y = (x @ np.array([1.0, -2.0, 0.5], np.float32) > 0).astype(np.float32)
+
+    def train(epoch):  # reshuffled every epoch, deterministic in the epoch number
+        order = np.random.default_rng(100 + epoch).permutation(40)
+        return [{"x": x[order[i : i + 8]], "y": y[order[i : i + 8]]} for i in range(0, 40, 8)]
+
+    return train, [{"x": x[40:], "y": y[40:]}]
+
+
+TRAIN_STEP = make_train_step(loss_fn, loss_as_value=True)  # built once: compiled once
+EVAL_STEP = make_eval_step(loss_fn)
+
+
+def run(state, epochs, callbacks=(), **kwargs):
+    train, val = make_data()
+    return fit(
+        state,
+        train,
+        epochs=epochs,
+        val_data=val,
+        train_step=TRAIN_STEP,
+        eval_step=EVAL_STEP,
+        callbacks=callbacks,
+        progress=False,
+        **kwargs,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A state after 2 epochs (non-trivial opt_state, batch_stats, step) and its History."""
+    return run(make_state(), 2)
+
+
+def as_numpy(tree):
+    """The array leaves as numpy, in order (TrainStates built apart differ in their static tx)."""
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+# -------------------------------------------------------------------------------- round trips
+
+
+def test_restore_with_target_returns_the_same_types_and_values(tmp_path, trained):
+    state, history = trained
+    history = History([*history.epochs, {"loss": float("nan")}])  # NaN survives JSON
+    ckpt = ModelCheckpoint(tmp_path, save_best_only=False)
+    step = ckpt.save(1, state, history)
+    ckpt.on_train_end(state, history)
+    assert step == int(state.step) and available_steps(tmp_path) == [step]
+
+    restored, restored_history = restore(tmp_path, target=make_state(seed=5))
+    assert type(restored) is TrainState
+    assert jax.tree.structure(restored.replace(tx=None, apply_fn=None)) == jax.tree.structure(
+        state.replace(tx=None, apply_fn=None)
+    )
+    chex.assert_trees_all_equal(as_numpy(restored), as_numpy(state))
+    assert restored.tx is not None and restored.apply_fn is not None  # static fields: target's
+    assert restored_history == history
+
+
+def test_restore_without_target_gives_plain_containers(tmp_path, trained):
+    state, history = trained
+    ckpt = ModelCheckpoint(tmp_path, save_best_only=False)
+    ckpt.save(1, state, history)
+    restored, _ = restore(tmp_path)
+    assert isinstance(restored, dict) and set(restored) >= {"params", "opt_state", "rng"}
+    chex.assert_trees_all_equal(
+        sorted(map(np.asarray, jax.tree.leaves(restored)), key=lambda a: (a.shape, a.sum())),
+        sorted(map(np.asarray, jax.tree.leaves(state)), key=lambda a: (a.shape, a.sum())),
+    )
+
+
+class PlainState(NamedTuple):
+    params: dict
+    opt_state: tuple
+
+
+def test_generic_pytree_state_is_numbered_by_epoch(tmp_path):
+    params = {"w": jnp.arange(3.0)}
+    tx = dlopt.sgd(0.1, momentum=0.9)
+    state = PlainState(params, tx.init(params))
+    updates, opt_state = tx.update({"w": jnp.ones(3)}, state.opt_state, params)
+    state = PlainState(dlopt.apply_updates(params, updates), opt_state)
+    ckpt = ModelCheckpoint(tmp_path, monitor="loss", save_best_only=False)
+    ckpt.on_train_begin(state, History())
+    history = History([{"loss": 1.0}])
+    ckpt.on_epoch_end(0, state, history, history.epochs[-1])
+    assert available_steps(tmp_path) == [1]
+    restored, _ = restore(tmp_path, target=PlainState(params, tx.init(params)))
+    assert type(restored) is PlainState and type(restored.opt_state[0]) is type(opt_state[0])
+    chex.assert_trees_all_equal(restored, state)
+
+
+# ------------------------------------------------------------------ best only, max_to_keep
+
+
+def drive(ckpt, values, monitor="val_loss"):
+    """Runs ModelCheckpoint over epochs whose logs[monitor] are ``values``; step = epoch + 1."""
+    history = History()
+    state = {"step": jnp.zeros((), jnp.int32), "w": jnp.zeros(2)}
+    ckpt.on_train_begin(state, history)
+    for epoch, value in enumerate(values):
+        state = {"step": jnp.asarray(epoch + 1, jnp.int32), "w": jnp.full(2, float(epoch))}
+        logs = {"loss": 1.0, monitor: value}
+        history.append(logs)
+        ckpt.on_epoch_end(epoch, state, history, logs)
+    ckpt.on_train_end(state, history)
+    return history
+
+
+@pytest.mark.parametrize(
+    "mode, monitor, values, saved",
+    [
+        ("min", "val_loss", [3.0, 2.0, 2.5, 1.0, float("nan"), 0.5], [1, 2, 4, 6]),
+        ("max", "val_accuracy", [0.5, 0.7, 0.6, 0.9, 0.9], [1, 2, 4]),
+        ("auto", "val_accuracy", [0.5, 0.4, 0.6], [1, 3]),
+    ],
+)
+def test_save_best_only(tmp_path, mode, monitor, values, saved):
+    ckpt = ModelCheckpoint(tmp_path, monitor=monitor, mode=mode, max_to_keep=None)
+    drive(ckpt, values, monitor)
+    assert ckpt.saved_steps == saved and available_steps(tmp_path) == saved
+    state, history = restore(tmp_path)
+    assert float(state["w"][0]) == saved[-1] - 1 and len(history) == saved[-1]
+
+
+def test_max_to_keep_keeps_the_newest_and_resume_remembers_the_best(tmp_path):
+    drive(ModelCheckpoint(tmp_path, max_to_keep=2), [3.0, 2.0, 1.0])
+    assert available_steps(tmp_path) == [2, 3]
+    _, history = restore(tmp_path)
+    resumed = ModelCheckpoint(tmp_path, max_to_keep=2)
+    resumed.on_train_begin({"step": jnp.asarray(3)}, history)
+    assert resumed.best == 1.0
+
+
+def test_missing_monitor_warns_and_skips(tmp_path):
+    ckpt = ModelCheckpoint(tmp_path, monitor="val_loss")
+    ckpt.on_train_begin({"step": jnp.asarray(0)}, History())
+    with pytest.warns(UserWarning, match="val_loss"):
+        ckpt.on_epoch_end(0, {"step": jnp.asarray(1)}, History([{"loss": 1.0}]), {"loss": 1.0})
+    assert available_steps(tmp_path) == []
+
+
+def test_stale_checkpoints_raise_unless_overwrite(tmp_path):
+    drive(ModelCheckpoint(tmp_path, save_best_only=False), [1.0, 1.0, 1.0])
+    fresh = {"step": jnp.asarray(0), "w": jnp.zeros(2)}
+    with pytest.raises(CheckpointError, match=r"already holds checkpoints \[1, 2, 3\]"):
+        ModelCheckpoint(tmp_path).on_train_begin(fresh, History())
+    ModelCheckpoint(tmp_path, overwrite=True).on_train_begin(fresh, History())
+    assert available_steps(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "kwargs, match", [({"mode": "best"}, "mode"), ({"max_to_keep": 0}, "max_to_keep")]
+)
+def test_bad_arguments(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ModelCheckpoint(tmp_path, **kwargs)
+
+
+# ------------------------------------------------------------- atomicity and damaged files
+
+
+def test_crash_mid_save_leaves_the_previous_checkpoint_as_latest(tmp_path, monkeypatch):
+    drive(ModelCheckpoint(tmp_path, save_best_only=False), [1.0, 1.0])
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    ckpt = ModelCheckpoint(tmp_path, save_best_only=False)
+    state = {"step": jnp.asarray(3, jnp.int32), "w": jnp.full(2, 9.0)}
+    with monkeypatch.context() as m:  # the state item is written, the history item fails
+        m.setattr(handlers.JsonCheckpointHandler, "async_save", crash)
+        with pytest.raises(OSError, match="disk full"):
+            ckpt.save(2, state, History([{"loss": 1.0}] * 3))
+    assert glob.glob(os.path.join(tmp_path, "3.orbax-checkpoint-tmp*"))  # half-written
+    assert available_steps(tmp_path) == [1, 2]
+    restored, history = restore(tmp_path)
+    assert float(restored["w"][0]) == 1.0 and len(history) == 2
+    # the next run cleans the unfinished save up and saves normally
+    ckpt = ModelCheckpoint(tmp_path, save_best_only=False)
+    ckpt.save(2, state, History([{"loss": 1.0}] * 3))
+    assert not glob.glob(os.path.join(tmp_path, "*tmp*")) and available_steps(tmp_path) == [1, 2, 3]
+
+
+def test_leftover_tmp_dir_is_ignored(tmp_path):
+    junk = tmp_path / "7.orbax-checkpoint-tmp"
+    junk.mkdir()
+    (junk / "state").write_bytes(b"half")
+    with pytest.raises(CheckpointError, match="unfinished saves"):
+        restore(tmp_path)
+    drive(ModelCheckpoint(tmp_path, save_best_only=False), [1.0])
+    state, _ = restore(tmp_path)
+    assert int(state["step"]) == 1
+
+
+def corrupt_manifest(step_dir):
+    for path in glob.glob(os.path.join(step_dir, "state", "**", "manifest.ocdbt"), recursive=True):
+        with open(path, "wb") as f:
+            f.write(b"junk")
+
+
+def flip_data_bytes(step_dir):
+    for path in glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True):
+        data = bytearray(open(path, "rb").read())
+        for i in range(len(data) // 2, len(data)):
+            data[i] ^= 0xFF
+        open(path, "wb").write(bytes(data))
+
+
+def delete_history(step_dir):
+    for path in glob.glob(os.path.join(step_dir, "history", "*")):
+        os.remove(path)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax loop
+@pytest.mark.parametrize("damage", [corrupt_manifest, flip_data_bytes, delete_history])
+def test_damaged_latest_gives_a_clear_error_and_the_previous_one_restores(
+    tmp_path, trained, damage
+):
+    state, history = trained
+    ckpt = ModelCheckpoint(tmp_path, save_best_only=False)
+    ckpt.save(0, state, history)
+    later = state.replace(step=state.step + 1, params=jax.tree.map(lambda p: p + 1, state.params))
+    ckpt.save(1, later, history)
+    damage(os.path.join(tmp_path, str(int(later.step))))
+    target = make_state()
+    with pytest.raises(CheckpointError) as info:
+        restore(tmp_path, target=target)
+    message = str(info.value)
+    assert str(tmp_path) in message and f"step={int(state.step)}" in message
+    assert available_steps(tmp_path) == [int(state.step), int(later.step)]
+    restored, _ = restore(tmp_path, target=target, step=int(state.step))
+    chex.assert_trees_all_equal(as_numpy(restored), as_numpy(state))
+
+
+def test_missing_checkpoint_and_step_errors(tmp_path):
+    with pytest.raises(CheckpointError, match=f"{tmp_path}.*missing"):
+        restore(tmp_path / "nope")
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        restore(tmp_path)
+    drive(ModelCheckpoint(tmp_path, save_best_only=False), [1.0, 1.0])
+    with pytest.raises(CheckpointError, match=r"No checkpoint 5 .* \[1, 2\]"):
+        restore(tmp_path, step=5)
+
+
+def test_target_mismatch_is_reported(tmp_path):
+    drive(ModelCheckpoint(tmp_path, save_best_only=False), [1.0])
+    with pytest.raises(CheckpointError, match=str(tmp_path)):
+        restore(tmp_path, target={"step": jnp.zeros((), jnp.int32), "v": jnp.zeros(5)})
+
+
+# --------------------------------------------------------------------------------- resume
+
+RESUME_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    jax.config.update("jax_num_cpu_devices", 8)
+    sys.path.insert(0, {here!r})
+    import numpy as np
+    import test_checkpoint as t
+    from dlopt.training.checkpoint import ModelCheckpoint, restore
+
+    state, history = restore({directory!r}, target=t.make_state())
+    ckpt = ModelCheckpoint({directory!r}, save_best_only=False)
+    state, history = t.run(state, 6, [ckpt], initial_epoch=len(history), history=history)
+    leaves = [np.asarray(x) for x in jax.tree.leaves(state)]
+    np.savez({out!r}, *leaves)
+    json.dump(history.to_dict(), open({out!r} + ".json", "w"))
+    """
+)
+
+
+def test_resume_in_a_new_process_is_identical(tmp_path):
+    straight, straight_history = run(make_state(), 6)
+
+    directory, out = str(tmp_path / "ckpt"), str(tmp_path / "resumed.npz")
+    ckpt = ModelCheckpoint(directory, save_best_only=False)
+    run(make_state(), 3, [ckpt])
+    assert available_steps(directory) == [5, 10, 15]  # 5 steps per epoch
+    script = RESUME_SCRIPT.format(here=HERE, directory=directory, out=out)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    resumed = np.load(out)
+    leaves = [resumed[f"arr_{i}"] for i in range(len(resumed.files))]
+    chex.assert_trees_all_equal(leaves, [np.asarray(x) for x in jax.tree.leaves(straight)])
+    with open(out + ".json") as f:
+        assert History.from_dict(json.load(f)) == straight_history
+    assert available_steps(directory) == [20, 25, 30]
+
+
+def test_values_that_differ_from_the_saved_fingerprint_are_reported(tmp_path):
+    drive(ModelCheckpoint(tmp_path, save_best_only=False), [1.0, 1.0])
+    path = os.path.join(tmp_path, "2", "meta", "metadata")
+    with open(path) as f:
+        meta = json.load(f)
+    meta["fingerprint"]["w"][2] = "0" * 64  # as if the stored bytes of w had changed
+    with open(path, "w") as f:
+        json.dump(meta, f)
+    with pytest.raises(CheckpointError, match=r"\['w'\] differ .* step=1"):
+        restore(tmp_path)
+    state, _ = restore(tmp_path, step=1)
+    assert float(state["w"][0]) == 0.0
