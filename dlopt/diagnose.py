@@ -70,9 +70,10 @@ def _first_nonfinite(values: Sequence[float]) -> int | None:
     return next((i for i, x in enumerate(values) if not math.isfinite(x)), None)
 
 
-def _oscillation_start(s: Sequence[float], osc_tol: float) -> int | None:
-    """The first epoch of an up-down swing larger than ``osc_tol`` of the curve's range, when
-    such swings recur (at least 2, and a quarter of the possible turning points)."""
+def _oscillation_start(s: Sequence[float], osc_tol: float, tol: float) -> int | None:
+    """The first epoch of an up-down swing larger than ``osc_tol`` of the curve's range (and
+    than ``tol`` of its level), when such swings recur (at least 2, and a quarter of the
+    possible turning points)."""
     if len(s) < 4:
         return None
     span = max(s) - min(s)
@@ -82,7 +83,8 @@ def _oscillation_start(s: Sequence[float], osc_tol: float) -> int | None:
     big = [
         i
         for i in range(len(d) - 1)
-        if d[i] * d[i + 1] < 0 and min(abs(d[i]), abs(d[i + 1])) > osc_tol * span
+        if d[i] * d[i + 1] < 0
+        and min(abs(d[i]), abs(d[i + 1])) > max(osc_tol * span, tol * abs(s[i + 1]))
     ]
     if len(big) >= max(2, (len(d) - 1) // 4):
         return big[0]
@@ -120,7 +122,7 @@ def diagnose(
     tol: float = 0.01,
     overfit_tol: float = 0.05,
     underfit_drop: float = 0.1,
-    diverge_factor: float = 1.5,
+    diverge_factor: float = 2.0,
     osc_tol: float = 0.2,
     min_accuracy: float | None = None,
 ) -> list[Finding]:
@@ -128,8 +130,10 @@ def diagnose(
 
     With ``t`` the train loss and ``v`` the validation loss per epoch (``b = argmin v``):
 
-    * lr too high: a non-finite loss; ``t[-1] > diverge_factor * min(t)`` after the minimum;
-      or recurring swings ``|t[i+1] - t[i]| > osc_tol * (max - min)`` that change sign.
+    * lr too high: a non-finite loss; a jump ``t[i] > diverge_factor * m`` (``m`` the best
+      before ``i``) that is also more than ``osc_tol`` of the progress ``t[0] - m``; recurring
+      swings ``|t[i+1] - t[i]| > osc_tol * (max - min)`` that change sign; or ``v`` climbing
+      after ``b`` while ``t`` never gets below ``v[b]`` (the model got worse).
     * overfitting: ``v[-1] > v[b] + overfit_tol * |v[b]|`` with ``t[-1] < t[b]``, from ``b + 1``.
     * underfitting: ``(t[0] - min t) < underfit_drop * |t[0]|``, or the best train
       ``accuracy`` below ``min_accuracy``.
@@ -146,7 +150,7 @@ def diagnose(
         tol: the relative change that counts as an improvement.
         overfit_tol: how far (relative) the validation loss must climb above its minimum.
         underfit_drop: the least relative drop of the train loss for a model that learns.
-        diverge_factor: how far above its minimum a diverging train loss ends.
+        diverge_factor: the jump over its best so far that makes a train loss diverge.
         osc_tol: the swing, as a fraction of the curve's range, that counts as oscillation.
         min_accuracy: when given, a best train accuracy below it is underfitting.
 
@@ -191,39 +195,52 @@ def diagnose(
     if len(t) < 3:
         return sorted(findings, key=lambda f: f.epoch)
 
-    diverged = False
     t_min = min(t)
-    argmin_t = t.index(t_min)
-    if argmin_t < len(t) - 1 and t[-1] - t_min > (diverge_factor - 1) * abs(t_min) > 0:
-        diverged = True
-        findings.append(
-            _find(
-                "lr_too_high",
-                argmin_t + 1,
-                f"the train loss diverges: {t[-1]:.4g} at the end vs {t_min:.4g} at epoch "
-                f"{argmin_t}",
+    unstable = []  # (epoch, message) of each sign of a learning rate that is too high
+    jump = next(
+        (
+            i
+            for i in range(1, len(t))
+            if t[i] > diverge_factor * min(t[:i]) > 0
+            and t[i] - min(t[:i]) > osc_tol * (t[0] - min(t[:i]))
+        ),
+        None,
+    )
+    if jump is not None:
+        unstable.append(
+            (
+                jump,
+                f"{loss} jumps to {t[jump]:.4g}, over {diverge_factor:g}x its best so far "
+                f"({min(t[:jump]):.4g})",
             )
         )
-    oscillating = False
     for name, s in ((loss, t), (val_loss, v)):
-        start = _oscillation_start(s, osc_tol) if s is not None and not diverged else None
-        if start is not None and not oscillating:
-            oscillating = True
-            findings.append(_find("lr_too_high", start, f"{name} oscillates epoch to epoch"))
+        start = _oscillation_start(s, osc_tol, tol) if s is not None else None
+        if start is not None:
+            unstable.append((start, f"{name} oscillates epoch to epoch"))
+    diverged = bool(unstable)
+    if unstable:
+        findings.append(_find("lr_too_high", *min(unstable)))
 
     overfit = False
     if v is not None:
         b = v.index(min(v))
-        if b < len(v) - 1 and v[-1] > v[b] + overfit_tol * abs(v[b]) and t[-1] < t[b]:
-            overfit = True
-            findings.append(
-                _find(
-                    "overfitting",
-                    b + 1,
+        if b < len(v) - 1 and v[-1] > v[b] + overfit_tol * abs(v[b]):
+            overfit = t[-1] < min(t[: b + 1]) and t[-1] < v[b]
+            if overfit:
+                message = (
                     f"{val_loss} is lowest at epoch {b} ({v[b]:.4g}) and climbs to {v[-1]:.4g} "
-                    f"while {loss} keeps falling ({t[b]:.4g} -> {t[-1]:.4g})",
+                    f"while {loss} keeps falling ({t[b]:.4g} -> {t[-1]:.4g})"
                 )
-            )
+                findings.append(_find("overfitting", b + 1, message))
+            elif not diverged:  # worse on validation, no better on training: it degraded
+                diverged = True
+                message = (
+                    f"the model got worse after epoch {b}: {val_loss} climbs from {v[b]:.4g} to "
+                    f"{v[-1]:.4g} and {loss} ends at {t[-1]:.4g}, not below "
+                    f"{min(min(t[: b + 1]), v[b]):.4g}"
+                )
+                findings.append(_find("lr_too_high", b + 1, message))
 
     underfit = False
     if t[0] - t_min < underfit_drop * abs(t[0]):
@@ -248,10 +265,10 @@ def diagnose(
                 )
             )
 
-    trouble = diverged or oscillating or overfit or underfit
+    trouble = diverged or overfit
     monitored, name = (v, val_loss) if v is not None else (t, loss)
     last = _last_improvement(monitored, tol)
-    if not trouble and len(monitored) - 1 - last >= window:
+    if not (trouble or underfit) and len(monitored) - 1 - last >= window:
         findings.append(
             _find(
                 "plateau",
@@ -261,14 +278,16 @@ def diagnose(
             )
         )
     elif not trouble and len(t) > window:
-        starts = [_trailing_decrease_start(s) for s in (t, v) if s is not None]
+        # Falling in each of the last `window` epochs (train and val), fast enough to matter,
+        # or at any speed when the model underfits (then the rate is the problem).
+        start = max(_trailing_decrease_start(s) for s in (t, v) if s is not None)
         tail = t[-window - 1 :]
         rate = (tail[0] - tail[-1]) / (window * abs(tail[0])) if tail[0] else 0.0
-        if max(starts) <= len(t) - 1 - window and rate > tol:
+        if start <= len(t) - 1 - window and (rate > tol or underfit):
             findings.append(
                 _find(
                     "lr_too_low",
-                    max(starts),
+                    start,
                     f"{loss} is still falling steadily at the end ({rate:.1%} per epoch over "
                     f"the last {window} epochs)",
                 )

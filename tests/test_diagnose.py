@@ -1,0 +1,180 @@
+"""diagnose(): synthetic histories of each kind, real histories from dlopt's own runs, inputs."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from dlopt.diagnose import KINDS, REMEDIES, Finding, diagnose, format_findings
+from dlopt.training import History
+
+E = np.arange(30)
+NOISE = 0.002 * np.sin(1.7 * E)  # a small deterministic wiggle
+
+
+def _h(loss, val_loss=None):
+    h = {"loss": [float(x) for x in loss]}
+    if val_loss is not None:
+        h["val_loss"] = [float(x) for x in val_loss]
+    return h
+
+
+SYNTHETIC = [
+    # name, history, expected [(kind, epoch)]
+    (
+        "overfitting",
+        _h(2 * np.exp(-0.3 * E) + 0.05, np.where(E < 10, 2 * np.exp(-0.3 * E) + 0.3,
+                                                 2 * np.exp(-3.0) + 0.3 + 0.02 * (E - 10))),
+        [("overfitting", 11)],
+    ),
+    ("underfitting", _h(2.3 + NOISE, 2.31 + NOISE[::-1]), [("underfitting", 0)]),
+    ("oscillation", _h(1 + 0.5 * (-1.0) ** E, 1.1 + 0.5 * (-1.0) ** E), [("lr_too_high", 0)]),
+    (
+        "nan",
+        _h([1.0, 0.8, 0.6, math.nan, math.nan], [1.0, 0.9, 0.7, math.nan, math.nan]),
+        [("lr_too_high", 3)],
+    ),
+    ("val nan only", _h([1.0, 0.8, 0.6, 0.5], [1.0, 0.9, math.inf, 0.7]), [("lr_too_high", 2)]),
+    ("divergence", _h([1.0, 0.5, 0.4, 0.6, 1.0, 2.0, 5.0]), [("lr_too_high", 4)]),
+    ("lr too low", _h(2.3 * (1 - 0.02 * E), 2.35 * (1 - 0.02 * E)), [("lr_too_low", 0)]),
+    (
+        "plateau",
+        _h(np.maximum(2 * np.exp(-0.5 * E), 0.5) + NOISE, np.maximum(2 * np.exp(-0.5 * E), 0.6)),
+        [("plateau", 4)],
+    ),
+    (
+        "healthy",
+        _h([2, 1.2, 0.8, 0.6, 0.5, 0.45, 0.42, 0.43, 0.40, 0.41, 0.39],
+           [2.1, 1.3, 0.9, 0.7, 0.62, 0.58, 0.57, 0.575, 0.56, 0.565, 0.555]),
+        [],
+    ),
+]  # fmt: skip
+
+# Recorded with dlopt.cli.train_classifier on scikit-learn digits (MLP 128-64, dropout 0.2).
+REAL = [
+    (
+        "sgd lr=3: blows up in epoch 0, then stuck at chance",
+        _h([32.5576, 2.4343, 2.4914, 3.0085, 2.3193, 2.3178, 2.3174, 2.3173, 2.318, 2.32, 2.313,
+            2.3148, 2.3143, 2.3166, 2.3158],
+           [2.1921, 2.3585, 2.4346, 2.3242, 2.3102, 2.3159, 2.3215, 2.33, 2.3239, 2.3013, 2.3118,
+            2.3173, 2.312, 2.3078, 2.3203]),
+        [("lr_too_high", 1)],
+    ),
+    (
+        "sgd lr=3e-4: learns slowly",
+        _h([2.4316, 2.4252, 2.4149, 2.4092, 2.4056, 2.3985, 2.3895, 2.3874, 2.3841, 2.375, 2.3646,
+            2.3614, 2.3514, 2.347, 2.34],
+           [2.4264, 2.4203, 2.4143, 2.4083, 2.4024, 2.3965, 2.3907, 2.3849, 2.3792, 2.3735, 2.3679,
+            2.3623, 2.3568, 2.3513, 2.3459]),
+        [("underfitting", 0), ("lr_too_low", 0)],
+    ),
+    (
+        "adam lr=2e-2: validation loss swings",
+        _h([0.6062, 0.1855, 0.1182, 0.1341, 0.044, 0.0371, 0.027, 0.081, 0.0444, 0.0556, 0.1176,
+            0.0702, 0.1209, 0.12, 0.1068, 0.121, 0.0818, 0.0835, 0.0484, 0.0467],
+           [0.3123, 0.3384, 0.396, 0.4998, 0.309, 0.2584, 0.2877, 0.3538, 0.2333, 0.3423, 0.3004,
+            0.3838, 0.6664, 0.6049, 0.4869, 0.6657, 0.5209, 0.6793, 0.662, 0.692]),
+        [("lr_too_high", 2)],
+    ),
+    (
+        "nesterov (dlopt demo): overfits after epoch 5",
+        _h([1.4742, 0.3781, 0.173, 0.1162, 0.0905, 0.0826, 0.0711, 0.0651, 0.0543, 0.0954, 0.0432,
+            0.0372, 0.0355, 0.0255],
+           [0.5116, 0.2688, 0.2127, 0.1845, 0.1952, 0.1576, 0.1758, 0.1997, 0.228, 0.2233, 0.1848,
+            0.1819, 0.1663, 0.2056]),
+        [("overfitting", 6)],
+    ),
+    (
+        "sgd (dlopt demo): validation stalls",
+        _h([1.8978, 1.0522, 0.6401, 0.4484, 0.3673, 0.3096, 0.2433, 0.2157, 0.2098, 0.1983, 0.1607,
+            0.162, 0.1389, 0.1193, 0.118, 0.1117, 0.1063, 0.0922, 0.0886, 0.0739, 0.0803, 0.0881,
+            0.0688, 0.065, 0.0705, 0.0635, 0.066, 0.061, 0.0682, 0.0627, 0.0448, 0.0447, 0.0552,
+            0.0552, 0.0501, 0.0389],
+           [1.2996, 0.7209, 0.468, 0.3576, 0.293, 0.2644, 0.2389, 0.218, 0.223, 0.2335, 0.201,
+            0.195, 0.1871, 0.1876, 0.1822, 0.1816, 0.1782, 0.175, 0.1705, 0.1752, 0.1711, 0.1652,
+            0.1616, 0.1731, 0.1676, 0.1622, 0.1631, 0.1593, 0.164, 0.1718, 0.1601, 0.18, 0.1689,
+            0.1715, 0.1731, 0.1614]),
+        [("plateau", 28)],
+    ),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "history, expected", [c[1:] for c in SYNTHETIC + REAL], ids=[c[0] for c in SYNTHETIC + REAL]
+)
+def test_finds_each_kind_at_its_epoch(history, expected):
+    findings = diagnose(history)
+    assert [(f.kind, f.epoch) for f in findings] == expected
+    for f in findings:
+        assert f.remedy == REMEDIES[f.kind] and f.message
+
+
+def test_every_kind_is_exercised():
+    kinds = {k for _, _, expected in SYNTHETIC + REAL for k, _ in expected}
+    assert kinds == set(KINDS)
+
+
+def test_history_list_and_dict_inputs_agree():
+    name, history, expected = SYNTHETIC[0]
+    epochs = [
+        dict(zip(history, values, strict=True)) for values in zip(*history.values(), strict=True)
+    ]
+    as_history = History(epochs)
+    assert diagnose(as_history) == diagnose(epochs) == diagnose(history)
+
+
+def test_without_validation_loss_uses_train_loss():
+    flat_end = np.concatenate([np.linspace(2.0, 0.5, 10), np.full(10, 0.5) + NOISE[:10]])
+    assert [(f.kind, f.epoch) for f in diagnose({"loss": flat_end})] == [("plateau", 10)]
+
+
+def test_min_accuracy_flags_underfitting_from_metrics():
+    history = {"loss": list(2 * np.exp(-0.3 * E[:8]) + 1.0), "accuracy": [0.3] * 8}
+    assert diagnose(history) == diagnose(history, min_accuracy=0.2)
+    kinds = [f.kind for f in diagnose(history, min_accuracy=0.5)]
+    assert "underfitting" in kinds
+
+
+def test_thresholds_change_the_verdict():
+    overfit, plateau = SYNTHETIC[0][1], SYNTHETIC[7][1]
+    assert "overfitting" not in [f.kind for f in diagnose(overfit, overfit_tol=10.0)]
+    assert diagnose(plateau, window=30) == []
+
+
+@given(
+    st.lists(st.floats(0.01, 10.0), min_size=0, max_size=40),
+    st.lists(st.floats(0.01, 10.0), min_size=0, max_size=40),
+)
+def test_any_finite_history_gives_valid_sorted_findings(loss, val):
+    n = min(len(loss), len(val))
+    findings = diagnose({"loss": loss[:n] or [1.0], "val_loss": val[:n] or [1.0]})
+    assert [f.epoch for f in findings] == sorted(f.epoch for f in findings)
+    for f in findings:
+        assert isinstance(f, Finding) and f.kind in KINDS and 0 <= f.epoch < max(n, 1)
+
+
+def test_format_findings():
+    assert "no problems" in format_findings([])
+    text = format_findings(diagnose(SYNTHETIC[0][1]))
+    assert text.startswith("[overfitting] from epoch 11") and "EarlyStopping" in text
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"window": 1}, "window"),
+        ({"tol": -0.1}, "tol"),
+        ({"osc_tol": math.nan}, "osc_tol"),
+        ({"loss": "train_loss"}, "train_loss"),
+    ],
+)
+def test_bad_arguments_name_themselves(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        diagnose({"loss": [1.0, 0.5, 0.4]}, **kwargs)
+
+
+def test_bad_history_type():
+    with pytest.raises(TypeError, match="history"):
+        diagnose(3.0)
