@@ -351,7 +351,8 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     try:
         inspect.signature(factory).bind(**kwargs)
     except TypeError as e:
-        raise UsageError(f"{name}{inspect.signature(factory)}: {e}.") from None
+        names = ", ".join(inspect.signature(factory).parameters)
+        raise UsageError(f"{e} ({name} takes {names}).") from None
     try:
         schedule = factory(**kwargs)
     except ValueError as e:  # the schedule's own argument checks

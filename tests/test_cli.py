@@ -1,0 +1,181 @@
+"""The dlopt command: demo (quick), schedule, lr-find, --help, one-line errors on bad arguments."""
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import dlopt
+from dlopt.cli import DEMO_OPTIMIZERS, SCHEDULE_ALIASES, main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def run(argv):
+    """``main(argv)``'s exit status, whether it returns or argparse exits."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def is_png(path):
+    return path.read_bytes()[:8] == PNG and path.stat().st_size < 200_000
+
+
+def test_demo_quick_prints_table_and_diagnosis_and_writes_pngs(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert run(["demo", "--quick", "--optimizers", "SGD", "Adam", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    header = next(line for line in text.splitlines() if "optimizer" in line)
+    for column in ("train loss", "val loss", "best epoch", "test acc", "test F1", "time s"):
+        assert column in header
+    rows = {
+        line.split()[0]: line.split()
+        for line in text.splitlines()
+        if line.split()[:1] in (["SGD"], ["Adam"])
+    }
+    assert set(rows) == {"SGD", "Adam"}
+    assert "diagnosis (dlopt.diagnose):" in text
+    for name in ("loss_curves.png", "accuracy_curves.png", "test_accuracy.png"):
+        assert is_png(out / name), name
+    results = json.loads((out / "demo_results.json").read_text())
+    assert [r["optimizer"] for r in results["rows"]] == ["SGD", "Adam"]
+    for r in results["rows"]:
+        assert 0.0 <= r["test acc"] <= 1.0 and r["epochs"] == 2
+        assert np.isfinite(r["train loss"]) and np.isfinite(r["val loss"])
+        assert f"{r['test acc']:.4g}" in rows[r["optimizer"]]
+    histories = results["histories"]
+    assert len(histories["SGD"]["epochs"]) == 2
+    # two epochs of SGD lower the loss on 300 digits
+    assert histories["SGD"]["epochs"][1]["loss"] < histories["SGD"]["epochs"][0]["loss"]
+
+
+def test_demo_covers_the_issue_optimizers():
+    assert list(DEMO_OPTIMIZERS) == [
+        "SGD",
+        "Momentum",
+        "Nesterov",
+        "AdaGrad",
+        "RMSProp",
+        "Adadelta",
+        "Adam",
+        "Nadam",
+        "AdamW",
+    ]
+    for factory, lr, kwargs in DEMO_OPTIMIZERS.values():
+        getattr(dlopt, factory)(lr, **kwargs)  # each entry builds
+
+
+def test_schedule_prints_the_schedule_values_and_draws_it(tmp_path, capsys):
+    png = tmp_path / "s.png"
+    argv = [
+        "schedule",
+        "step",
+        "--args",
+        "init_value=0.1",
+        "step_size=30",
+        "decay_rate=0.5",
+        "--steps",
+        "100",
+        "--plot",
+        str(png),
+    ]
+    assert run(argv) == 0
+    printed = dict(
+        (int(m[1]), float(m[2]))
+        for m in re.finditer(r"step\s+(\d+)\s+(\S+)", capsys.readouterr().out)
+    )
+    expected = dlopt.step_decay_schedule(0.1, 30, 0.5)
+    assert 0 in printed and 99 in printed
+    for t, value in printed.items():
+        assert value == pytest.approx(float(expected(t)), rel=1e-5)
+    assert is_png(png)
+
+
+def test_schedule_default_length_and_out_folder(tmp_path, capsys):
+    argv = [
+        "schedule",
+        "cosine",
+        "--args",
+        "init_value=1.0",
+        "decay_steps=50",
+        "--out",
+        str(tmp_path),
+    ]
+    assert run(argv) == 0
+    assert is_png(tmp_path / "schedule_cosine.png")
+    steps = [int(m) for m in re.findall(r"step\s+(\d+)", capsys.readouterr().out)]
+    assert max(steps) == 54  # 1.1 x decay_steps, so the flat end shows
+
+
+def test_every_alias_names_a_schedule():
+    for full in SCHEDULE_ALIASES.values():
+        assert callable(getattr(dlopt, full))
+
+
+def test_lr_find_suggests_a_rate_inside_the_range(tmp_path, capsys):
+    argv = [
+        "lr-find",
+        "--steps",
+        "40",
+        "--limit",
+        "300",
+        "--min-lr",
+        "1e-4",
+        "--max-lr",
+        "10",
+        "--out",
+        str(tmp_path),
+    ]
+    assert run(argv) == 0
+    suggested = float(re.search(r"suggested learning rate: (\S+)", capsys.readouterr().out)[1])
+    assert 1e-4 <= suggested <= 10
+    assert is_png(tmp_path / "lr_find.png")
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        ([], "required"),
+        (["demo", "--epochs", "0"], "--epochs"),
+        (["demo", "--dataset", "imagenet"], "--dataset"),
+        (["demo", "--optimizers", "Foo"], "Foo"),
+        (["demo", "--bogus"], "--bogus"),
+        (["schedule", "bogus"], "bogus"),
+        (["schedule", "cosine", "--args", "init_value=-1", "decay_steps=10"], "init_value"),
+        (["schedule", "cosine", "--args", "oops"], "oops"),
+        (["schedule", "cosine", "--args", "init_value=1", "decay_steps=9", "typo=3"], "typo"),
+        (["lr-find", "--min-lr", "-1"], "--min-lr"),
+        (["lr-find", "--optimizer", "nosuch"], "nosuch"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(argv, match, capsys):
+    assert run(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err, err
+
+
+def test_mnist_without_download_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+    assert run(["demo", "--dataset", "mnist", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--dataset digits" in err[0]
+
+
+@pytest.mark.parametrize("command", ["demo", "schedule", "lr-find"])
+def test_help_lists_out(command, capsys):
+    assert run([command, "--help"]) == 0
+    assert "--out" in capsys.readouterr().out
+
+
+def test_runs_as_a_module():
+    done = subprocess.run(
+        [sys.executable, "-m", "dlopt.cli", "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0
+    for command in ("demo", "schedule", "lr-find"):
+        assert command in done.stdout
