@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import dlopt
+from dlopt import training
 from dlopt.training import (
     EarlyStopping,
     LambdaCallback,
@@ -145,6 +146,41 @@ def test_reduce_lr_on_plateau_matches_torch(kwargs, values, monkeypatch):
     np.testing.assert_allclose(got, want, rtol=1e-6)
     assert len(set(want)) > 1  # each case reduces at least once
     assert state.opt_state["learning_rate"].dtype == jnp.float32
+
+
+def test_reduce_lr_on_plateau_drives_an_injected_learning_rate_in_fit():
+    tx = dlopt.inject_hyperparams(dlopt.sgd)(learning_rate=0.5)
+    state = TrainState.create(apply_fn=None, params={"w": jnp.zeros(())}, tx=tx, rng=0)
+
+    @jax.jit
+    def step(state, batch):
+        del batch
+        lr = dlopt.get_hyperparam(state.opt_state, "learning_rate")
+        new = state.apply_gradients({"w": jnp.ones(())})
+        one = jnp.float32(1.0)
+        return new, {"loss": one, "lr": lr.astype(jnp.float32), "num_examples": one}
+
+    cb = ReduceLROnPlateau(monitor="loss", factor=0.5, patience=1, min_lr=0.2)
+    state, history = fit(state, [{}], epochs=5, train_step=step, callbacks=[cb], progress=False)
+    # flat loss: bad epochs 1, 2 -> halve after epoch 2; bad 1, 2 again -> max(0.125, 0.2)
+    assert history.history["lr"] == [0.5, 0.5, 0.5, 0.25, 0.25]
+    assert float(dlopt.get_hyperparam(state.opt_state, "learning_rate")) == pytest.approx(0.2)
+    assert float(state.params["w"]) == pytest.approx(-2.0)
+    assert cb.initial_lr == 0.5 and step._cache_size() == 1
+
+
+def test_reduce_lr_on_plateau_keeps_a_replicated_layout():
+    tx = dlopt.inject_hyperparams(dlopt.sgd)(learning_rate=0.5)
+    state = TrainState.create(apply_fn=None, params={"w": jnp.zeros(())}, tx=tx, rng=0)
+    state = training.replicate(state)
+    cb = ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0)
+    state = cb.on_train_begin(state, None)
+    for epoch in range(2):
+        state = cb.on_epoch_end(epoch, state, None, {"loss": 1.0})
+    lr = dlopt.get_hyperparam(state.opt_state, "learning_rate")
+    n = jax.local_device_count()
+    assert lr.shape == (n,) and lr.dtype == jnp.float32 and len(lr.sharding.device_set) == n
+    np.testing.assert_allclose(lr, np.full(n, 0.25))
 
 
 def test_reduce_lr_on_plateau_validates():

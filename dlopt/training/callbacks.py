@@ -225,7 +225,8 @@ class ReduceLROnPlateau(Callback):
             made with the same callback object.
 
     Example:
-        >>> tx = dlopt.inject_hyperparams(dlopt.sgd)(learning_rate=0.1)  # doctest: +SKIP
+        >>> import dlopt
+        >>> tx = dlopt.inject_hyperparams(dlopt.sgd)(learning_rate=0.1)
         >>> cb = ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2)
     """
 
@@ -279,8 +280,8 @@ class ReduceLROnPlateau(Callback):
         get_hyperparam, set_hyperparam = _accessors()
         old = jnp.asarray(get_hyperparam(state.opt_state, self.hyperparam))
         new = jnp.full(old.shape, self.learning_rate, old.dtype)
-        if isinstance(old, jax.Array) and hasattr(old, "sharding"):
-            new = jax.device_put(new, old.sharding)
+        if isinstance(old, jax.Array) and len(old.sharding.device_set) > 1:
+            new = jax.device_put(new, old.sharding)  # keep a replicated/sharded layout
         return state.replace(opt_state=set_hyperparam(state.opt_state, self.hyperparam, new))
 
 
