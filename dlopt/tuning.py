@@ -26,6 +26,7 @@ import numpy as np
 
 from dlopt import validation
 from dlopt.base import GradientTransformation, apply_updates
+from dlopt.wrappers import inject_hyperparams, set_hyperparam
 
 # ----------------------------------------------------------------------------- search spaces
 
@@ -230,14 +231,12 @@ def _train_scan(tx: GradientTransformation, loss_fn: Callable, params, opt_state
 
 
 def _vmap_runner(optimizer, loss_fn, hyperparam, fixed, first_value):
-    import dlopt
-
-    tx = dlopt.inject_hyperparams(optimizer)(**{hyperparam: first_value}, **fixed)
+    tx = inject_hyperparams(optimizer)(**{hyperparam: first_value}, **fixed)
 
     @jax.jit
     def run(values, params, batches):
         def one(value):
-            state = dlopt.set_hyperparam(tx.init(params), hyperparam, value)
+            state = set_hyperparam(tx.init(params), hyperparam, value)
             return _train_scan(tx, loss_fn, params, state, batches)
 
         return jax.vmap(one)(values)
@@ -389,8 +388,9 @@ def lr_find(
 
     The run counts as diverged at the first ``t`` with a non-finite loss or
     ``L̄_t > diverge_factor * min_{s<t} L̄_s``. The suggested learning rate is the one of
-    steepest descent of ``L̄`` against ``log η`` before that point (the middle of the useful
-    range; a safe choice, often a few times below the largest rate that still trains).
+    steepest descent of ``log L̄`` (``L̄`` if not positive) against ``log η`` before that point,
+    by central differences over a tenth of that range, the first tenth skipped: the middle of
+    the useful range, a few times below the largest rate that still trains.
 
     Args:
         loss_fn: ``(params, batch) -> scalar loss``.
@@ -453,9 +453,19 @@ def lr_find(
             stop = t
             break
     smoothed[stop:] = np.nan
-    if stop >= 3:
-        slope = np.gradient(smoothed[:stop], np.log(lrs[:stop]))
-        suggested = float(lrs[int(np.argmin(slope))])
+    # Central differences over +-k steps (a tenth of the useful range) average out the
+    # batch-to-batch noise that dominates while the learning rate is still tiny.
+    # The slope is of log(loss) when the loss is positive (a relative descent, so the noisy
+    # first steps at a high loss do not outweigh the real descent at a lower one).
+    k = max(1, stop // 10)
+    if stop > 3 * k:
+        curve = smoothed[:stop]
+        curve = np.log(curve) if np.all(curve > 0) else curve
+        log_lr = np.log(lrs[:stop])
+        slope = (curve[3 * k :] - curve[k : stop - 2 * k]) / (
+            log_lr[3 * k :] - log_lr[k : stop - 2 * k]
+        )
+        suggested = float(lrs[2 * k + int(np.argmin(slope))])
     else:
         suggested = float(lrs[0])
     return LRFindResult(lrs, losses, smoothed, stop, suggested)
