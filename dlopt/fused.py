@@ -43,15 +43,20 @@ from dlopt.base import (
 )
 
 DEFAULT_LABEL = "params"
+PACK_BELOW = 1 << 16  # elements; a larger leaf costs more to copy than to update on its own
 
 GroupBy = chex.ArrayTree | Callable[[chex.ArrayTree], chex.ArrayTree] | None
 
 
 class Slot(NamedTuple):
-    """Where one leaf lives: buffer ``(label, dtype)`` at ``[offset, offset + size)``."""
+    """Where one leaf lives: buffer ``(label, key)`` at ``[offset, offset + size)``.
+
+    ``key`` is the dtype's name for packed leaves and ``"dtype:index"`` for a leaf of
+    ``pack_below`` elements or more, which keeps a buffer of its own (no copy to pack it).
+    """
 
     label: Hashable
-    dtype: str
+    key: str
     shape: tuple[int, ...]
     offset: int
     size: int
@@ -62,7 +67,7 @@ class Layout(NamedTuple):
 
     treedef: Any
     slots: tuple[Slot, ...]  # one per leaf, in tree order
-    groups: tuple[tuple[Hashable, str, int], ...]  # (label, dtype, total size), sorted
+    groups: tuple[tuple[Hashable, str, int], ...]  # (label, key, total size), sorted
 
     @property
     def num_leaves(self) -> int:
@@ -82,13 +87,17 @@ def _labels(tree: chex.ArrayTree, group_by: GroupBy, num_leaves: int) -> list[Ha
         ) from err
 
 
-def layout_of(tree: chex.ArrayTree, group_by: GroupBy = None) -> Layout:
+def layout_of(
+    tree: chex.ArrayTree, group_by: GroupBy = None, pack_below: int | None = PACK_BELOW
+) -> Layout:
     """The `Layout` of ``tree``: leaves grouped by (label, dtype), packed in tree order.
 
     Args:
         tree: a pytree of arrays (``None`` leaves are skipped and restored).
         group_by: None (one label), a pytree of hashable labels shaped like ``tree``, or a
             callable ``tree -> labels``. Labels must be mutually sortable (all str, say).
+        pack_below: leaves of at least this many elements keep their own buffer (packing
+            them would only add a copy); None packs every leaf.
 
     Returns:
         The `Layout`.
@@ -97,14 +106,16 @@ def layout_of(tree: chex.ArrayTree, group_by: GroupBy = None) -> Layout:
     labels = _labels(tree, group_by, len(leaves))
     sizes: dict[tuple[Hashable, str], int] = {}
     slots = []
-    for leaf, label in zip(leaves, labels, strict=True):
+    for index, (leaf, label) in enumerate(zip(leaves, labels, strict=True)):
         shape = tuple(int(d) for d in jnp.shape(leaf))
-        dtype = jnp.dtype(jnp.result_type(leaf)).name
+        key = jnp.dtype(jnp.result_type(leaf)).name
         size = int(np.prod(shape, dtype=np.int64))
-        offset = sizes.get((label, dtype), 0)
-        sizes[(label, dtype)] = offset + size
-        slots.append(Slot(label, dtype, shape, offset, size))
-    groups = tuple((label, dtype, size) for (label, dtype), size in sorted(sizes.items()))
+        if pack_below is not None and size >= pack_below:
+            key = f"{key}:{index:06d}"
+        offset = sizes.get((label, key), 0)
+        sizes[(label, key)] = offset + size
+        slots.append(Slot(label, key, shape, offset, size))
+    groups = tuple((label, key, size) for (label, key), size in sorted(sizes.items()))
     return Layout(treedef, tuple(slots), groups)
 
 
@@ -117,7 +128,7 @@ def pack(tree: chex.ArrayTree, layout: Layout) -> dict[Hashable, dict[str, jax.A
     leaves = layout.treedef.flatten_up_to(tree)
     members: dict[tuple[Hashable, str], list[jax.Array]] = {}
     for leaf, slot in zip(leaves, layout.slots, strict=True):
-        members.setdefault((slot.label, slot.dtype), []).append(jnp.ravel(leaf))
+        members.setdefault((slot.label, slot.key), []).append(jnp.ravel(leaf))
     buffers: dict[Hashable, dict[str, jax.Array]] = {}
     for label, dtype, _ in layout.groups:
         parts = members[(label, dtype)]
@@ -137,12 +148,12 @@ def unpack(
     """The inverse of `pack`: slices each buffer back into leaves (cast to ``dtypes``)."""
     pieces = {}
     for label, dtype, _ in layout.groups:
-        cuts = [s.offset for s in layout.slots if (s.label, s.dtype) == (label, dtype)][1:]
+        cuts = [s.offset for s in layout.slots if (s.label, s.key) == (label, dtype)][1:]
         buf = buffers[label][dtype]
         pieces[(label, dtype)] = iter(jnp.split(buf, cuts) if cuts else [buf])
     leaves = []
     for slot, dtype in zip(layout.slots, dtypes or [None] * layout.num_leaves, strict=True):
-        leaf = next(pieces[(slot.label, slot.dtype)]).reshape(slot.shape)
+        leaf = next(pieces[(slot.label, slot.key)]).reshape(slot.shape)
         leaves.append(leaf if dtype is None else leaf.astype(dtype))
     return layout.treedef.unflatten(leaves)
 
@@ -195,12 +206,15 @@ jax.tree_util.register_pytree_with_keys(
 )
 
 
-def flatten(tree: chex.ArrayTree, *, group_by: GroupBy = None) -> FlatParams:
+def flatten(
+    tree: chex.ArrayTree, *, group_by: GroupBy = None, pack_below: int | None = PACK_BELOW
+) -> FlatParams:
     """Packs ``tree`` into a `FlatParams` (one contiguous buffer per label and dtype).
 
     Args:
         tree: the parameter pytree.
         group_by: labels per leaf (tree or callable), as in `fused`.
+        pack_below: leaves this large keep their own buffer, as in `fused`.
 
     Returns:
         A `FlatParams`; ``.unflatten()`` gives ``tree`` back.
@@ -211,7 +225,7 @@ def flatten(tree: chex.ArrayTree, *, group_by: GroupBy = None) -> FlatParams:
         >>> flatten({"a": jnp.ones(3), "b": jnp.ones(2, jnp.bfloat16)}).layout.groups
         (('params', 'bfloat16', 2), ('params', 'float32', 3))
     """
-    layout = layout_of(tree, group_by)
+    layout = layout_of(tree, group_by, pack_below)
     return FlatParams(pack(tree, layout), layout)
 
 
@@ -220,7 +234,10 @@ class FusedState(NamedTuple):
 
 
 def fused(
-    tx: GradientTransformation, *, group_by: GroupBy = None
+    tx: GradientTransformation,
+    *,
+    group_by: GroupBy = None,
+    pack_below: int | None = PACK_BELOW,
 ) -> GradientTransformationExtraArgs:
     """Runs ``tx`` over one contiguous buffer per dtype instead of one array per leaf.
 
@@ -240,6 +257,10 @@ def fused(
         group_by: None (one buffer per dtype), or per-leaf labels (a pytree shaped like the
             params, or a callable ``params -> labels``); the inner ``tx`` sees
             ``{label: {dtype: buffer}}``, so its masks can be prefix masks over the labels.
+        pack_below: leaves of at least this many elements (default 65536) are not copied
+            into the shared buffer but keep one of their own (key ``"dtype:index"``): for
+            them packing costs more memory traffic than the per-leaf overhead it saves.
+            None packs everything. `flatten` must use the same value.
 
     Returns:
         A `GradientTransformationExtraArgs` with state `FusedState`; extra keyword arguments
@@ -267,7 +288,7 @@ def fused(
     def init_fn(params):
         if isinstance(params, FlatParams):
             return FusedState(inner.init(params.buffers))
-        return FusedState(inner.init(pack(params, layout_of(params, group_by))))
+        return FusedState(inner.init(pack(params, layout_of(params, group_by, pack_below))))
 
     def update_fn(updates, state, params=None, **extra_args):
         if isinstance(updates, FlatParams):
@@ -277,7 +298,7 @@ def fused(
         if isinstance(params, FlatParams):
             layout = params.layout
         else:
-            layout = layout_of(updates if params is None else params, group_by)
+            layout = layout_of(updates if params is None else params, group_by, pack_below)
         flat_params = None if params is None else buffers_of(params, layout)
         new, inner_state = inner.update(
             pack(updates, layout), state.inner, flat_params, **extra_args
