@@ -1,0 +1,10 @@
+"""Opt-in benchmarks: dlopt against optax on the same machine, in the same run.
+
+Run ``python -m benchmarks`` (or ``dlopt bench``) from the repository root; ``--quick`` finishes
+in under a minute. Contenders run interleaved (A B A B ...), the reported figure is the median
+of the per-round time ratios. Never part of the test suite.
+
+Modules: `timing` (interleaved timing), `update_step` (optimizer update steps on many-leaf and
+few-large-leaf trees), `roofline` (bytes moved, copy bandwidth, state bytes per parameter),
+`train_step` (Flax MLP and CNN train steps), `report` (markdown, JSON, PNG).
+"""
