@@ -95,9 +95,11 @@ def main(argv=None) -> dict:
         f"8 devices: {args.epochs} epochs in {seconds:.1f} s; loss {last['loss']:.4f}, "
         f"val_loss {last['val_loss']:.4f}, val_accuracy {last['val_accuracy']:.4f}"
     )
+    opt_leaves = jax.tree.leaves(state.opt_state)
+    sharded = sum(leaf.sharding.spec != jax.sharding.PartitionSpec() for leaf in opt_leaves)
     print(
-        f"params sharding: {jax.tree.leaves(state.params)[0].sharding.spec}, Adam mu: "
-        f"{jax.tree.leaves(state.opt_state)[1].sharding.spec}"
+        f"params sharding {jax.tree.leaves(state.params)[0].sharding.spec}; "
+        f"{sharded} of {len(opt_leaves)} Adam state leaves sharded over the data axis"
     )
 
     acc = metrics.ConfusionMatrix.empty(2, jnp.float32)

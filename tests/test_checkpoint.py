@@ -384,3 +384,17 @@ def test_values_that_differ_from_the_saved_fingerprint_are_reported(tmp_path):
         restore(tmp_path)
     state, _ = restore(tmp_path, step=1)
     assert float(state["w"][0]) == 0.0
+
+
+def test_sharded_state_restores_with_the_target_shardings(tmp_path):
+    from dlopt.training import make_mesh, shard_state
+
+    mesh = make_mesh(8)
+    state = shard_state(make_state(), mesh, shard_opt_state=True)  # ZeRO-1: Adam state split
+    ModelCheckpoint(tmp_path, save_best_only=False).save(0, state, History())
+    target = shard_state(make_state(seed=3), mesh, shard_opt_state=True)
+    restored, _ = restore(tmp_path, target=target)
+    chex.assert_trees_all_equal(as_numpy(restored), as_numpy(state))
+    shardings = [x.sharding for x in jax.tree.leaves(restored)]
+    assert shardings == [x.sharding for x in jax.tree.leaves(target)]
+    assert any(s.spec != jax.sharding.PartitionSpec() for s in shardings)

@@ -85,7 +85,9 @@ def _state_step(state: Any, epoch: int) -> int:
         step = state.get("step")
     if step is None:
         return epoch + 1
-    return int(np.asarray(step).reshape(-1)[0])
+    if isinstance(step, jax.Array) and not step.is_fully_addressable:  # multi-host, replicated
+        step = step.addressable_data(0)
+    return int(np.asarray(step).reshape(-1)[0])  # a pmap-replicated step has a device axis
 
 
 def _improved(current: float, best: float, mode: str) -> bool:
