@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import chex
@@ -80,10 +81,10 @@ def test_two_processes_match_one(tmp_path):
         )
         for pid in range(2)
     ]
-    logs = []
+    logs, deadline = [], time.monotonic() + 60.0  # the whole run, both processes
     try:
         for p in procs:
-            logs.append(p.communicate(timeout=55)[0])
+            logs.append(p.communicate(timeout=max(deadline - time.monotonic(), 1.0))[0])
     finally:
         for p in procs:
             if p.poll() is None:

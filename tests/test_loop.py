@@ -74,13 +74,9 @@ def test_epoch_logs_are_example_weighted_means_of_the_steps():
     chex.assert_trees_all_close(state.params, s.params, rtol=1e-6)
 
 
-def test_training_reduces_the_loss():
-    _, history = run_fit(6)
-    assert history.history["loss"][-1] < 0.8 * history.history["loss"][0]
-
-
 def test_resume_with_initial_epoch_and_history_is_identical():
     straight_state, straight = run_fit(4)
+    assert straight.history["loss"][-1] < 0.85 * straight.history["loss"][0]  # it trains
     half_state, half = run_fit(2)
     again = History.from_dict(json.loads(json.dumps(half.to_dict())))
     train_step, eval_step = steps()
