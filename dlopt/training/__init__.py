@@ -26,3 +26,14 @@ from dlopt.training.parallel import unreplicate as unreplicate
 from dlopt.training.state import TrainState as TrainState
 from dlopt.training.steps import make_eval_step as make_eval_step
 from dlopt.training.steps import make_train_step as make_train_step
+
+# Checkpoints need orbax (the "checkpoint" extra): imported on first use, not with this package.
+_CHECKPOINT_NAMES = ("CheckpointError", "ModelCheckpoint", "available_steps", "restore")
+
+
+def __getattr__(name: str):
+    if name in _CHECKPOINT_NAMES:
+        from dlopt.training import checkpoint
+
+        return getattr(checkpoint, name)
+    raise AttributeError(f"module 'dlopt.training' has no attribute {name!r}")
