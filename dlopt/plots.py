@@ -257,6 +257,7 @@ def plot_activation_histograms(
     activations: Mapping[str, Sequence[np.ndarray]],
     *,
     bins: int = 30,
+    value_range: tuple[float, float] | None = None,
     path: str | os.PathLike | None = None,
 ) -> Figure:
     """A grid of histograms: one row per setting (e.g. "tanh, xavier"), one column per layer.
@@ -264,6 +265,8 @@ def plot_activation_histograms(
     Args:
         activations: ``setting -> [layer activations]`` (arrays of any shape).
         bins: histogram bins.
+        value_range: one x range for every panel, values outside it counted in the edge
+            bins (so shrinking or exploding activations show); default each panel's own.
         path: where to save the PNG.
 
     Returns:
@@ -276,11 +279,16 @@ def plot_activation_histograms(
         for c, act in enumerate(activations[name]):
             ax = fig.add_subplot(len(rows), ncols, r * ncols + c + 1)
             a = np.asarray(act, float).ravel()
-            lo, hi = float(np.min(a)), float(np.max(a))
+            if value_range is not None:
+                lo, hi = value_range
+                a = np.clip(a, lo, hi)
+            else:
+                lo, hi = float(np.min(a)), float(np.max(a))
             if hi - lo < 1e-6:
                 lo, hi = lo - 0.5, hi + 0.5
             ax.hist(a, bins=bins, range=(lo, hi), color=f"C{r % 10}")
             ax.set_yticks([])
+            ax.locator_params(axis="x", nbins=3)
             ax.tick_params(labelsize=5)
             if r == 0:
                 ax.set_title(f"layer {c + 1}", fontsize=8)
