@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from benchmarks import report, roofline, train_step, update_step
 
-TREES = ("tiny1000", "resnet50", "transformer12", "large")
+TREES = ("tiny1000", "resnet50", "transformer12", "large", "tiny500")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -19,14 +20,17 @@ def parser() -> argparse.ArgumentParser:
         description="dlopt vs optax: update steps, bandwidth, state bytes, train steps.",
     )
     p.add_argument("--quick", action="store_true", help="a < 1 minute smoke run (adam only)")
-    p.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="output folder (default: benchmarks/results; with --quick, a temporary folder)",
+    )
     p.add_argument("--name", default=None, help="file stem (default: latest or quick)")
     p.add_argument("--reps", type=int, default=None, help="timed rounds (default 25, quick 5)")
     p.add_argument("--large-size", type=int, default=None, help="params of the large tree")
     p.add_argument("--trees", nargs="+", choices=TREES, default=None)
-    p.add_argument(
-        "--optimizers", nargs="+", choices=list(update_step.OPTIMIZERS), default=None
-    )
+    p.add_argument("--optimizers", nargs="+", choices=list(update_step.OPTIMIZERS), default=None)
     p.add_argument("--no-train", action="store_true", help="skip the train-step benchmark")
     return p
 
@@ -36,10 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     quick = args.quick
     reps = args.reps or (5 if quick else 25)
     large_size = args.large_size or (2**20 if quick else 16 * 2**20)
-    trees = args.trees or (["tiny1000", "large"] if quick else list(TREES))
+    trees = args.trees or (["tiny500", "large"] if quick else list(TREES[:4]))
+    out = args.out or (
+        Path(tempfile.gettempdir()) / "dlopt_bench" if quick else Path(__file__).parent / "results"
+    )
     optimizers = args.optimizers or (["adam"] if quick else list(update_step.OPTIMIZERS))
-    models = [] if args.no_train else (
-        ["mlp_4x100_bn_dropout"] if quick else list(train_step.MODELS)
+    models = (
+        [] if args.no_train else (["mlp_4x100_bn_dropout"] if quick else list(train_step.MODELS))
     )
     start = time.perf_counter()
     data = {
@@ -58,16 +65,14 @@ def main(argv: list[str] | None = None) -> int:
     print("update step (time ratio to optax, lower is faster):", flush=True)
     data["update"] = update_step.run(trees, optimizers, reps=reps, large_size=large_size)
     data["copy_bandwidth"] = roofline.copy_bandwidth(4 * large_size)
-    data["roofline"] = roofline.roofline_rows(
-        data["update"], data["copy_bandwidth"]["bytes_per_s"]
-    )
+    data["roofline"] = roofline.roofline_rows(data["update"], data["copy_bandwidth"]["bytes_per_s"])
     data["state_bytes"] = roofline.state_bytes_per_param()
     if models:
         print("train step (time ratio to optax):", flush=True)
     data["train"] = train_step.run(models, reps=reps) if models else []
     data["load_end"] = os.getloadavg()[0]
     data["wall_s"] = time.perf_counter() - start
-    paths = report.write(data, args.out, args.name or ("quick" if quick else "latest"))
+    paths = report.write(data, out, args.name or ("quick" if quick else "latest"))
     print()
     print(paths["md"].read_text())
     print(f"wrote {', '.join(str(p) for p in paths.values())} in {data['wall_s']:.0f} s")

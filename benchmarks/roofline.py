@@ -40,7 +40,7 @@ def bytes_per_step(params_bytes: int, state_bytes_: int) -> int:
 
 
 def roofline_rows(update_rows: list[dict[str, Any]], copy_bw: float) -> list[dict[str, Any]]:
-    """For the rows of the ``large`` tree: achieved bandwidth and roofline fraction per contender."""
+    """Rows of the ``large`` tree: achieved bandwidth and roofline fraction per contender."""
     out = []
     for row in update_rows:
         if row["tree"] != "large":

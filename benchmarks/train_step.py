@@ -128,7 +128,9 @@ def dlopt_runner(model, variables, batch, tx, skip_nonfinite: bool) -> Runner:
     return Runner(lambda carry, b: step(carry[0], b), (state, None), batch)
 
 
-def run(models: list[str], *, reps: int, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def run(
+    models: list[str], *, reps: int, log: Callable[[str], None] = print
+) -> list[dict[str, Any]]:
     rows = []
     for name in models:
         make_model, shape = MODELS[name]

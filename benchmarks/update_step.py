@@ -106,8 +106,8 @@ def tree_shapes(name: str, large_size: int) -> dict[str, tuple[int, ...]]:
         return resnet50_shapes()
     if name == "transformer12":
         return transformer_shapes()
-    if name == "tiny1000":
-        return tiny_shapes()
+    if name.startswith("tiny"):
+        return tiny_shapes(int(name.removeprefix("tiny")))
     if name == "large":
         return large_shapes(large_size)
     raise ValueError(f"unknown tree {name!r}")
@@ -116,8 +116,7 @@ def tree_shapes(name: str, large_size: int) -> dict[str, tuple[int, ...]]:
 def make_tree(shapes: dict[str, tuple[int, ...]], seed: int, scale: float) -> dict[str, jax.Array]:
     rng = np.random.default_rng(seed)
     return {
-        k: jnp.asarray(scale * rng.standard_normal(s, dtype=np.float32))
-        for k, s in shapes.items()
+        k: jnp.asarray(scale * rng.standard_normal(s, dtype=np.float32)) for k, s in shapes.items()
     }
 
 
@@ -153,9 +152,7 @@ def runners_for(opt: str, params: Any, grads: Any) -> dict[str, Runner]:
     with jax.numpy_dtype_promotion("standard"):
         optax_state = tx_optax.init(params)
     return {
-        "optax": Runner(
-            step_fn(tx_optax, optax.apply_updates), (copy(params), optax_state), grads
-        ),
+        "optax": Runner(step_fn(tx_optax, optax.apply_updates), (copy(params), optax_state), grads),
         "dlopt": Runner(
             step_fn(tx_dlopt, dlopt.apply_updates), (copy(params), tx_dlopt.init(params)), grads
         ),

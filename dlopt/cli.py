@@ -410,6 +410,26 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Runs the repository's ``benchmarks`` package (``python -m benchmarks ARGS``)."""
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "benchmarks" / "__main__.py").is_file():
+        raise UsageError(
+            f"the benchmarks/ folder is not next to {root / 'dlopt'} (a wheel install has "
+            "none); run it from a source checkout: pip install -e . && dlopt bench."
+        )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p
+        ),
+    }
+    return subprocess.call([sys.executable, "-m", "benchmarks", *args.bench_args], env=env)
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -483,6 +503,16 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("--seed", type=int, default=0)
     find.add_argument("--out", default=".", help="folder for lr_find.png (default %(default)s)")
     find.set_defaults(func=cmd_lr_find)
+
+    bench = sub.add_parser(
+        "bench",
+        help="dlopt vs optax benchmarks (source checkout only)",
+        description="Runs python -m benchmarks; arguments go to it (--quick, --out, ...).",
+        prefix_chars="+",  # so that --quick, -h, ... reach the benchmarks' own parser
+        add_help=False,
+    )
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="see python -m benchmarks -h")
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 
