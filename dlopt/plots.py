@@ -18,13 +18,27 @@ from matplotlib.figure import Figure
 
 
 def save(fig: Figure, path: str | os.PathLike | None, *, dpi: int = 90) -> Figure:
-    """Writes ``fig`` to ``path`` (creating its folder) when ``path`` is given; returns ``fig``."""
+    """Writes ``fig`` to ``path`` (creating its folder) when ``path`` is given; returns ``fig``.
+
+    PNGs are stored with a 256-colour palette (small files for docs and repositories).
+    """
     if path is not None:
         folder = os.path.dirname(os.fspath(path))
         if folder:
             os.makedirs(folder, exist_ok=True)
         fig.savefig(path, dpi=dpi, bbox_inches="tight")
+        if os.fspath(path).lower().endswith(".png"):
+            _to_palette(path)
     return fig
+
+
+def _to_palette(path: str | os.PathLike) -> None:
+    """Rewrites a PNG with a 256-colour palette: a few times smaller, the same to the eye."""
+    from PIL import Image  # pillow is a matplotlib dependency
+
+    with Image.open(path) as image:
+        small = image.convert("RGB").quantize(colors=256)
+    small.save(path, optimize=True)
 
 
 def _history_dict(history: Any) -> dict[str, list[float]]:
@@ -210,9 +224,9 @@ def draw_trajectories(
     if log_levels:
         shifted = z - z.min() + 1e-3
         levels = np.geomspace(shifted.min(), shifted.max(), 25)
-        ax.contour(grid_x, grid_y, shifted, levels=levels, cmap="Greys", linewidths=0.5)
+        ax.contour(grid_x, grid_y, shifted, levels=levels, colors="0.7", linewidths=0.5)
     else:
-        ax.contour(grid_x, grid_y, z, levels=25, cmap="Greys", linewidths=0.5)
+        ax.contour(grid_x, grid_y, z, levels=25, colors="0.7", linewidths=0.5)
     for i, (name, path) in enumerate(paths.items()):
         p = np.asarray(path, float)
         ax.plot(p[:, 0], p[:, 1], "-", color=f"C{i % 10}", lw=1.2, label=name)
@@ -243,7 +257,7 @@ def plot_trajectories(
         The figure (legend on the first panel).
     """
     nrows = math.ceil(len(problems) / ncols)
-    fig = Figure(figsize=(5 * ncols, 4.2 * nrows))
+    fig = Figure(figsize=(4.6 * ncols, 3.8 * nrows))
     for k, (title, spec) in enumerate(problems.items()):
         ax = fig.add_subplot(nrows, ncols, k + 1)
         draw_trajectories(ax, title=title, **spec)

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlopt import initializers
-from dlopt.plots import plot_activation_histograms
+from dlopt.plots import plot_activation_histograms, save
 
 OUT = os.path.join(os.path.dirname(__file__), "figures")
 LAYERS, UNITS = 5, 100
@@ -63,7 +63,7 @@ def main():
         if act_name == "relu":
             title += "; nonzero values only, those above 5 in the last bin"
         fig.suptitle(title, y=1.02)
-        fig.savefig(path, dpi=80, bbox_inches="tight")
+        save(fig, path, dpi=80)
         print(f"  wrote {path}")
 
 

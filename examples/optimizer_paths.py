@@ -1,0 +1,143 @@
+"""Optimizer paths on 2-D test functions, drawn over their contours.
+
+* Rosenbrock ``(1 - x)^2 + 100 (y - x^2)^2``: a curved, flat-bottomed valley, minimum (1, 1).
+* Beale: steep walls and flat plateaus, minimum (3, 0.5).
+* A saddle ``x^2 - y^2`` started almost on the ridge: plain SGD lingers on the ridge and
+  escapes slowly; momentum and the adaptive methods (which rescale the tiny y gradient)
+  leave sooner.
+* An ill-conditioned quadratic ``(x^2 + 25 y^2) / 2``: SGD zigzags across the narrow
+  direction; momentum damps it; adaptive methods rescale per coordinate.
+
+Every optimizer runs a fixed number of steps as one `jax.lax.scan`. Learning rates are set per
+problem so each method makes visible progress (illustrations, not a benchmark). Paths that
+leave the frame (escaping the saddle) are clipped by the axes.
+
+Run: ``python examples/optimizer_paths.py`` (well under a minute); writes
+``examples/figures/optimizer_paths.png`` and the animation ``optimizer_paths_zigzag.gif``.
+"""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import dlopt
+from dlopt.plots import plot_trajectories, save
+
+OUT = os.path.join(os.path.dirname(__file__), "figures")
+
+
+def rosenbrock(x, y):
+    return (1 - x) ** 2 + 100 * (y - x**2) ** 2
+
+
+def beale(x, y):
+    return (1.5 - x + x * y) ** 2 + (2.25 - x + x * y**2) ** 2 + (2.625 - x + x * y**3) ** 2
+
+
+def saddle(x, y):
+    return x**2 - y**2
+
+
+def ill_conditioned(x, y):
+    return 0.5 * (x**2 + 25 * y**2)
+
+
+# name -> (function, start, steps, xlim, ylim, minimum)
+PROBLEMS = {
+    "Rosenbrock": (rosenbrock, (-1.5, 2.0), 800, (-2, 2), (-1, 3), (1, 1)),
+    "Beale": (beale, (1.0, 1.4), 500, (-0.5, 4), (-1.5, 2), (3, 0.5)),
+    "saddle x^2 - y^2": (saddle, (1.5, 1e-3), 50, (-2, 2), (-2, 2), None),
+    "ill-conditioned quadratic": (ill_conditioned, (-4.5, 1.0), 60, (-5, 5), (-2, 2), (0, 0)),
+}
+
+# optimizer -> (factory, learning rate per problem, in the order of PROBLEMS)
+OPTIMIZERS = {
+    "SGD": (dlopt.sgd, [1e-3, 1e-2, 0.05, 0.075]),
+    "Momentum": (lambda lr: dlopt.sgd(lr, momentum=0.9), [1e-3, 1e-3, 0.01, 0.01]),
+    "Nesterov": (lambda lr: dlopt.sgd(lr, momentum=0.9, nesterov=True), [1e-3, 1e-3, 0.01, 0.01]),
+    "AdaGrad": (dlopt.adagrad, [0.5, 0.5, 0.1, 1.0]),
+    "RMSProp": (dlopt.rmsprop, [0.01, 0.01, 0.01, 0.1]),
+    "Adadelta": (dlopt.adadelta, [1.0, 1.0, 1.0, 1.0]),
+    "Adam": (dlopt.adam, [0.05, 0.05, 0.05, 0.3]),
+}
+
+
+def run(tx, fn, start, steps):
+    """The ``(steps + 1, 2)`` path of ``tx`` minimizing ``fn`` from ``start``."""
+
+    def loss(p):
+        return fn(p[0], p[1])
+
+    def step(carry, _):
+        p, state = carry
+        grads = jax.grad(loss)(p)
+        updates, state = tx.update(grads, state, p)
+        p = dlopt.apply_updates(p, updates)
+        return (p, state), p
+
+    p0 = jnp.asarray(start, jnp.float32)
+    _, path = jax.jit(lambda p: jax.lax.scan(step, (p, tx.init(p)), None, length=steps))(p0)
+    return np.concatenate([np.asarray(p0)[None], np.asarray(path)])
+
+
+def save_gif(fn, paths, xlim, ylim, path, frames=30):
+    """An animated GIF of the paths being drawn (small: 30 frames, 72 dpi)."""
+    from matplotlib.animation import FuncAnimation, PillowWriter
+    from matplotlib.figure import Figure
+
+    from dlopt.plots import draw_trajectories
+
+    fig = Figure(figsize=(5, 3))
+    ax = fig.add_subplot()
+    steps = len(next(iter(paths.values())))
+
+    def frame(i):
+        ax.clear()
+        upto = max(2, int((i + 1) / frames * steps))
+        draw_trajectories(
+            ax,
+            fn,
+            {k: v[:upto] for k, v in paths.items()},
+            xlim=xlim,
+            ylim=ylim,
+            minimum=(0, 0),
+            title=f"ill-conditioned quadratic, step {upto - 1}",
+        )
+        ax.legend(fontsize=6, loc="upper right")
+
+    FuncAnimation(fig, frame, frames=frames).save(path, writer=PillowWriter(fps=8), dpi=72)
+
+
+def main():
+    panels, zigzag = {}, None
+    for k, (title, (fn, start, steps, xlim, ylim, minimum)) in enumerate(PROBLEMS.items()):
+        paths = {
+            name: run(make(lrs[k]), fn, start, steps) for name, (make, lrs) in OPTIMIZERS.items()
+        }
+        print(f"{title}: start {start}, {steps} steps, final f(x, y):")
+        for name, path in paths.items():
+            x, y = path[-1]
+            print(f"  {name:>9}: ({x:8.3f}, {y:8.3f})  f = {float(fn(x, y)):.4g}")
+        panels[title] = {
+            "fn": fn,
+            "paths": paths,
+            "xlim": xlim,
+            "ylim": ylim,
+            "minimum": minimum,
+            "log_levels": fn is not saddle,
+        }
+        if fn is ill_conditioned:
+            zigzag = (fn, paths, xlim, ylim)
+    os.makedirs(OUT, exist_ok=True)
+    path = os.path.join(OUT, "optimizer_paths.png")
+    save(plot_trajectories(panels), path)
+    gif = os.path.join(OUT, "optimizer_paths_zigzag.gif")
+    fn, paths, xlim, ylim = zigzag
+    save_gif(fn, {k: paths[k] for k in ("SGD", "Momentum", "Adam")}, xlim, ylim, gif)
+    print(f"wrote {path} and {gif}")
+
+
+if __name__ == "__main__":
+    main()
