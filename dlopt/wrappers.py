@@ -1,9 +1,8 @@
 """Wrappers around a transform: `inject_hyperparams`, `apply_if_finite`, `multi_steps`.
 
-Each keeps the wrapped transform's state inside its own NamedTuple, so the result is an
-ordinary `GradientTransformationExtraArgs`: it jits, scans, vmaps, pmaps and checkpoints like
-any other. `get_hyperparam` / `set_hyperparam` read and write an injected hyperparameter
-wherever it sits in an optimizer state tree (training callbacks and vmapped sweeps use them).
+Each keeps the wrapped state in its own NamedTuple, so the result jits, scans, vmaps, pmaps and
+checkpoints like any transform. `get_hyperparam` / `set_hyperparam` read and write an injected
+hyperparameter wherever it sits in an optimizer state tree (callbacks and sweeps use them).
 """
 
 from __future__ import annotations
@@ -44,6 +43,29 @@ def _as_hyperparam(value: Any, dtype: Any) -> jax.Array:
     if isinstance(value, jax.Array) and not getattr(value, "weak_type", False):
         return value
     return jnp.asarray(value, dtype) if _is_float(value) else jnp.asarray(value)
+
+
+def _split_arguments(signature, static_args, args, kwargs) -> tuple[dict, dict, dict]:
+    """The factory's arguments as (schedules, numeric hyperparameters, passed as they are)."""
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    arguments = dict(bound.arguments)
+    for name, param in signature.parameters.items():
+        if param.kind is param.VAR_KEYWORD:
+            arguments |= arguments.pop(name)
+        elif param.kind is param.VAR_POSITIONAL and arguments.pop(name):
+            raise ValueError(f"inject_hyperparams passes keywords only; got *{name}.")
+    schedules, numeric, other = {}, {}, {}
+    for name, value in arguments.items():
+        if name in static_args or isinstance(value, bool | str) or value is None:
+            other[name] = value
+        elif callable(value):
+            schedules[name] = value
+        elif isinstance(value, int | float | np.number | np.ndarray | jax.Array):
+            numeric[name] = value
+        else:
+            other[name] = value
+    return schedules, numeric, other
 
 
 class InjectHyperparamsState(NamedTuple):
@@ -109,24 +131,7 @@ def inject_hyperparams(
 
     @functools.wraps(inner_factory)
     def wrapped(*args: Any, **kwargs: Any) -> GradientTransformationExtraArgs:
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        arguments = dict(bound.arguments)
-        for name, param in signature.parameters.items():
-            if param.kind is param.VAR_KEYWORD:
-                arguments |= arguments.pop(name)
-            elif param.kind is param.VAR_POSITIONAL and arguments.pop(name):
-                raise ValueError(f"inject_hyperparams passes keywords only; got *{name}.")
-        schedules, numeric, other = {}, {}, {}
-        for name, value in arguments.items():
-            if name in static_args or isinstance(value, bool | str) or value is None:
-                other[name] = value
-            elif callable(value):
-                schedules[name] = value
-            elif isinstance(value, int | float | np.number | np.ndarray | jax.Array):
-                numeric[name] = value
-            else:
-                other[name] = value
+        schedules, numeric, other = _split_arguments(signature, static_args, args, kwargs)
         first = {k: s(jnp.zeros([], jnp.int32)) for k, s in schedules.items()}
         inner_factory(**other, **numeric, **first)  # eager validation, naming the argument
 
@@ -134,14 +139,16 @@ def inject_hyperparams(
             return _extra_args(inner_factory(**other, **hyperparams))
 
         def init_fn(params):
-            dtype = hyperparam_dtype or _widest_float(params)
+            dtype = _widest_float(params) if hyperparam_dtype is None else hyperparam_dtype
             hyperparams = {k: _as_hyperparam(v, dtype) for k, v in numeric.items()}
             count = jnp.zeros([], jnp.int32)
             hyperparams |= {k: _as_hyperparam(s(count), dtype) for k, s in schedules.items()}
             return InjectHyperparamsState(count, hyperparams, build(hyperparams).init(params))
 
         def update_fn(updates, state, params=None, **extra_args):
-            dtype = hyperparam_dtype or _widest_float(params if params is not None else updates)
+            dtype = hyperparam_dtype
+            if dtype is None:
+                dtype = _widest_float(updates if params is None else params)
             hyperparams = {k: _as_hyperparam(v, dtype) for k, v in state.hyperparams.items()}
             for k, s in schedules.items():
                 hyperparams[k] = jnp.asarray(s(state.count)).astype(hyperparams[k].dtype)
@@ -204,14 +211,12 @@ def get_hyperparam(opt_state: Any, name: str) -> jax.Array:
 
 
 def _cast_like(value: Any, old: Any) -> jax.Array:
-    """``value`` in ``old``'s float dtype, broadcast to ``old``'s shape when it is a scalar."""
-    value = jnp.asarray(value)
-    old = jnp.asarray(old)
-    if _is_float(old) and (_is_float(value) or jnp.issubdtype(value.dtype, jnp.integer)):
+    """``value`` in ``old``'s dtype (a float is never cast to an int), and a scalar broadcast
+    to ``old``'s shape."""
+    value, old = jnp.asarray(value), jnp.asarray(old)
+    if _is_float(old) or not _is_float(value):
         value = value.astype(old.dtype)
-    if value.ndim == 0 and old.ndim > 0:
-        value = jnp.broadcast_to(value, old.shape)
-    return value
+    return jnp.broadcast_to(value, old.shape) if value.ndim == 0 else value
 
 
 def set_hyperparam(opt_state: Any, name: str, value: chex.Numeric) -> Any:
@@ -261,6 +266,24 @@ def _all_finite(tree: chex.ArrayTree) -> chex.Array:
     return finite
 
 
+def _update_if(pred, inner, updates, inner_state, params, extra_args) -> tuple[Any, Any]:
+    """``inner.update(...)`` where ``pred``, else zero updates and ``inner_state`` as it is.
+
+    One ``lax.cond``: the inner rule runs only when taken (both branches under ``vmap``).
+    """
+
+    def run(_):
+        new_updates, new_state = inner.update(updates, inner_state, params, **extra_args)
+        return new_updates, tree_lib.cast_like(new_state, inner_state)
+
+    shapes = jax.eval_shape(run, None)[0]
+
+    def hold(_):
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), inner_state
+
+    return jax.lax.cond(pred, run, hold, None)
+
+
 def apply_if_finite(
     tx: GradientTransformation, max_consecutive_errors: int
 ) -> GradientTransformationExtraArgs:
@@ -307,14 +330,9 @@ def apply_if_finite(
             finite, state.total_notfinite, tree_lib.safe_increment(state.total_notfinite)
         )
 
-        def apply(_):
-            return inner.update(updates, state.inner_state, params, **extra_args)
-
-        def skip(_):
-            return tree_lib.zeros_like(updates), state.inner_state
-
-        new_updates, inner_state = jax.lax.cond(
-            jnp.logical_or(finite, bad > max_consecutive_errors), apply, skip, None
+        apply = jnp.logical_or(finite, bad > max_consecutive_errors)
+        new_updates, inner_state = _update_if(
+            apply, inner, updates, state.inner_state, params, extra_args
         )
         return new_updates, ApplyIfFiniteState(bad, finite, total, inner_state)
 
@@ -389,21 +407,10 @@ def multi_steps(
         acc = jax.tree.map(lambda g, a: accumulate(g, a, state.mini_step), updates, state.acc_grads)
         emit = state.mini_step >= every_k - 1
 
-        def step(acc):
-            grads = tree_lib.cast_like(acc, updates)
-            new_updates, new_inner = inner.update(
-                grads, state.inner_opt_state, params, **extra_args
-            )
-            return new_updates, tree_lib.cast_like(new_inner, state.inner_opt_state)
-
-        shapes = jax.eval_shape(step, acc)
-
-        def wait(acc):
-            del acc
-            zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[0])
-            return zeros, state.inner_opt_state
-
-        new_updates, inner_state = jax.lax.cond(emit, step, wait, acc)
+        grads = tree_lib.cast_like(acc, updates)
+        new_updates, inner_state = _update_if(
+            emit, inner, grads, state.inner_opt_state, params, extra_args
+        )
         acc = jax.tree.map(lambda a: jnp.where(emit, jnp.zeros_like(a), a), acc)
         mini_step = jnp.where(emit, 0, state.mini_step + 1)
         gradient_step = jnp.where(
