@@ -88,9 +88,18 @@ from dlopt.clipping import clip_by_global_norm as clip_by_global_norm
 from dlopt import initializers as initializers
 
 # --- wrappers
+from dlopt.wrappers import ApplyIfFiniteState as ApplyIfFiniteState
+from dlopt.wrappers import InjectHyperparamsState as InjectHyperparamsState
+from dlopt.wrappers import MultiStepsState as MultiStepsState
+from dlopt.wrappers import apply_if_finite as apply_if_finite
+from dlopt.wrappers import get_hyperparam as get_hyperparam
+from dlopt.wrappers import inject_hyperparams as inject_hyperparams
+from dlopt.wrappers import multi_steps as multi_steps
+from dlopt.wrappers import set_hyperparam as set_hyperparam
 from dlopt.fused import fused as fused
 
 # --- submodules
+from dlopt import metrics as metrics
 from dlopt import testing as testing
 from dlopt import tree as tree
 
