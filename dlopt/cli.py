@@ -87,13 +87,18 @@ def load_dataset(name: str = "digits", *, limit: int | None = None, seed: int = 
     return {"train": scale(train), "val": scale(val), "test": scale(test), "source": source}
 
 
-def batches(x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int = 0) -> Callable:
-    """``epoch -> [{"x", "y"} batches]``, reshuffled each epoch, the last partial one dropped."""
+def batches(
+    x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int = 0, augment: Callable | None = None
+) -> Callable:
+    """``epoch -> [{"x", "y"} batches]``, reshuffled each epoch, the last partial one dropped;
+    ``augment(x_batch, numpy_rng) -> x_batch`` is applied to each batch when given."""
 
     def epoch_batches(epoch: int) -> list[dict[str, np.ndarray]]:
-        order = np.random.default_rng([seed, epoch]).permutation(len(x))
+        rng = np.random.default_rng([seed, epoch])
+        order = rng.permutation(len(x))
         n = max(len(x) // batch_size, 1)
-        return [{"x": x[i], "y": y[i]} for i in np.array_split(order[: n * batch_size], n)]
+        out = [{"x": x[i], "y": y[i]} for i in np.array_split(order[: n * batch_size], n)]
+        return [{**b, "x": augment(b["x"], rng)} for b in out] if augment else out
 
     return epoch_batches
 
@@ -130,7 +135,8 @@ def mlp(
 
 
 def classifier_loss(model: Any, *, l2: float = 0.0) -> Callable:
-    """The `dlopt.training` loss: mean cross-entropy (+ ``l2_penalty`` on the weights), accuracy."""
+    """The `dlopt.training` loss: mean cross-entropy (+ ``l2_penalty`` on the weights); metrics
+    ``accuracy`` and, with ``l2``, ``cross_entropy`` (the loss without the penalty)."""
     import jax
     import jax.numpy as jnp
 
@@ -145,11 +151,11 @@ def classifier_loss(model: Any, *, l2: float = 0.0) -> Callable:
         logits, new_state = out if mutable else (out, {"model_state": model_state})
         new_state = {"model_state": {**model_state, **new_state}} if mutable else new_state
         logp = jax.nn.log_softmax(logits)
-        loss = -jnp.mean(jnp.take_along_axis(logp, batch["y"][:, None], axis=-1))
-        if l2:
-            loss = loss + dlopt.l2_penalty(params, l2, mask=dlopt.weights_only)
+        xent = -jnp.mean(jnp.take_along_axis(logp, batch["y"][:, None], axis=-1))
+        loss = xent + dlopt.l2_penalty(params, l2, mask=dlopt.weights_only) if l2 else xent
         acc = jnp.mean((jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32))
-        return loss, {**new_state, "metrics": {"accuracy": acc}}
+        metrics = {"accuracy": acc, "cross_entropy": xent} if l2 else {"accuracy": acc}
+        return loss, {**new_state, "metrics": metrics}
 
     return loss_fn
 
@@ -164,6 +170,7 @@ def train_classifier(
     l2: float = 0.0,
     patience: int | None = None,
     seed: int = 0,
+    augment: Callable | None = None,
     on_epoch: Callable | None = None,
 ) -> dict[str, Any]:
     """Fits ``model`` with ``tx`` on ``data`` (from `load_dataset`); returns the history, test
@@ -187,7 +194,7 @@ def train_classifier(
     start = time.perf_counter()
     state, history = fit(
         state,
-        batches(x_train, y_train, batch_size, seed=seed),
+        batches(x_train, y_train, batch_size, seed=seed, augment=augment),
         epochs=epochs,
         val_data=val,
         loss_fn=classifier_loss(model, l2=l2),

@@ -1,0 +1,114 @@
+"""Regularization: the same over-parameterized MLP, five ways, train vs validation curves.
+
+A 2 x 512-unit MLP (about 300k weights) learns 300 scikit-learn digits with Adam; without help
+it fits the training set and the validation loss turns up (overfitting). Then:
+
+* L2: ``dlopt.l2_penalty`` on the weights added to the loss;
+* dropout 0.5 after each hidden layer;
+* data augmentation: each batch shifted by up to one pixel and given Gaussian noise;
+* early stopping on ``val_loss`` (patience 5), the best weights restored.
+
+Each panel shows train (solid) and validation (dashed) cross-entropy (without the L2 term);
+the gap between them is what regularization closes. The train curve of the dropout model is
+measured with dropout on, that of the augmented model on augmented batches. The table lists
+the final gap and the test accuracy, and `dlopt.diagnose` names what it sees in each history.
+
+What this run shows (seeded, CPU): the unregularized gap is about 0.30; L2, augmentation and
+early stopping narrow it (about 0.26, 0.19 and 0.27, the last by stopping at the best epoch);
+dropout 0.5 at this learning rate does not: its validation loss still turns up (diagnose
+calls it overfitting), though its test accuracy is as good as any. Regularization is a
+trade-off to measure, not a switch.
+
+Run: ``python examples/regularization.py`` (about a minute on 2 CPU cores);
+writes ``examples/figures/regularization.png``.
+"""
+
+import os
+
+import numpy as np
+from matplotlib.figure import Figure
+
+import dlopt
+from dlopt.cli import load_dataset, mlp, train_classifier
+from dlopt.diagnose import diagnose
+from dlopt.plots import save
+
+OUT = os.path.join(os.path.dirname(__file__), "figures")
+EPOCHS, HIDDEN, TRAIN_EXAMPLES = 60, (512, 512), 300
+
+
+def shift_and_noise(x, rng):
+    """Moves each 8x8 digit by up to one pixel (wrapping) and adds N(0, 0.3^2) noise."""
+    images = x.reshape(-1, 8, 8)
+    dx, dy = rng.integers(-1, 2, size=2)
+    images = np.roll(images, (dy, dx), axis=(1, 2))
+    noisy = images + rng.normal(0.0, 0.3, images.shape).astype(np.float32)
+    return noisy.reshape(x.shape).astype(np.float32)
+
+
+def cross_entropy(history):
+    """Train/val cross-entropy per epoch (with L2, the logged loss also holds the penalty)."""
+    h = history.history
+    return {
+        "loss": h.get("cross_entropy", h["loss"]),
+        "val_loss": h.get("val_cross_entropy", h["val_loss"]),
+    }
+
+
+VARIANTS = {
+    "no regularization": {},
+    "L2 (1e-3)": {"l2": 1e-3},
+    "dropout 0.5": {"dropout": 0.5},
+    "augmentation": {"augment": shift_and_noise},
+    "early stopping": {"patience": 5},
+}
+
+
+def main():
+    data = load_dataset("digits", limit=TRAIN_EXAMPLES)
+    print(f"{data['source']}: {TRAIN_EXAMPLES} training examples, MLP {HIDDEN}, Adam 1e-3\n")
+    results = {}
+    for name, options in VARIANTS.items():
+        options = dict(options)
+        model = mlp(HIDDEN, dropout=options.pop("dropout", 0.0))
+        results[name] = train_classifier(
+            dlopt.adam(1e-3), data, model=model, epochs=EPOCHS, batch_size=32, **options
+        )
+
+    print(f"{'':>18}  {'train loss':>10}  {'val loss':>8}  {'gap':>6}  {'test acc':>8}  epochs")
+    for name, r in results.items():
+        h = cross_entropy(r["history"])
+        gap = h["val_loss"][-1] - h["loss"][-1]
+        print(
+            f"{name:>18}  {h['loss'][-1]:10.4f}  {h['val_loss'][-1]:8.4f}  {gap:6.3f}  "
+            f"{r['test_accuracy']:8.3f}  {r['epochs']}"
+        )
+    print("\ndiagnosis:")
+    for name, r in results.items():
+        findings = diagnose(r["history"])
+        print(
+            f"{name:>18}: "
+            + ("; ".join(f"{f.kind} from epoch {f.epoch}" for f in findings) or "no problems found")
+        )
+
+    fig = Figure(figsize=(15, 3.2))
+    axes = fig.subplots(1, len(results), sharey=True)
+    for ax, (name, r) in zip(axes, results.items(), strict=True):
+        h = cross_entropy(r["history"])
+        ax.plot(h["loss"], "-", color="C0", label="train")
+        ax.plot(h["val_loss"], "--", color="C1", label="validation")
+        ax.set_yscale("log")
+        ax.set_title(f"{name}\ntest acc {r['test_accuracy']:.3f}", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("cross-entropy")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = os.path.join(OUT, "regularization.png")
+    save(fig, path)
+    print(f"\nwrote {path}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
