@@ -33,6 +33,10 @@ def _labels(params):
     return jax.tree.map(lambda p: "matrix" if jnp.ndim(p) > 1 else "other", params)
 
 
+def _group_names(tree):
+    return {label: label for label in tree}  # fused hands the inner tx {label: {dtype: buffer}}
+
+
 def _halve(updates, params):
     return jax.tree.map(lambda u: 0.5 * u, updates)
 
@@ -65,7 +69,6 @@ TRANSFORMS = [
     Entry("scale", "", lambda: dlopt.scale(-0.1)),
     Entry("scale_by_schedule", "", lambda: dlopt.scale_by_schedule(_schedule)),
     Entry("scale_by_learning_rate", "float", lambda: dlopt.scale_by_learning_rate(0.1)),
-    Entry("scale_by_learning_rate", "schedule", lambda: dlopt.scale_by_learning_rate(_schedule)),
     # optimizers
     Entry("trace", "", lambda: dlopt.trace(0.9, nesterov=True)),
     Entry("sgd", "plain", lambda: dlopt.sgd(0.1)),
@@ -109,6 +112,24 @@ TRANSFORMS = [
     Entry("clip_by_global_norm", "", lambda: dlopt.clip_by_global_norm(1.0)),
     Entry("clip_by_block_rms", "", lambda: dlopt.clip_by_block_rms(0.5)),
     Entry("adaptive_grad_clip", "", lambda: dlopt.adaptive_grad_clip(0.1)),
+    # wrappers and the fused path
+    Entry("inject_hyperparams", "adam", lambda: dlopt.inject_hyperparams(dlopt.adam)(1e-2)),
+    Entry(
+        "inject_hyperparams",
+        "sgd_schedule",
+        lambda: dlopt.inject_hyperparams(dlopt.sgd)(learning_rate=_schedule, momentum=0.9),
+    ),
+    Entry("apply_if_finite", "", lambda: dlopt.apply_if_finite(dlopt.sgd(0.1, momentum=0.9), 3)),
+    Entry("multi_steps", "", lambda: dlopt.multi_steps(dlopt.adam(1e-2), 2)),
+    Entry("fused", "adamw", lambda: dlopt.fused(dlopt.adamw(1e-2)), DECAYS),
+    Entry(
+        "fused",
+        "grouped",
+        lambda: dlopt.fused(
+            dlopt.partition({"matrix": dlopt.adam(1e-2), "other": dlopt.sgd(0.1)}, _group_names),
+            group_by=_labels,
+        ),
+    ),
     # plateau
     Entry(
         "reduce_on_plateau",
