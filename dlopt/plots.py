@@ -55,6 +55,7 @@ def plot_curves(
     title: str | None = None,
     logy: bool = False,
     mark_best: str | None = None,
+    legend_loc: str = "best",
     path: str | os.PathLike | None = None,
 ) -> Figure:
     """Per-epoch curves of several runs on one axis: one colour per run, one line style per key.
@@ -65,6 +66,7 @@ def plot_curves(
         ylabel, title: axis label and title.
         logy: a logarithmic y axis.
         mark_best: a key whose minimum (or maximum, for names with "acc") gets a dot per run.
+        legend_loc: matplotlib's legend location, or ``"outside"`` (right of the axes).
         path: where to save the PNG.
 
     Returns:
@@ -95,7 +97,10 @@ def plot_curves(
     legend_title = " / ".join(
         f"{k} {s}" for k, s in zip(keys[:3], ["solid", "dashed", "dotted"], strict=False)
     )
-    ax.legend(fontsize=7, ncol=2, title=legend_title, title_fontsize=7)
+    where = {"loc": legend_loc, "ncol": 2}
+    if legend_loc == "outside":
+        where = {"loc": "upper left", "bbox_to_anchor": (1.01, 1.0), "ncol": 1}
+    ax.legend(fontsize=7, title=legend_title, title_fontsize=7, **where)
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
