@@ -96,3 +96,49 @@ def test_plot_bars_labels_values():
     fig = plots.plot_bars({"sgd": 0.9, "adam": 0.95}, ylim=(0, 1))
     heights = [p.get_height() for p in fig.axes[0].patches]
     assert heights == [0.9, 0.95]
+
+
+def load_example(name, out, monkeypatch):
+    """Imports examples/<name>.py as a module whose figures go to ``out``."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(module, "OUT", str(out))
+    return module
+
+
+@pytest.mark.parametrize(
+    "name, figures",
+    [
+        ("schedules", ["schedules.png"]),
+        ("initialization_activations", ["init_sigmoid.png", "init_tanh.png", "init_relu.png"]),
+    ],
+)
+def test_cheap_examples_write_their_figures(name, figures, tmp_path, monkeypatch, capsys):
+    load_example(name, tmp_path, monkeypatch).main()
+    for figure in figures:
+        assert saved(tmp_path / figure), figure
+    assert "wrote" in capsys.readouterr().out
+
+
+def test_initialization_example_shows_the_classic_effects(monkeypatch, tmp_path):
+    example = load_example("initialization_activations", tmp_path, monkeypatch)
+    import jax
+
+    x = jax.random.normal(jax.random.key(0), (500, example.UNITS))
+
+    def stds(init, act):
+        acts = example.layer_activations(
+            example.INITS[init], example.ACTIVATIONS[act], x, jax.random.key(1)
+        )
+        return [float(a.std()) for a in acts]
+
+    assert max(stds("N(0,0.01)", "tanh")[-1:]) < 1e-3  # shrinks toward 0
+    assert stds("N(0,1)", "relu")[-1] > 100 * stds("N(0,1)", "relu")[0]  # explodes
+    he, xavier = stds("He", "relu"), stds("Xavier", "relu")
+    assert he[-1] > 0.5 * he[0] and xavier[-1] < 0.4 * xavier[0]  # He holds ReLU, Xavier fades
+    assert stds("zeros", "tanh") == [0.0] * example.LAYERS
