@@ -1,0 +1,17 @@
+"""Data: datasets (TFDS + an offline default), splits and scalers, batching, augmentation.
+
+Importing this package is cheap (numpy, jax, chex); TFDS and scikit-learn load on first use.
+"""
+
+from dlopt.data.datasets import OFFLINE_DATASETS as OFFLINE_DATASETS
+from dlopt.data.datasets import ArraySource as ArraySource
+from dlopt.data.datasets import DatasetUnavailableError as DatasetUnavailableError
+from dlopt.data.datasets import load as load
+from dlopt.data.preprocess import MinMaxScaler as MinMaxScaler
+from dlopt.data.preprocess import Standardizer as Standardizer
+from dlopt.data.preprocess import channel_stats as channel_stats
+from dlopt.data.preprocess import normalize_images as normalize_images
+from dlopt.data.preprocess import resize as resize
+from dlopt.data.preprocess import to_float as to_float
+from dlopt.data.preprocess import to_grayscale as to_grayscale
+from dlopt.data.preprocess import train_val_test_split as train_val_test_split
