@@ -119,3 +119,79 @@ def test_network_probe_never_hangs():
 def test_unknown_name():
     with pytest.raises(ValueError, match="name='no_such_set_xyz'.*offline"):
         data.load("no_such_set_xyz")
+
+
+# --- batches
+
+import jax  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
+
+N = 10
+DATA = {"image": np.arange(N * 4, dtype=np.float32).reshape(N, 2, 2, 1), "label": np.arange(N)}
+
+
+def _labels(it):
+    return [b["label"].tolist() for b in it]
+
+
+@pytest.mark.parametrize(
+    "kwargs,sizes",
+    [
+        ({}, [4, 4, 2]),
+        ({"drop_remainder": True}, [4, 4]),
+        ({"pad": True}, [4, 4, 4]),
+        ({"pad": True, "drop_remainder": True}, [4, 4]),
+    ],
+)
+def test_batches_sizes_and_coverage(kwargs, sizes):
+    out = list(data.batches(DATA, 4, seed=3, **kwargs))
+    assert [len(b["label"]) for b in out] == sizes
+    assert len(out) == data.num_batches(N, 4, drop_remainder=kwargs.get("drop_remainder", False))
+    for b in out:
+        assert set(b) == {"image", "label"} | ({"mask"} if kwargs.get("pad") else set())
+        assert all(isinstance(v, np.ndarray) for v in b.values())
+        np.testing.assert_array_equal(b["image"][:, 0, 0, 0], 4 * b["label"])  # rows intact
+    real = np.concatenate([b["label"][b["mask"]] if "mask" in b else b["label"] for b in out])
+    assert len(set(real.tolist())) == len(real)  # no example twice among real rows
+    if not kwargs.get("drop_remainder"):
+        np.testing.assert_array_equal(np.sort(real), np.arange(N))  # every example once
+    if kwargs.get("pad") and not kwargs.get("drop_remainder"):
+        assert [int(b["mask"].sum()) for b in out] == [4, 4, 2]
+        assert out[-1]["mask"].tolist() == [True, True, False, False]
+
+
+def test_batches_deterministic_per_seed_and_epoch():
+    same = _labels(data.batches(DATA, 3, seed=1, epoch=2))
+    assert same == _labels(data.batches(DATA, 3, seed=1, epoch=2))
+    assert same != _labels(data.batches(DATA, 3, seed=1, epoch=3))
+    assert same != _labels(data.batches(DATA, 3, seed=2, epoch=2))
+    assert _labels(data.batches(DATA, 5, shuffle=False)) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+
+
+def test_batches_validation():
+    with pytest.raises(ValueError, match="batch_size=0"):
+        next(data.batches(DATA, 0))
+    with pytest.raises(ValueError, match="same length"):
+        next(data.batches({"a": np.zeros(3), "b": np.zeros(4)}, 2))
+
+
+def test_batches_sharded_over_mesh():
+    mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    host = list(data.batches(DATA, 4, seed=5, pad=True))
+    placed = list(data.batches(DATA, 4, seed=5, pad=True, sharding=sharding, prefetch=1))
+    assert len(placed) == len(host) == 3
+    for h, d in zip(host, placed, strict=True):
+        assert set(d) == set(h)
+        for k in h:
+            assert isinstance(d[k], jax.Array) and d[k].sharding.is_equivalent_to(
+                sharding, d[k].ndim
+            )
+            assert len(d[k].addressable_shards) == 4
+            assert d[k].addressable_shards[0].data.shape[0] == 1
+            np.testing.assert_array_equal(np.asarray(d[k]), h[k])
+    # A short last batch of 2 cannot split over 4 devices: a clear error, before any work.
+    with pytest.raises(ValueError, match="4 shards.*drop_remainder=True or pad=True"):
+        next(data.batches(DATA, 4, sharding=sharding))
+    with pytest.raises(ValueError, match="batch_size=6"):
+        next(data.batches(DATA, 6, sharding=sharding, drop_remainder=True))

@@ -3,6 +3,8 @@
 Importing this package is cheap (numpy, jax, chex); TFDS and scikit-learn load on first use.
 """
 
+from dlopt.data.batching import batches as batches
+from dlopt.data.batching import num_batches as num_batches
 from dlopt.data.datasets import OFFLINE_DATASETS as OFFLINE_DATASETS
 from dlopt.data.datasets import ArraySource as ArraySource
 from dlopt.data.datasets import DatasetUnavailableError as DatasetUnavailableError
