@@ -3,6 +3,18 @@
 Importing this package is cheap (numpy, jax, chex); TFDS and scikit-learn load on first use.
 """
 
+from dlopt.data.augment import compose as compose
+from dlopt.data.augment import cutmix as cutmix
+from dlopt.data.augment import cutout as cutout
+from dlopt.data.augment import mixup as mixup
+from dlopt.data.augment import random_brightness as random_brightness
+from dlopt.data.augment import random_contrast as random_contrast
+from dlopt.data.augment import random_crop as random_crop
+from dlopt.data.augment import random_erasing as random_erasing
+from dlopt.data.augment import random_flip as random_flip
+from dlopt.data.augment import random_rotation as random_rotation
+from dlopt.data.augment import random_translation as random_translation
+from dlopt.data.augment import random_zoom as random_zoom
 from dlopt.data.batching import batches as batches
 from dlopt.data.batching import num_batches as num_batches
 from dlopt.data.datasets import OFFLINE_DATASETS as OFFLINE_DATASETS
