@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import chex
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -89,7 +90,7 @@ def test_tfds_load_through_data_source(prepared, name, shape):
 
 def test_tfds_stack_uses_batched_reads_when_they_work():
     src = data.ArraySource({"image": np.arange(3000).reshape(3000, 1), "label": np.arange(3000)})
-    d = datasets._stack(src)
+    d = data.gather(src)
     np.testing.assert_array_equal(d["label"], np.arange(3000))
     assert d["label"].dtype == np.int32 and d["image"].shape == (3000, 1)
 
@@ -168,11 +169,27 @@ def test_batches_deterministic_per_seed_and_epoch():
     assert _labels(data.batches(DATA, 5, shuffle=False)) == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
 
 
+def test_batches_from_sources_equal_batches_from_arrays(prepared):
+    def same(source, arrays, **kw):
+        a, b = (
+            list(data.batches(source, 3, seed=4, **kw)),
+            list(data.batches(arrays, 3, seed=4, **kw)),
+        )
+        assert len(a) == len(b) > 0
+        for x, y in zip(a, b, strict=True):
+            chex.assert_trees_all_equal(x, y)
+
+    same(data.load("digits", "test", as_source=True), data.load("digits", "test"), pad=True)
+    with tfds.testing.mock_data(num_examples=8):
+        src = data.load("cifar10", "train", as_source=True)
+        same(src, data.gather(src))
+
+
 def test_batches_validation():
     with pytest.raises(ValueError, match="batch_size=0"):
-        next(data.batches(DATA, 0))
+        data.batches(DATA, 0)
     with pytest.raises(ValueError, match="same length"):
-        next(data.batches({"a": np.zeros(3), "b": np.zeros(4)}, 2))
+        data.batches({"a": np.zeros(3), "b": np.zeros(4)}, 2)
 
 
 def test_batches_sharded_over_mesh():
@@ -192,6 +209,6 @@ def test_batches_sharded_over_mesh():
             np.testing.assert_array_equal(np.asarray(d[k]), h[k])
     # A short last batch of 2 cannot split over 4 devices: a clear error, before any work.
     with pytest.raises(ValueError, match="4 shards.*drop_remainder=True or pad=True"):
-        next(data.batches(DATA, 4, sharding=sharding))
+        data.batches(DATA, 4, sharding=sharding)
     with pytest.raises(ValueError, match="batch_size=6"):
-        next(data.batches(DATA, 6, sharding=sharding, drop_remainder=True))
+        data.batches(DATA, 6, sharding=sharding, drop_remainder=True)

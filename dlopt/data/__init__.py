@@ -20,6 +20,7 @@ from dlopt.data.batching import num_batches as num_batches
 from dlopt.data.datasets import OFFLINE_DATASETS as OFFLINE_DATASETS
 from dlopt.data.datasets import ArraySource as ArraySource
 from dlopt.data.datasets import DatasetUnavailableError as DatasetUnavailableError
+from dlopt.data.datasets import gather as gather
 from dlopt.data.datasets import load as load
 from dlopt.data.preprocess import MinMaxScaler as MinMaxScaler
 from dlopt.data.preprocess import Standardizer as Standardizer

@@ -10,10 +10,18 @@ from typing import Any
 import jax
 import numpy as np
 
+from dlopt.data.datasets import gather
+
 MASK_KEY = "mask"
 
 
-def _length(data: Mapping[str, Any]) -> int:
+def _length(data: Any) -> int:
+    if not isinstance(data, Mapping):
+        if not (hasattr(data, "__len__") and hasattr(data, "__getitem__")):
+            raise TypeError(
+                f"data must be a dict of arrays or an indexable source, got {type(data)}."
+            )
+        return len(data)
     if not data:
         raise ValueError("data must be a non-empty dict of arrays.")
     lengths = {k: len(v) for k, v in data.items()}
@@ -39,7 +47,7 @@ def num_batches(n: int, batch_size: int, *, drop_remainder: bool = False) -> int
 
 
 def batches(
-    data: Mapping[str, Any],
+    data: Mapping[str, Any] | Any,
     batch_size: int,
     *,
     seed: int = 0,
@@ -50,7 +58,8 @@ def batches(
     sharding: jax.sharding.Sharding | None = None,
     prefetch: int = 2,
 ) -> Iterator[dict[str, Any]]:
-    """Yields one epoch of batches of ``data`` (a dict of equal-length arrays, as ``load`` gives).
+    """Yields one epoch of batches of ``data`` (a dict of equal-length arrays, as ``load`` gives,
+    or an indexable source such as ``load(..., as_source=True)``, read batch by batch).
 
     The order is ``np.random.default_rng([seed, epoch]).permutation(n)``: the same seed and
     epoch give the same batches, another epoch another order. The last batch, when ``n`` is
@@ -60,7 +69,8 @@ def batches(
     recompiles), or else yielded short.
 
     Args:
-      data: dict of arrays with a common leading axis (numpy, or anything ``np.asarray`` takes).
+      data: dict of arrays with a common leading axis (numpy, or anything ``np.asarray`` takes),
+        or a random-access source (``len``, ``source[i]`` -> dict), read with ``gather``.
       batch_size: examples per batch.
       seed: shuffle seed.
       epoch: epoch number, mixed into the seed.
@@ -74,7 +84,8 @@ def batches(
       prefetch: batches placed on devices ahead of the one yielded (with ``sharding``).
 
     Returns:
-      An iterator of dicts with the keys of ``data`` (plus ``"mask"`` with ``pad``).
+      An iterator of dicts with the keys of ``data`` (plus ``"mask"`` with ``pad``). Arguments
+      are checked when ``batches`` is called, before the first batch is asked for.
 
     Example:
       >>> data = {"image": np.zeros((10, 8, 8, 1)), "label": np.arange(10)}
@@ -88,7 +99,12 @@ def batches(
     if prefetch < 0:
         raise ValueError(f"prefetch must be >= 0, got {prefetch=}.")
     n = _length(data)
-    arrays = {k: np.asarray(v) for k, v in data.items()}
+    if isinstance(data, Mapping):
+        arrays = {k: np.asarray(v) for k, v in data.items()}
+        take = lambda index: {k: v[index] for k, v in arrays.items()}  # noqa: E731
+    else:
+        arrays = gather(data, [0]) if n else {}
+        take = lambda index: gather(data, index)  # noqa: E731
     if MASK_KEY in arrays and pad:
         raise ValueError(f"data already has a {MASK_KEY!r} key; pad=True would overwrite it.")
     if sharding is not None:
@@ -108,18 +124,23 @@ def batches(
         real = len(index)
         if pad and real < batch_size:
             index = np.resize(index, batch_size)  # repeats the batch's own rows
-        batch = {k: v[index] for k, v in arrays.items()}
+        batch = take(index)
         if pad:
             batch[MASK_KEY] = np.arange(batch_size) < real
         return batch
 
     if sharding is None:
-        for i in range(count):
-            yield host_batch(i)
-        return
+        return (host_batch(i) for i in range(count))
+    return _prefetched((host_batch(i) for i in range(count)), sharding, prefetch)
+
+
+def _prefetched(
+    host: Iterator[dict[str, np.ndarray]], sharding: jax.sharding.Sharding, prefetch: int
+) -> Iterator[dict[str, jax.Array]]:
+    """Places batches with ``device_put`` (asynchronous), keeping ``prefetch`` in flight."""
     queue: collections.deque = collections.deque()
-    for i in range(count):
-        queue.append(jax.device_put(host_batch(i), sharding))
+    for batch in host:
+        queue.append(jax.device_put(batch, sharding))
         if len(queue) > prefetch:
             yield queue.popleft()
     while queue:

@@ -116,12 +116,17 @@ def _unavailable(name: str, where: str, reason: str) -> DatasetUnavailableError:
     )
 
 
-def _stack(source: Any) -> dict[str, np.ndarray]:
-    """Reads a whole random-access source into a dict of stacked numeric numpy arrays."""
-    n = len(source)
+def gather(source: Any, indices: Any = None) -> dict[str, np.ndarray]:
+    """Reads examples ``indices`` (all if None) of a random-access source into stacked arrays.
+
+    Works on any ``len``/``source[i]`` source (``tfds.data_source``, :class:`ArraySource`),
+    reading in chunks through ``__getitems__`` where the source supports it. Numeric fields
+    only (string ids are dropped); ``label`` becomes int32.
+    """
+    indices = np.arange(len(source)) if indices is None else np.asarray(indices)
     columns: dict[str, list[np.ndarray]] = {}
-    for start in range(0, n, _CHUNK):
-        keys = list(range(start, min(start + _CHUNK, n)))
+    for start in range(0, len(indices), _CHUNK):
+        keys = [int(i) for i in indices[start : start + _CHUNK]]
         try:
             examples = source.__getitems__(keys)
         except (AttributeError, TypeError):  # sources without (working) batched reads
@@ -216,4 +221,4 @@ def load(
         if not _network_available():
             raise _unavailable(name, where, "there is no network to download it")
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
-    return source if as_source else _stack(source)
+    return source if as_source else gather(source)
