@@ -3,8 +3,19 @@
 Every function is written for ONE image and lifted once: the key is split into one key per
 example (``jax.random.split(key, batch)``) and the per-image function is ``jax.vmap``-ed, so
 every example draws its own randomness. Sizes and probabilities are static Python numbers, so
-each function jit-compiles once per input shape. Images are floats (values in [0, 1] unless
-said otherwise); shapes and dtypes come back unchanged.
+each function jit-compiles once per input shape.
+
+Common arguments and results:
+  key: a ``jax.random`` key; the same key gives the same result, another key another one.
+  images: a float NHWC batch ``(batch, height, width, channels)``, values in [0, 1] where a
+    function clips or fills (uint8 data: ``dlopt.data.to_float`` first).
+  labels (mixup, cutmix): one-hot/soft ``(batch, classes)``, or int ``(batch,)`` with
+    ``num_classes``.
+  Returns: images of the input's shape and dtype (and float soft labels for mixup/cutmix).
+
+Example:
+  >>> augment = jax.jit(compose(partial(random_crop, padding=4), random_flip))
+  >>> images = augment(jax.random.key(0), images)
 """
 
 from __future__ import annotations
@@ -55,6 +66,14 @@ def _warp(image: jax.Array, inverse: jax.Array, fill: float) -> jax.Array:
     )
     image32 = image.astype(jnp.float32)
     return jax.vmap(sample, in_axes=2, out_axes=2)(image32).astype(image.dtype)
+
+
+def _pad_crop(k: chex.PRNGKey, image: jax.Array, m: int, mode: str = "constant", **kw):
+    """Pads ``m`` pixels on each side, then takes the original size at a random offset."""
+    h, w, c = image.shape
+    padded = jnp.pad(image, ((m, m), (m, m), (0, 0)), mode=mode, **kw)
+    dy, dx = jax.random.randint(k, (2,), 0, 2 * m + 1)
+    return jax.lax.dynamic_slice(padded, (dy, dx, jnp.zeros((), dy.dtype)), (h, w, c))
 
 
 def random_flip(
@@ -120,15 +139,9 @@ def random_translation(
     """Shifts each image by whole pixels, dy and dx from U{-max_shift..max_shift}; ``fill``
     enters at the border. Values are moved exactly (no interpolation)."""
     check_non_negative("max_shift", max_shift)
-    m = int(max_shift)
-
-    def one(k, image):
-        h, w, c = image.shape
-        padded = jnp.pad(image, ((m, m), (m, m), (0, 0)), constant_values=fill)
-        dy, dx = jax.random.randint(k, (2,), 0, 2 * m + 1)
-        return jax.lax.dynamic_slice(padded, (dy, dx, jnp.zeros((), dy.dtype)), (h, w, c))
-
-    return _per_example(one, key, images)
+    return _per_example(
+        lambda k, image: _pad_crop(k, image, int(max_shift), constant_values=fill), key, images
+    )
 
 
 def random_crop(
@@ -137,15 +150,7 @@ def random_crop(
     """Pads each image by ``padding`` pixels (``mode`` as in ``jnp.pad``: zeros by default,
     ``"reflect"``, ``"edge"``) and crops a random window of the original size (the CIFAR recipe)."""
     check_non_negative("padding", padding)
-    m = int(padding)
-
-    def one(k, image):
-        h, w, c = image.shape
-        padded = jnp.pad(image, ((m, m), (m, m), (0, 0)), mode=mode)
-        dy, dx = jax.random.randint(k, (2,), 0, 2 * m + 1)
-        return jax.lax.dynamic_slice(padded, (dy, dx, jnp.zeros((), dy.dtype)), (h, w, c))
-
-    return _per_example(one, key, images)
+    return _per_example(lambda k, image: _pad_crop(k, image, int(padding), mode), key, images)
 
 
 def random_brightness(
