@@ -221,13 +221,16 @@ def _add_scaled(
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError(f"{name} needs params: call update(updates, state, params).")
+        new_state = state_type(count=tree_lib.safe_increment(state.count))
+        if isinstance(rate, int | float) and rate == 0:
+            return updates, new_state  # a constant zero rate: skip reading the params
         r = rate(state.count) if callable(rate) else rate
         updates = jax.tree.map(
             lambda u, p: u + tree_lib.scalar_like(r, u) * direction(p.astype(u.dtype)),
             updates,
             params,
         )
-        return updates, state_type(count=tree_lib.safe_increment(state.count))
+        return updates, new_state
 
     return GradientTransformation(init_fn, update_fn)
 
