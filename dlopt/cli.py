@@ -1,8 +1,8 @@
 """The ``dlopt`` command: ``dlopt demo``, ``dlopt schedule``, ``dlopt lr-find`` (and ``bench``).
 
 Every subcommand has ``--help`` and an ``--out`` folder; bad arguments exit with status 2 and
-one line on stderr. The small Flax MLP, the data loading and the loss used here are public so
-that the examples reuse them.
+one line on stderr. The demo's data, model and training loop live in `dlopt.experiments`,
+which the examples share.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import ast
 import json
 import os
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -43,177 +42,18 @@ class UsageError(Exception):
     """A bad command-line value found after parsing; printed as one line, exit status 2."""
 
 
-# ----------------------------------------------------------------------------- data and model
+def _load(name: str, *, limit: int | None, seed: int) -> dict:
+    """`dlopt.experiments.load_dataset`, a missing TFDS download reported as a usage error."""
+    from dlopt.data import DatasetUnavailableError
+    from dlopt.experiments import load_dataset
 
-
-def load_dataset(name: str = "digits", *, limit: int | None = None, seed: int = 0) -> dict:
-    """Train/val/test splits of a classification set as flat, standardized float32 features.
-
-    ``digits`` is scikit-learn's bundled 8x8 digits (offline); ``mnist`` is TFDS MNIST (needs
-    the data downloaded already). Returns ``{"train": (x, y), "val": ..., "test": ...,
-    "source": str}``; ``limit`` caps the training examples.
-    """
-    if name == "digits":
-        from sklearn.datasets import load_digits
-
-        x, y = load_digits(return_X_y=True)
-        source = "scikit-learn digits (8x8, offline)"
-    elif name == "mnist":
-        try:
-            import tensorflow_datasets as tfds
-
-            data = tfds.as_numpy(
-                tfds.load("mnist", split="train+test", batch_size=-1, download=False)
-            )
-        except Exception as e:  # noqa: BLE001 - any failure means "not available offline"
-            raise UsageError(
-                f"TFDS MNIST is not available here ({type(e).__name__}); download it first "
-                "(tfds.load('mnist')) or use --dataset digits."
-            ) from e
-        x, y = data["image"].reshape(len(data["image"]), -1), data["label"]
-        source = "TFDS MNIST (28x28)"
-    else:
-        raise UsageError(f"unknown dataset {name!r}; choose digits or mnist.")
-    x, y = np.asarray(x, np.float32), np.asarray(y, np.int32)
-    order = np.random.default_rng(seed).permutation(len(x))
-    x, y = x[order], y[order]
-    n_test = n_val = int(0.15 * len(x))
-    test, val = (x[:n_test], y[:n_test]), (x[n_test : n_test + n_val], y[n_test : n_test + n_val])
-    train = (x[n_test + n_val :], y[n_test + n_val :])
-    if limit is not None:
-        train = (train[0][:limit], train[1][:limit])
-    mean, std = train[0].mean(0), train[0].std(0) + 1e-6
-    scale = lambda xy: ((xy[0] - mean) / std, xy[1])  # noqa: E731
-    return {"train": scale(train), "val": scale(val), "test": scale(test), "source": source}
-
-
-def batches(
-    x: np.ndarray, y: np.ndarray, batch_size: int, *, seed: int = 0, augment: Callable | None = None
-) -> Callable:
-    """``epoch -> [{"x", "y"} batches]``, reshuffled each epoch, the last partial one dropped;
-    ``augment(x_batch, numpy_rng) -> x_batch`` is applied to each batch when given."""
-
-    def epoch_batches(epoch: int) -> list[dict[str, np.ndarray]]:
-        rng = np.random.default_rng([seed, epoch])
-        order = rng.permutation(len(x))
-        n = max(len(x) // batch_size, 1)
-        out = [{"x": x[i], "y": y[i]} for i in np.array_split(order[: n * batch_size], n)]
-        return [{**b, "x": augment(b["x"], rng)} for b in out] if augment else out
-
-    return epoch_batches
-
-
-def mlp(
-    hidden: Sequence[int] = (128, 64),
-    num_classes: int = 10,
-    *,
-    dropout: float = 0.0,
-    batch_norm: bool = False,
-    kernel_init: Any = None,
-    activation: Any = None,
-) -> Any:
-    """A Flax linen MLP: ``[Dense, (BatchNorm), activation, (Dropout)] * len(hidden), Dense``."""
-    import flax.linen as nn
-    import jax
-
-    act = activation or jax.nn.relu
-    dense = (lambda n: nn.Dense(n, kernel_init=kernel_init)) if kernel_init else nn.Dense
-
-    class MLP(nn.Module):
-        @nn.compact
-        def __call__(self, x, train: bool = False):
-            for n in hidden:
-                x = dense(n)(x)
-                if batch_norm:
-                    x = nn.BatchNorm(use_running_average=not train)(x)
-                x = act(x)
-                if dropout:
-                    x = nn.Dropout(dropout, deterministic=not train)(x)
-            return dense(num_classes)(x)
-
-    return MLP()
-
-
-def classifier_loss(model: Any, *, l2: float = 0.0) -> Callable:
-    """The `dlopt.training` loss: mean cross-entropy (+ ``l2_penalty`` on the weights); metrics
-    ``accuracy`` and, with ``l2``, ``cross_entropy`` (the loss without the penalty)."""
-    import jax
-    import jax.numpy as jnp
-
-    import dlopt
-
-    def loss_fn(params, batch, *, model_state, rng, train):
-        variables = {"params": params, **model_state}
-        mutable = ["batch_stats"] if (train and model_state) else False
-        out = model.apply(
-            variables, batch["x"], train=train, rngs={"dropout": rng}, mutable=mutable
-        )
-        logits, new_state = out if mutable else (out, {"model_state": model_state})
-        new_state = {"model_state": {**model_state, **new_state}} if mutable else new_state
-        logp = jax.nn.log_softmax(logits)
-        xent = -jnp.mean(jnp.take_along_axis(logp, batch["y"][:, None], axis=-1))
-        loss = xent + dlopt.l2_penalty(params, l2, mask=dlopt.weights_only) if l2 else xent
-        acc = jnp.mean((jnp.argmax(logits, -1) == batch["y"]).astype(jnp.float32))
-        metrics = {"accuracy": acc, "cross_entropy": xent} if l2 else {"accuracy": acc}
-        return loss, {**new_state, "metrics": metrics}
-
-    return loss_fn
-
-
-def train_classifier(
-    tx: Any,
-    data: dict,
-    *,
-    model: Any,
-    epochs: int,
-    batch_size: int = 64,
-    l2: float = 0.0,
-    patience: int | None = None,
-    seed: int = 0,
-    augment: Callable | None = None,
-    on_epoch: Callable | None = None,
-) -> dict[str, Any]:
-    """Fits ``model`` with ``tx`` on ``data`` (from `load_dataset`); returns the history, test
-    accuracy and macro F1 (of the best-val-loss weights with ``patience``), epochs, seconds."""
-    import jax
-    import jax.numpy as jnp
-
-    from dlopt import metrics
-    from dlopt.training import EarlyStopping, LambdaCallback, TrainState, fit
-
-    x_train, y_train = data["train"]
-    variables = model.init(jax.random.key(seed), jnp.asarray(x_train[:2]))
-    params, model_state = variables.pop("params"), dict(variables)
-    state = TrainState.create(
-        apply_fn=model.apply, params=params, tx=tx, rng=seed, model_state=model_state
-    )
-    callbacks = [LambdaCallback(on_epoch_end=on_epoch)] if on_epoch else []
-    if patience is not None:
-        callbacks.append(EarlyStopping("val_loss", patience=patience, restore_best=True))
-    val = [{"x": data["val"][0], "y": data["val"][1]}]
-    start = time.perf_counter()
-    state, history = fit(
-        state,
-        batches(x_train, y_train, batch_size, seed=seed, augment=augment),
-        epochs=epochs,
-        val_data=val,
-        loss_fn=classifier_loss(model, l2=l2),
-        callbacks=callbacks,
-        progress=False,
-    )
-    seconds = time.perf_counter() - start
-    x_test, y_test = data["test"]
-    logits = model.apply({"params": state.params, **state.model_state}, x_test, train=False)
-    y_pred, y_true = jnp.argmax(logits, -1), jnp.asarray(y_test)
-    val_loss = history.history["val_loss"]
-    return {
-        "history": history,
-        "test_accuracy": float(metrics.accuracy(y_true, y_pred)),
-        "test_f1": float(metrics.f1_score(y_true, y_pred, num_classes=10, average="macro")),
-        "best_epoch": int(np.nanargmin(val_loss)),
-        "epochs": len(history),
-        "seconds": seconds,
-    }
+    try:
+        return load_dataset(name, limit=limit, seed=seed)
+    except (DatasetUnavailableError, ImportError) as e:
+        raise UsageError(
+            f"TFDS {name} is not available here ({type(e).__name__}); download it first "
+            f"(dlopt.data.load({name!r}, download=True)) or use --dataset digits."
+        ) from e
 
 
 # ----------------------------------------------------------------------------- subcommands
@@ -235,13 +75,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import dlopt
     from dlopt import plots
     from dlopt.diagnose import diagnose, format_findings
+    from dlopt.experiments import mlp, train_classifier
 
     names = args.optimizers or list(DEMO_OPTIMIZERS)
     unknown = [n for n in names if n not in DEMO_OPTIMIZERS]
     if unknown:
         raise UsageError(f"unknown optimizer {unknown[0]!r}; choose from {list(DEMO_OPTIMIZERS)}.")
     epochs = 2 if args.quick else args.epochs
-    data = load_dataset(args.dataset, limit=300 if args.quick else args.limit, seed=args.seed)
+    data = _load(args.dataset, limit=300 if args.quick else args.limit, seed=args.seed)
     print(
         f"data: {data['source']}, {len(data['train'][0])} train / {len(data['val'][0])} val / "
         f"{len(data['test'][0])} test examples; MLP {args.hidden}, dropout 0.2"
@@ -381,20 +222,21 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
     import dlopt
     from dlopt import plots, tuning
+    from dlopt.experiments import classifier_loss, epoch_batches, mlp
 
     factory = getattr(dlopt, args.optimizer, None)
     if args.optimizer not in {f for f, _, _ in DEMO_OPTIMIZERS.values()} or factory is None:
         raise UsageError(f"unknown optimizer {args.optimizer!r}; try sgd, adam, rmsprop, ...")
-    data = load_dataset(args.dataset, limit=args.limit, seed=args.seed)
+    data = _load(args.dataset, limit=args.limit, seed=args.seed)
     model = mlp(args.hidden)
     x, y = data["train"]
     params = model.init(jax.random.key(args.seed), jnp.asarray(x[:2]))["params"]
     loss = classifier_loss(model)
     key = jax.random.key(args.seed)
     loss_fn = lambda p, b: loss(p, b, model_state={}, rng=key, train=False)[0]  # noqa: E731
-    epoch_batches, pass_ = batches(x, y, args.batch_size, seed=args.seed), []
+    batches_of, pass_ = epoch_batches(x, y, args.batch_size, seed=args.seed), []
     while len(pass_) < args.steps:
-        pass_ += epoch_batches(len(pass_))
+        pass_ += batches_of(len(pass_))
     found = tuning.lr_find(
         loss_fn, params, pass_[: args.steps], factory, min_lr=args.min_lr, max_lr=args.max_lr
     )

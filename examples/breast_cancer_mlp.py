@@ -1,10 +1,13 @@
 """Breast-cancer MLP: Dense 100 relu -> 24 relu -> 1 sigmoid, binary cross-entropy, Adam.
 
-scikit-learn's bundled Wisconsin breast-cancer data (offline): a stratified 80/20 train/test
-split, then 20% of the training part held out for validation; features standardized with the
-training statistics. `fit` trains with EarlyStopping (on val_loss, best weights restored) and
-a best-only ModelCheckpoint; the best checkpoint is then restored and scored on the test set
-with `dlopt.metrics`: accuracy, precision, recall, F1 and the confusion matrix.
+scikit-learn's bundled Wisconsin breast-cancer data, offline through `dlopt.data`: its fixed
+stratified 80/20 train/test split, then 20% of the training part held out (stratified) for
+validation; features standardized with the training statistics (``dlopt.data.Standardizer``).
+Batches of 32 come from ``dlopt.data.batches``, reshuffled each epoch; the last one is padded to
+full size with a ``"mask"`` that the loss and metrics use as example weights. `fit` trains
+with EarlyStopping (on val_loss, best weights restored) and a best-only ModelCheckpoint; the
+best checkpoint is then restored and scored on the test set with `dlopt.metrics`: accuracy,
+precision, recall, F1 and the confusion matrix.
 
 The last layer's sigmoid is folded into the loss (``log_sigmoid`` of the logit, the stable
 form of binary cross-entropy); predictions are ``sigmoid(logit) > 0.5``.
@@ -22,13 +25,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from sklearn.datasets import load_breast_cancer
-from sklearn.model_selection import train_test_split
-from sklearn.preprocessing import StandardScaler
 
 import dlopt
-from dlopt import metrics
-from dlopt.training import EarlyStopping, TrainState, fit, pad_batch
+from dlopt import data, metrics
+from dlopt.training import EarlyStopping, TrainState, fit
 from dlopt.training.checkpoint import ModelCheckpoint, restore
 
 BATCH_SIZE = 32
@@ -55,7 +55,7 @@ def loss_fn(params, batch, *, model_state, rng, train):
     """dlopt's loss contract: masked binary cross-entropy, plus a masked accuracy metric."""
     del rng, train
     logits = MLP().apply({"params": params}, batch["x"])
-    mask = batch["mask"]
+    mask = batch["mask"].astype(jnp.float32)  # dlopt.data.batches gives a boolean mask
     hits = (metrics.labels_from_logits(logits) == batch["y"].astype(jnp.int32)).astype(jnp.float32)
     accuracy = jnp.sum(hits * mask) / jnp.maximum(jnp.sum(mask), 1.0)
     loss = binary_cross_entropy(logits, batch["y"], mask)
@@ -64,29 +64,22 @@ def loss_fn(params, batch, *, model_state, rng, train):
 
 def load_splits(seed: int = 0):
     """Standardized float32 (x, y) for train, validation and test (stratified splits)."""
-    x, y = load_breast_cancer(return_X_y=True)
-    x_rest, x_test, y_rest, y_test = train_test_split(
-        x, y, test_size=0.2, stratify=y, random_state=seed
+    train, test = (data.load("breast_cancer", split) for split in ("train", "test"))
+    (x_train, y_train), _, (x_val, y_val) = data.train_val_test_split(
+        train["features"], train["label"], val=0.0, test=0.2, seed=seed
     )
-    x_train, x_val, y_train, y_val = train_test_split(
-        x_rest, y_rest, test_size=0.2, stratify=y_rest, random_state=seed
-    )
-    scaler = StandardScaler().fit(x_train)
+    scaler = data.Standardizer().fit(x_train)
     return [
-        (scaler.transform(a).astype(np.float32), b.astype(np.float32))
-        for a, b in ((x_train, y_train), (x_val, y_val), (x_test, y_test))
+        (np.asarray(scaler.transform(a), np.float32), b.astype(np.float32))
+        for a, b in ((x_train, y_train), (x_val, y_val), (test["features"], test["label"]))
     ]
 
 
-def batches(x, y, batch_size=BATCH_SIZE, *, seed=None, multiple=1):
-    """Dict batches ``{"x", "y", "mask"}``; shuffled when ``seed`` is given; the uneven last
-    batch is padded up to ``multiple`` rows and masked."""
-    order = np.arange(len(x)) if seed is None else np.random.default_rng(seed).permutation(len(x))
-    out = []
-    for i in range(0, len(x), batch_size):
-        idx = order[i : i + batch_size]
-        out.append(pad_batch({"x": x[idx], "y": y[idx]}, multiple))
-    return out
+def batches(x, y, batch_size=BATCH_SIZE, *, epoch=None):
+    """A list of ``{"x", "y", "mask"}`` batches from ``dlopt.data.batches``: reshuffled per
+    ``epoch`` (in order when None), the short last batch padded to full size and masked."""
+    xy = {"x": x, "y": y}
+    return list(data.batches(xy, batch_size, epoch=epoch or 0, shuffle=epoch is not None, pad=True))
 
 
 def make_state(num_features: int, seed: int = 0) -> TrainState:
@@ -134,7 +127,7 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     state, history = fit(
         state,
-        lambda epoch: batches(x_train, y_train, seed=epoch),
+        lambda epoch: batches(x_train, y_train, epoch=epoch),
         epochs=args.epochs,
         val_data=batches(x_val, y_val),
         loss_fn=loss_fn,

@@ -3,7 +3,8 @@
 Same model, data and loss as ``breast_cancer_mlp.py``. The batch is sharded over a
 ``jax.make_mesh`` mesh of 8 CPU devices (params replicated, optionally the Adam state sharded
 ZeRO-1 style with ``--zero1``) and the train step is the one-device step compiled for the
-global arrays. Uneven last batches are padded to a multiple of 8 and masked. The test-set
+global arrays. The uneven last batch is padded to the full 32 rows (``dlopt.data.batches``,
+a multiple of 8) and masked. The test-set
 metrics are summed over sharded batches in a streaming `dlopt.metrics.ConfusionMatrix`
 (padding masked by ``sample_weight``). The same run on one device must give the same params
 up to float rounding; the script prints the largest difference.
@@ -45,13 +46,11 @@ NUM_DEVICES = 8
 
 def train(state, data, epochs, *, train_step, eval_step, place=lambda b: b):
     (x_train, y_train), (x_val, y_val) = data
-    val = [place(b) for b in batches(x_val, y_val, multiple=NUM_DEVICES)]
+    val = [place(b) for b in batches(x_val, y_val)]
     start = time.perf_counter()
     state, history = fit(
         state,
-        lambda epoch: [
-            place(b) for b in batches(x_train, y_train, seed=epoch, multiple=NUM_DEVICES)
-        ],
+        lambda epoch: [place(b) for b in batches(x_train, y_train, epoch=epoch)],
         epochs=epochs,
         val_data=val,
         train_step=train_step,
@@ -66,7 +65,7 @@ def add_batch(acc: metrics.ConfusionMatrix, params, batch) -> metrics.ConfusionM
     """Adds one (sharded) batch's predictions to the streaming confusion matrix."""
     y_pred = metrics.labels_from_logits(MLP().apply({"params": params}, batch["x"]))
     y_true = batch["y"].astype(jnp.int32)
-    return acc.update(y_true, y_pred, sample_weight=batch["mask"])
+    return acc.update(y_true, y_pred, sample_weight=batch["mask"].astype(jnp.float32))
 
 
 def main(argv=None) -> dict:
@@ -103,7 +102,7 @@ def main(argv=None) -> dict:
     )
 
     acc = metrics.ConfusionMatrix.empty(2, jnp.float32)
-    for batch in batches(x_test, y_test, multiple=NUM_DEVICES):
+    for batch in batches(x_test, y_test):
         acc = add_batch(acc, state.params, shard_batch(batch, mesh))
     scores = acc.compute(average="binary")
     print(

@@ -22,8 +22,9 @@ import argparse
 import os
 
 import dlopt
-from dlopt.cli import UsageError, load_dataset, mlp, train_classifier
+from dlopt.data import DatasetUnavailableError
 from dlopt.diagnose import diagnose
+from dlopt.experiments import load_dataset, mlp, train_classifier
 from dlopt.plots import plot_curves
 
 OUT = os.path.join(os.path.dirname(__file__), "figures")
@@ -53,8 +54,8 @@ def main(argv=None):
     if dataset == "mnist":
         try:
             load_dataset("mnist", limit=1)
-        except UsageError as e:
-            print(f"{e}\n-> using scikit-learn digits instead.")
+        except (DatasetUnavailableError, ImportError) as e:
+            print(f"{type(e).__name__}: {e}\n-> using scikit-learn digits instead.")
             dataset = "digits"
 
     histories, rows = {}, []

@@ -29,8 +29,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import dlopt
-from dlopt.cli import load_dataset, mlp, train_classifier
 from dlopt.diagnose import diagnose
+from dlopt.experiments import load_dataset, mlp, train_classifier
 from dlopt.plots import save
 
 OUT = os.path.join(os.path.dirname(__file__), "figures")
