@@ -1,7 +1,7 @@
 """Regularization: the same over-parameterized MLP, five ways, train vs validation curves.
 
 A 2 x 512-unit MLP (about 300k weights) learns 300 scikit-learn digits with Adam; without help
-it fits the training set and the validation loss turns up (overfitting). Then:
+it drives the training loss toward zero while the validation loss stalls. Then:
 
 * L2: ``dlopt.l2_penalty`` on the weights added to the loss;
 * dropout 0.5 after each hidden layer;
@@ -13,13 +13,16 @@ the gap between them is what regularization closes. The train curve of the dropo
 measured with dropout on, that of the augmented model on augmented batches. The table lists
 the final gap and the test accuracy, and `dlopt.diagnose` names what it sees in each history.
 
-What this run shows (seeded, CPU): the unregularized gap is about 0.30; L2, augmentation and
-early stopping narrow it (about 0.26, 0.19 and 0.27, the last by stopping at the best epoch);
-dropout 0.5 at this learning rate does not: its validation loss still turns up (diagnose
-calls it overfitting), though its test accuracy is as good as any. Regularization is a
-trade-off to measure, not a switch.
+What this run shows (seeded, CPU): without regularization the train loss falls to 3e-4
+while the validation loss stays near 0.15 (gap 0.15, diagnose: a plateau). L2 narrows the gap
+to 0.13 (train loss held near 4e-3). Augmentation keeps the two curves together in ratio
+(train 0.08, validation 0.31) but its absolute gap, 0.23, is the largest: 60 epochs are too
+few for the harder, noisy task. Dropout 0.5 at this learning rate turns its validation loss
+up (diagnose calls it overfitting from epoch 30), though its test accuracy is the best
+(0.926 against 0.911). Early stopping halts at epoch 35 (best at 29) with the unregularized
+gap. Regularization is a trade-off to measure, not a switch.
 
-Run: ``python examples/regularization.py`` (about a minute on 2 CPU cores);
+Run: ``python examples/regularization.py`` (under a minute on 2 CPU cores);
 writes ``examples/figures/regularization.png``.
 """
 
