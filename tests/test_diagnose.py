@@ -52,7 +52,8 @@ SYNTHETIC = [
     ),
 ]  # fmt: skip
 
-# Recorded with dlopt.experiments.train_classifier (then in dlopt.cli) on scikit-learn digits (MLP 128-64, dropout 0.2).
+# Recorded with dlopt.experiments.train_classifier on scikit-learn digits (MLP 128-64,
+# dropout 0.2).
 REAL = [
     (
         "sgd lr=3: blows up in epoch 0, then stuck at chance",

@@ -1,4 +1,4 @@
-"""Scaling blocks every optimizer ends with: `scale`, `scale_by_schedule`, `scale_by_learning_rate`."""
+"""The scaling blocks every optimizer ends with: scale, by schedule, by learning rate."""
 
 from __future__ import annotations
 
@@ -73,4 +73,3 @@ def scale_by_learning_rate(
     if callable(learning_rate):
         return scale_by_schedule(lambda count: sign * learning_rate(count))
     return scale(sign * learning_rate)
-
