@@ -49,6 +49,16 @@ from dlopt.optimizers.scaling import scale_by_schedule as scale_by_schedule
 from dlopt.optimizers.sgd import sgd as sgd
 from dlopt.optimizers.sgd import trace as trace
 
+# --- optimizers: Adam relatives, torch's and Keras's (radam ... novograd, rprop, asgd, ftrl)
+
+# --- optimizers: memory-lean, large-batch, sign and game (adafactor ... polyak_sgd)
+
+# --- optimizers: second order (lbfgs and the line searches)
+
+# --- optimizers: modern (muon, soap, adopt, ademamix)
+
+# --- optimizers: schedule-free and parameter-free (schedule_free_*, prodigy, dadapt_adamw)
+
 # --- regularizers
 from dlopt.regularizers import add_decayed_weights as add_decayed_weights
 from dlopt.regularizers import add_l1_subgradient as add_l1_subgradient
@@ -98,8 +108,13 @@ from dlopt.wrappers import multi_steps as multi_steps
 from dlopt.wrappers import set_hyperparam as set_hyperparam
 from dlopt.fused import fused as fused
 
+# --- wrappers and elementwise transforms (cautious, lookahead, ema, sam, freeze, ...)
+
+# --- memory (quantized optimizer state)
+
 # --- submodules
 from dlopt import metrics as metrics
+from dlopt import numerics as numerics
 from dlopt import testing as testing
 from dlopt import tree as tree
 

@@ -7,7 +7,6 @@ vmap, pmap and scan. The NamedTuples here are duck-compatible with optax's in bo
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
@@ -109,26 +108,30 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     )
 
 
-def with_extra_args_support(tx: GradientTransformation | Any) -> GradientTransformationExtraArgs:
-    """Wraps ``tx`` so that its ``update`` accepts (and drops) extra keyword arguments.
+def takes_extra_args(tx: Any) -> bool:
+    """Whether ``tx.update`` takes extra keyword arguments, by the explicit marker: ``tx`` is
+    a `GradientTransformationExtraArgs` (dlopt's, or optax's class of that name).
 
-    A transform whose ``update`` already takes ``**kwargs`` (dlopt's or optax's
-    ``GradientTransformationExtraArgs``) is returned unchanged in behaviour.
+    The update function's signature is not inspected: a plain `GradientTransformation`
+    gets no extra arguments, whatever its ``update`` accepts (optax's rule too).
     """
-    if accepts_extra_args(tx.update):
-        return GradientTransformationExtraArgs(tx.init, tx.update)
+    return any(cls.__name__ == "GradientTransformationExtraArgs" for cls in type(tx).__mro__)
+
+
+def with_extra_args_support(tx: GradientTransformation | Any) -> GradientTransformationExtraArgs:
+    """``tx`` as a `GradientTransformationExtraArgs`: one marked as taking extra keyword
+    arguments (`takes_extra_args`) keeps its ``update``; any other gets an ``update`` that
+    accepts and drops them.
+    """
+    if takes_extra_args(tx):
+        return (
+            tx
+            if isinstance(tx, GradientTransformationExtraArgs)
+            else (GradientTransformationExtraArgs(tx.init, tx.update))
+        )
 
     def update(updates, state, params=None, **extra_args):
         del extra_args
         return tx.update(updates, state, params)
 
     return GradientTransformationExtraArgs(tx.init, update)
-
-
-def accepts_extra_args(update_fn: Callable[..., Any]) -> bool:
-    """True when ``update_fn`` takes ``**kwargs`` or keyword-only arguments."""
-    try:
-        signature = inspect.signature(update_fn)
-    except (TypeError, ValueError):
-        return False
-    return any(p.kind in (p.VAR_KEYWORD, p.KEYWORD_ONLY) for p in signature.parameters.values())

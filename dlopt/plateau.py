@@ -39,6 +39,7 @@ class PlateauState(NamedTuple):
 
 
 def _check_count(name: str, value: Any) -> None:
+    validation.check_finite(name, value)
     if isinstance(value, bool) or not float(value).is_integer() or value < 0:
         raise ValueError(f"{name} must be an integer >= 0, got {name}={value!r}.")
 
@@ -182,6 +183,7 @@ def reduce_on_plateau(
     """
     config = PlateauConfig(factor, patience, threshold, threshold_mode, mode, cooldown, min_scale)
     _check_config(config)
+    validation.check_finite("accumulation_size", accumulation_size)
     if isinstance(accumulation_size, bool) or not (
         float(accumulation_size).is_integer() and accumulation_size >= 1
     ):

@@ -2,11 +2,13 @@
 
 Every schedule is jit-safe with a traced integer step and returns a float32 scalar. Steps
 before 0 count as 0. Hyperparameters are checked when the schedule is built: step counts
-in range and values (learning rates, decay rates, scales) finite and >= 0, else a
-``ValueError`` names the argument. The names and signatures of the schedules
-shared with optax are optax's, and so are their values; where optax silently falls back
-(``transition_steps <= 0`` or ``decay_rate == 0`` in `exponential_decay`, a negative
-``transition_begin``), dlopt raises instead.
+in range, values finite (of any sign: a schedule may drive momentum, a penalty or a
+temperature, not only a learning rate) and decay rates >= 0, else an error names the
+argument. The names and signatures of the schedules shared with optax are optax's, and so
+are their values. Deliberate differences from optax: where optax silently falls back to a
+constant (``transition_steps <= 0``, a negative ``transition_begin``), dlopt raises; and
+``decay_rate=0`` in `exponential_decay` is the formula's value (0 after the first
+transition), where optax returns a constant schedule.
 """
 
 from __future__ import annotations
@@ -40,10 +42,11 @@ def _floor_div(count: chex.Numeric, n: int) -> chex.Array:
     return jnp.floor(_step(count) / _F32(n))
 
 
-def _check_values(**values: chex.Numeric | None) -> None:
+def _check_values(**values: chex.Numeric) -> None:
+    """Schedule values are finite numbers of any sign (a schedule is not only a learning
+    rate: momentum, weight decay or an annealed penalty may go negative)."""
     for name, value in values.items():
-        if value is not None:
-            validation.check_non_negative(name, value)
+        validation.check_finite(name, value)
 
 
 def constant_schedule(value: chex.Numeric) -> Schedule:
@@ -62,9 +65,9 @@ def step_decay_schedule(init_value: chex.Numeric, step_size: int, decay_rate: fl
     """Staircase decay, torch's ``StepLR``: ``v(t) = I * r ** floor(t / step_size)``.
 
     Args:
-        init_value: ``I``, the value at step 0, >= 0.
+        init_value: ``I``, the value at step 0.
         step_size: steps between two decays, > 0.
-        decay_rate: ``r`` >= 0, the factor applied every ``step_size`` steps (``gamma``).
+        decay_rate: ``r``, the factor applied every ``step_size`` steps (``gamma``).
 
     Returns:
         A schedule ``step -> value``.
@@ -97,12 +100,12 @@ def exponential_decay(
     ``transition_steps=1`` this is torch's ``ExponentialLR(gamma=r)``.
 
     Args:
-        init_value: ``I`` >= 0.
+        init_value: ``I``.
         transition_steps: ``T`` > 0, the steps over which the value is multiplied by ``r``.
-        decay_rate: ``r`` > 0.
+        decay_rate: ``r`` >= 0 (0: the value drops to 0, or ``end_value``, after ``B``).
         transition_begin: ``B`` >= 0, steps held at ``I`` before the decay starts.
         staircase: decay at multiples of ``T`` only.
-        end_value: optional bound, >= 0.
+        end_value: optional bound.
 
     Returns:
         A schedule ``step -> value``.
@@ -112,9 +115,11 @@ def exponential_decay(
         >>> float(dlopt.exponential_decay(1.0, transition_steps=10, decay_rate=0.5)(20))
         0.25
     """
-    _check_values(init_value=init_value, end_value=end_value)
+    _check_values(init_value=init_value)
+    if end_value is not None:
+        _check_values(end_value=end_value)
     validation.check_positive("transition_steps", transition_steps)
-    validation.check_positive("decay_rate", decay_rate)
+    validation.check_non_negative("decay_rate", decay_rate)
     validation.check_non_negative("transition_begin", transition_begin)
 
     def schedule(count):
@@ -142,8 +147,8 @@ def piecewise_constant_schedule(
     .. math:: v(t) = I \\prod_{i:\\, t \\ge b_i} s_i
 
     Args:
-        init_value: ``I`` >= 0.
-        boundaries_and_scales: ``{b_i: s_i}``, each scale >= 0.
+        init_value: ``I``.
+        boundaries_and_scales: ``{b_i: s_i}``, each scale a finite number.
 
     Returns:
         A schedule ``step -> value``.
@@ -181,8 +186,8 @@ def polynomial_schedule(
         v(t) = (I - E) \\left(1 - \\frac{\\min(\\max(t - B, 0), T)}{T}\\right)^{P} + E
 
     Args:
-        init_value: ``I`` >= 0.
-        end_value: ``E`` >= 0.
+        init_value: ``I``.
+        end_value: ``E``.
         power: ``P`` > 0.
         transition_steps: ``T`` >= 0; ``0`` holds ``I`` forever (as in optax).
         transition_begin: ``B`` >= 0.
@@ -247,9 +252,9 @@ def cosine_decay_schedule(
         \\min(t, T)}{T}\\right)\\right)^{p} + \\alpha\\right]
 
     Args:
-        init_value: ``I`` >= 0.
+        init_value: ``I``.
         decay_steps: ``T`` > 0.
-        alpha: the final value as a fraction of ``I`` (torch's ``eta_min / lr``), >= 0.
+        alpha: the final value as a fraction of ``I`` (torch's ``eta_min / lr``).
         exponent: ``p`` > 0.
 
     Returns:
@@ -330,11 +335,11 @@ def warmup_cosine_decay_schedule(
         {D - W}\\right)\\right)^{p} \\ (t \\ge W)
 
     Args:
-        init_value: ``I`` >= 0.
-        peak_value: ``P`` >= 0.
+        init_value: ``I``.
+        peak_value: ``P``.
         warmup_steps: ``W`` >= 0.
         decay_steps: ``D`` > ``W``, the total length including the warmup.
-        end_value: ``E`` >= 0.
+        end_value: ``E``.
         exponent: ``p`` > 0.
 
     Returns:
@@ -426,7 +431,7 @@ def cosine_onecycle_schedule(
 
     Args:
         transition_steps: ``T`` > 0, the length of the cycle.
-        peak_value: ``P`` >= 0.
+        peak_value: ``P``.
         pct_start: the fraction of the cycle spent going up, in [0, 1].
         div_factor: ``d`` > 0, the start value is ``P / d``.
         final_div_factor: ``f`` > 0, the final value is ``P / (d f)``.

@@ -1,4 +1,4 @@
-"""Pytree math shared by the update rules: moments, bias correction, norms, checks.
+"""Pytree math shared by the update rules: state buffers, norms, tree checks.
 
 Each rule is written for one array and lifted to pytrees once with `jax.tree.map` or
 `map_unzip`. ``None`` leaves are empty subtrees in JAX, so they pass through every helper.
@@ -24,9 +24,18 @@ def safe_increment(count: chex.Array) -> chex.Array:
     return jnp.where(count < max_value, count + jnp.ones_like(count), max_value)
 
 
+def dtype_of(x: Any) -> Any:
+    """The dtype of an array, a Python number or an abstract ``jax.ShapeDtypeStruct``."""
+    return jnp.dtype(x.dtype) if hasattr(x, "dtype") else jnp.result_type(x)
+
+
 def zeros_like(params: chex.ArrayTree, dtype: Any | None = None) -> chex.ArrayTree:
-    """A tree of zeros shaped like ``params``, in ``dtype`` or each leaf's own dtype."""
-    return jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), dtype or jnp.asarray(p).dtype), params)
+    """A tree of zeros shaped like ``params``, in ``dtype`` or each leaf's own dtype.
+
+    Each leaf keeps its parameter's sharding (``jnp.zeros_like``), so optimizer state is
+    sharded like the params; abstract params (``jax.ShapeDtypeStruct``) are accepted.
+    """
+    return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=dtype or dtype_of(p)), params)
 
 
 def moments_like(params: chex.ArrayTree, dtype: Any | None = None) -> chex.ArrayTree:
@@ -37,9 +46,7 @@ def moments_like(params: chex.ArrayTree, dtype: Any | None = None) -> chex.Array
 
 def full_like(params: chex.ArrayTree, value: float, dtype: Any | None = None) -> chex.ArrayTree:
     """A tree filled with ``value``, shaped like ``params``."""
-    return jax.tree.map(
-        lambda p: jnp.full(jnp.shape(p), value, dtype or jnp.asarray(p).dtype), params
-    )
+    return jax.tree.map(lambda p: jnp.full_like(p, value, dtype=dtype or dtype_of(p)), params)
 
 
 def cast(tree: chex.ArrayTree, dtype: Any | None) -> chex.ArrayTree:
@@ -51,29 +58,12 @@ def cast(tree: chex.ArrayTree, dtype: Any | None) -> chex.ArrayTree:
 
 def cast_like(tree: chex.ArrayTree, reference: chex.ArrayTree) -> chex.ArrayTree:
     """Casts each leaf of ``tree`` to the dtype of the matching leaf of ``reference``."""
-    return jax.tree.map(lambda x, r: jnp.asarray(x).astype(jnp.asarray(r).dtype), tree, reference)
+    return jax.tree.map(lambda x, r: jnp.asarray(x).astype(dtype_of(r)), tree, reference)
 
 
 def scalar_like(value: chex.Numeric, x: chex.Array) -> chex.Array:
     """``value`` as a 0-d array of ``x``'s dtype (hyperparameters may arrive as f32 arrays)."""
-    return jnp.asarray(value).astype(jnp.asarray(x).dtype)
-
-
-def ema(moment: chex.Array, x: chex.Array, decay: chex.Numeric) -> chex.Array:
-    """Exponential moving average ``m <- decay * m + (1 - decay) * x``, in ``m``'s dtype.
-
-    ``1 - decay`` is formed before the cast (in double precision for a Python float), as
-    optax and torch do: ``1 - float32(0.999)`` is off by 1.3e-5 relative.
-    """
-    return scalar_like(decay, moment) * moment + scalar_like(1 - decay, moment) * x.astype(
-        moment.dtype
-    )
-
-
-def bias_correction(decay: chex.Numeric, count: chex.Array) -> chex.Array:
-    """``1 - decay ** count`` in float32, the divisor that unbiases a zero-started moment."""
-    decay = jnp.asarray(decay).astype(jnp.float32)
-    return 1 - decay ** count.astype(jnp.float32)
+    return jnp.asarray(value).astype(dtype_of(x))
 
 
 def global_norm(tree: chex.ArrayTree) -> chex.Array:
@@ -137,7 +127,7 @@ def check_matching_trees(a: chex.ArrayTree, b: chex.ArrayTree, name_a: str, name
 def check_float_params(params: chex.ArrayTree) -> None:
     """Raises ``TypeError`` naming the first non-floating leaf of ``params``."""
     for path, leaf in tree_flatten_with_path(params)[0]:
-        dtype = jnp.asarray(leaf).dtype
+        dtype = dtype_of(leaf)
         if not jnp.issubdtype(dtype, jnp.inexact):
             raise TypeError(
                 f"params must be floating point, but params{keystr(path)} has dtype {dtype}. "

@@ -1,7 +1,10 @@
 """Eager hyperparameter checks: a bad value fails when the optimizer is built, naming itself.
 
-Traced values (hyperparameters injected into state, vmapped sweeps) and schedules cannot be
-checked eagerly and pass through.
+A hyperparameter is a real number (a Python or numpy scalar, or a 0-d array), a schedule
+``step -> value`` where the check allows one, or a traced value (injected into state,
+vmapped sweeps), which cannot be checked eagerly and passes. Strings, None, booleans and
+other objects are rejected with a ``TypeError`` naming the argument; NaN and values out of
+range with a ``ValueError`` naming the argument and the range.
 """
 
 from __future__ import annotations
@@ -10,23 +13,54 @@ import math
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 
-def _concrete_float(value: Any) -> float | None:
-    """``value`` as a Python float, or None for schedules, tracers and arrays of size > 1."""
-    if callable(value) or isinstance(value, jax.core.Tracer):
+def _concrete_float(name: str, value: Any, *, schedule_ok: bool = False) -> float | None:
+    """``value`` as a Python float; None for tracers, allowed schedules and arrays of size > 1.
+
+    Raises ``TypeError`` naming ``name`` for anything that is not a real number.
+    """
+    if isinstance(value, jax.core.Tracer):
         return None
-    try:
+    if callable(value) and not isinstance(value, np.ndarray | jax.Array):
+        if schedule_ok:
+            return None
+        raise TypeError(f"{name} must be a number, got the callable {name}={value!r}.")
+    kind = "a number or a schedule (step -> value)" if schedule_ok else "a number"
+    if isinstance(value, bool | np.bool_) or value is None or isinstance(value, str | bytes):
+        raise TypeError(f"{name} must be {kind}, got {name}={value!r} ({type(value).__name__}).")
+    if isinstance(value, np.ndarray | jax.Array):
+        dtype = value.dtype
+        if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+            raise TypeError(f"{name} must be {kind}, got an array of dtype {dtype}.")
+        return float(value) if value.size == 1 else None
+    if isinstance(value, int | float | np.integer | np.floating):
         return float(value)
-    except (TypeError, ValueError):
-        return None
+    raise TypeError(f"{name} must be {kind}, got {name}={value!r} ({type(value).__name__}).")
+
+
+def check_finite(name: str, value: Any) -> None:
+    """``value`` is a finite real number, of any sign."""
+    v = _concrete_float(name, value)
+    if v is not None and not math.isfinite(v):
+        raise ValueError(f"{name} must be a finite number, got {name}={value!r}.")
+
+
+def check_int(name: str, value: Any, low: int = 0) -> None:
+    """``value`` is an integer (Python or numpy; not a bool) >= ``low``."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise TypeError(
+            f"{name} must be an int >= {low}, got {name}={value!r} ({type(value).__name__})."
+        )
+    if value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {name}={value!r}.")
 
 
 def check_learning_rate(learning_rate: Any, name: str = "learning_rate") -> None:
     """A learning rate is a finite number >= 0 or a schedule ``step -> value``."""
-    if learning_rate is None:
-        raise ValueError(f"{name} must be a number or a schedule (step -> value), got None.")
-    value = _concrete_float(learning_rate)
+    value = _concrete_float(name, learning_rate, schedule_ok=True)
     if value is not None and not (math.isfinite(value) and value >= 0):
         raise ValueError(
             f"{name} must be finite and >= 0, got {name}={learning_rate!r}. Pass a positive "
@@ -44,7 +78,7 @@ def check_in_range(
     high_closed: bool = False,
 ) -> None:
     """``value`` lies in the interval [low, high) (closedness chosen by the flags)."""
-    v = _concrete_float(value)
+    v = _concrete_float(name, value)
     if v is None:
         return
     above = v >= low if low_closed else v > low
@@ -56,13 +90,13 @@ def check_in_range(
 
 def check_non_negative(name: str, value: Any) -> None:
     """``value >= 0`` and finite."""
-    v = _concrete_float(value)
+    v = _concrete_float(name, value)
     if v is not None and not (math.isfinite(v) and v >= 0):
         raise ValueError(f"{name} must be finite and >= 0, got {name}={value!r}.")
 
 
 def check_positive(name: str, value: Any) -> None:
     """``value > 0`` and finite."""
-    v = _concrete_float(value)
+    v = _concrete_float(name, value)
     if v is not None and not (math.isfinite(v) and v > 0):
         raise ValueError(f"{name} must be finite and > 0, got {name}={value!r}.")

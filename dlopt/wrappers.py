@@ -279,7 +279,7 @@ def _update_if(pred, inner, updates, inner_state, params, extra_args) -> tuple[A
     shapes = jax.eval_shape(run, None)[0]
 
     def hold(_):
-        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), inner_state
+        return jax.tree.map(lambda s: jnp.zeros_like(s), shapes), inner_state
 
     return jax.lax.cond(pred, run, hold, None)
 
@@ -396,7 +396,7 @@ def multi_steps(
     def init_fn(params):
         tree_lib.check_float_params(params)
         zero = jnp.zeros([], jnp.int32)
-        acc = jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), acc_dtype(p)), params)
+        acc = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=acc_dtype(p)), params)
         return MultiStepsState(zero, zero, inner.init(params), acc)
 
     def accumulate(g, a, n):

@@ -146,7 +146,7 @@ def test_lr_find_suggests_a_rate_inside_the_range(tmp_path, capsys):
         (["demo", "--optimizers", "Foo"], "Foo"),
         (["demo", "--bogus"], "--bogus"),
         (["schedule", "bogus"], "bogus"),
-        (["schedule", "cosine", "--args", "init_value=-1", "decay_steps=10"], "init_value"),
+        (["schedule", "cosine", "--args", "init_value=nan", "decay_steps=10"], "init_value"),
         (["schedule", "cosine", "--args", "oops"], "oops"),
         (["schedule", "cosine", "--args", "init_value=1", "decay_steps=9", "typo=3"], "typo"),
         (["lr-find", "--min-lr", "-1"], "--min-lr"),

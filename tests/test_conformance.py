@@ -6,23 +6,20 @@ a public function returning a GradientTransformation has no entry, so no export 
 
 from __future__ import annotations
 
+import functools
 import inspect
-from collections.abc import Callable
-from typing import Any, NamedTuple
 
+import cases_adam_family
+import cases_large_batch
+import cases_modern
+import cases_schedule_free
 import jax
 import jax.numpy as jnp
 import pytest
+from helpers import Entry
 
 import dlopt
 from dlopt.testing import check_transformation
-
-
-class Entry(NamedTuple):
-    name: str  # the exported factory this entry covers
-    variant: str
-    make: Callable[[], Any]
-    kwargs: dict = {}  # for check_transformation
 
 
 def _matrices(params):
@@ -137,6 +134,11 @@ TRANSFORMS = [
         lambda: dlopt.chain(dlopt.sgd(0.1), dlopt.reduce_on_plateau(patience=0)),
         {"extra_args": {"value": 1.0}},
     ),
+    # the families and wrappers added per group (tests/cases_*.py)
+    *cases_adam_family.CONFORMANCE,
+    *cases_large_batch.CONFORMANCE,
+    *cases_modern.CONFORMANCE,
+    *cases_schedule_free.CONFORMANCE,
 ]
 
 
@@ -150,12 +152,13 @@ def test_conformance(entry):
 
 
 def exported_transform_factories() -> set[str]:
-    """Public dlopt functions, defined in dlopt, whose return annotation is a transform."""
+    """Public dlopt functions (or aliases of them), defined in dlopt, returning a transform."""
     names = set()
     for name, obj in vars(dlopt).items():
-        if name.startswith("_") or not inspect.isfunction(obj):
+        fn = obj.func if isinstance(obj, functools.partial) else obj  # aliases (nadam)
+        if name.startswith("_") or not inspect.isfunction(fn):
             continue
-        if not (obj.__module__ or "").startswith("dlopt"):
+        if not (fn.__module__ or "").startswith("dlopt"):
             continue
         if "GradientTransformation" in str(inspect.signature(obj).return_annotation):
             names.add(name)

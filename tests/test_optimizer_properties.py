@@ -8,11 +8,20 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from helpers import random_tree
 from hypothesis import given
 from hypothesis import strategies as st
-from test_optimizers import CASES, OPTIMIZERS, by_case, moment_buffers, run_case, stacked_gradients
+from test_optimizers import (
+    CASES,
+    OPTIMIZERS,
+    WITH_REFERENCE,
+    by_case,
+    moment_buffers,
+    run_case,
+    stacked_gradients,
+)
 
 import dlopt
 
@@ -239,10 +248,10 @@ BAD_HYPERPARAMETERS = [
     (lambda: dlopt.sgd(-0.1), "learning_rate"),
     (lambda: dlopt.adam(float("nan")), "learning_rate"),
     (lambda: dlopt.adadelta(-1.0), "learning_rate"),
-    (lambda: dlopt.sgd(0.1, momentum=1.0), "momentum"),
+    (lambda: dlopt.sgd(0.1, momentum=1.5), "momentum"),
     (lambda: dlopt.sgd(0.1, momentum=-0.1), "momentum"),
     (lambda: dlopt.sgd(0.1, nesterov=True), "momentum"),
-    (lambda: dlopt.trace(decay=1.0), "decay"),
+    (lambda: dlopt.trace(decay=1.01), "decay"),
     (lambda: dlopt.adagrad(0.1, initial_accumulator_value=-1.0), "initial_accumulator_value"),
     (lambda: dlopt.adagrad(0.1, eps=-1e-7), "eps"),
     (lambda: dlopt.rmsprop(0.1, decay=1.0), "decay"),
@@ -264,6 +273,7 @@ BAD_HYPERPARAMETERS = [
     (lambda: dlopt.nadamw(1e-3, b2=1.0), "b2"),
     (lambda: dlopt.adamax(1e-3, b1=1.0), "b1"),
     (lambda: dlopt.adamax(1e-3, eps=-1.0), "eps"),
+    (lambda: dlopt.adamax(1e-3, eps=0.0), "eps"),
     (lambda: dlopt.lion(1e-4, b2=1.0), "b2"),
     (lambda: dlopt.lion(1e-4, weight_decay=-1.0), "weight_decay"),
     (lambda: dlopt.scale_by_lion(mode="soft"), "mode"),
@@ -288,7 +298,7 @@ def test_mismatched_grads_and_params_name_the_path(case):
         tx.update({"a": jnp.ones(4), "b": jnp.ones(3)}, state, params)
 
 
-@pytest.mark.parametrize("case", [c for c in OPTIMIZERS if c.has_moments], ids=lambda c: c.name)
+@by_case
 def test_integer_params_raise_naming_the_leaf(case):
     with pytest.raises(TypeError, match=r"params\['layer'\]\['step'\] has dtype int32"):
         case.build(dlopt, case.lr).init(
@@ -298,3 +308,47 @@ def test_integer_params_raise_naming_the_leaf(case):
 
 def test_every_table_case_is_used():
     assert set(CASES) == {case.name for case in OPTIMIZERS}
+
+
+# --- dtypes: updates in the parameters' dtype, complex parameters
+
+
+@by_case
+def test_bf16_gradients_on_f32_params_give_f32_updates(case):
+    params = random_tree(0, SMALL)
+    tx = case.build(dlopt, case.lr)
+    state = tx.init(params)
+    grads = jax.tree.map(lambda p: (0.5 * p).astype(jnp.bfloat16), params)
+    updates, _ = tx.update(grads, state, params)
+    chex.assert_trees_all_equal_shapes_and_dtypes(updates, params)
+
+
+def complex_run(case, library, steps=20):
+    """``steps`` updates of ``case`` on the complex quadratic |z - c|^2 (optax's convention:
+    the gradient is the conjugate Wirtinger derivative, as jax.grad gives for real losses)."""
+    target = jnp.array([1 + 2j, -0.5 + 0.25j, 3 - 1j], jnp.complex64)
+
+    def loss(p):
+        return jnp.sum(jnp.abs(p["z"] - target) ** 2)
+
+    lib = {"dlopt": dlopt, "optax": optax}[library]
+    tx = case.build(lib, case.lr)
+    params = {"z": jnp.zeros(3, jnp.complex64)}
+    state = tx.init(params)
+    for _ in range(steps):
+        grads = jax.tree.map(jnp.conj, jax.grad(loss)(params))
+        updates, state = tx.update(grads, state, params)
+        params = jax.tree.map(lambda p, u: p + u, params, updates)
+    return params
+
+
+COMPLEX = [c for c in WITH_REFERENCE if c.complex_ok]
+
+
+@pytest.mark.parametrize("case", COMPLEX, ids=lambda c: c.name)
+def test_complex_params_match_optax_where_optax_supports_them(case):
+    with jax.numpy_dtype_promotion("standard"):
+        theirs = complex_run(case, "optax")
+    ours = complex_run(case, "dlopt")
+    assert ours["z"].dtype == jnp.complex64
+    chex.assert_trees_all_close(ours, theirs, rtol=1e-5, atol=1e-6)

@@ -277,26 +277,25 @@ def test_step_decay_equals_torch_steplr_for_random_hyperparameters(step_size, ga
 
 _const = dlopt.constant_schedule(1.0)
 INVALID = [
-    ("value", lambda: dlopt.constant_schedule(-1.0)),
+    ("value", lambda: dlopt.constant_schedule(math.inf)),
     ("value", lambda: dlopt.constant_schedule(math.nan)),
     ("step_size", lambda: dlopt.step_decay_schedule(1.0, 0, 0.5)),
-    ("init_value", lambda: dlopt.step_decay_schedule(-1.0, 10, 0.5)),
-    ("decay_rate", lambda: dlopt.step_decay_schedule(1.0, 10, -0.5)),
+    ("init_value", lambda: dlopt.step_decay_schedule(math.nan, 10, 0.5)),
     ("transition_steps", lambda: dlopt.exponential_decay(1.0, 0, 0.5)),
-    ("decay_rate", lambda: dlopt.exponential_decay(1.0, 10, 0.0)),
+    ("decay_rate", lambda: dlopt.exponential_decay(1.0, 10, -0.5)),
     ("transition_begin", lambda: dlopt.exponential_decay(1.0, 10, 0.5, transition_begin=-1)),
-    ("end_value", lambda: dlopt.exponential_decay(1.0, 10, 0.5, end_value=-0.1)),
-    ("boundaries_and_scales", lambda: dlopt.piecewise_constant_schedule(1.0, {10: -0.1})),
+    ("end_value", lambda: dlopt.exponential_decay(1.0, 10, 0.5, end_value=math.inf)),
+    ("boundaries_and_scales", lambda: dlopt.piecewise_constant_schedule(1.0, {10: math.nan})),
     ("power", lambda: dlopt.polynomial_schedule(1.0, 0.0, -1.0, 10)),
     ("transition_steps", lambda: dlopt.linear_schedule(1.0, 0.0, -5)),
-    ("end_value", lambda: dlopt.linear_schedule(1.0, -1.0, 5)),
+    ("end_value", lambda: dlopt.linear_schedule(1.0, math.nan, 5)),
     ("decay_steps", lambda: dlopt.cosine_decay_schedule(1.0, 0)),
     ("decay_steps", lambda: dlopt.cosine_decay_schedule(1.0, -10)),
-    ("alpha", lambda: dlopt.cosine_decay_schedule(1.0, 10, alpha=-0.5)),
+    ("alpha", lambda: dlopt.cosine_decay_schedule(1.0, 10, alpha=math.inf)),
     ("exponent", lambda: dlopt.cosine_decay_schedule(1.0, 10, exponent=0.0)),
     ("decay_steps", lambda: dlopt.warmup_cosine_decay_schedule(0.0, 1.0, 10, 10)),
     ("warmup_steps", lambda: dlopt.warmup_cosine_decay_schedule(0.0, 1.0, -1, 10)),
-    ("peak_value", lambda: dlopt.warmup_cosine_decay_schedule(0.0, -1.0, 1, 10)),
+    ("peak_value", lambda: dlopt.warmup_cosine_decay_schedule(0.0, math.nan, 1, 10)),
     ("transition_steps", lambda: dlopt.warmup_exponential_decay_schedule(0.0, 1.0, 5, 0, 0.5)),
     ("warmup_steps", lambda: dlopt.warmup_exponential_decay_schedule(0.0, 1.0, -5, 5, 0.5)),
     ("transition_steps", lambda: dlopt.cosine_onecycle_schedule(0, 1.0)),
@@ -315,6 +314,31 @@ INVALID = [
 def test_invalid_argument_raises_naming_it(argument, build):
     with pytest.raises(ValueError, match=argument):
         build()
+
+
+NOT_NUMBERS = [
+    ("init_value", lambda: dlopt.linear_schedule("1.0", 0.0, 5)),
+    ("end_value", lambda: dlopt.linear_schedule(1.0, None, 5)),
+    ("decay_rate", lambda: dlopt.exponential_decay(1.0, 10, "0.5")),
+    ("value", lambda: dlopt.constant_schedule(True)),
+]
+
+
+@pytest.mark.parametrize("argument,build", NOT_NUMBERS, ids=[a for a, _ in NOT_NUMBERS])
+def test_a_non_number_raises_a_type_error_naming_it(argument, build):
+    with pytest.raises(TypeError, match=argument):
+        build()
+
+
+def test_negative_values_and_zero_decay_rate_are_valid():
+    # A schedule is not only a learning rate: values of any sign are computed as written.
+    np.testing.assert_allclose(float(dlopt.linear_schedule(1.0, -1.0, 4)(2)), 0.0, atol=1e-7)
+    assert float(dlopt.linear_schedule(1.0, -1.0, 4)(9)) == -1.0
+    assert float(dlopt.constant_schedule(-0.5)(3)) == -0.5
+    np.testing.assert_allclose(float(dlopt.cosine_decay_schedule(-2.0, 10)(5)), -1.0, rtol=1e-6)
+    zero_rate = dlopt.exponential_decay(1.0, transition_steps=2, decay_rate=0.0)
+    assert float(zero_rate(0)) == 1.0 and float(zero_rate(1)) == 0.0 and float(zero_rate(7)) == 0.0
+    assert float(dlopt.step_decay_schedule(1.0, 3, -0.5)(3)) == -0.5
 
 
 def test_schedule_drives_an_optimizer_inside_jit():

@@ -258,7 +258,10 @@ def test_scan_and_pmap_comparisons_can_fail(monkeypatch):
     monkeypatch.setattr(jax.lax, "scan", real_scan)
 
     def shifted_pmap(f, **kwargs):
-        return real_pmap(lambda *a: jax.tree.map(lambda x: x * 2.0, f(*a)), **kwargs)
+        def doubled(x):
+            return x * 2.0 if jnp.issubdtype(x.dtype, jnp.inexact) else x
+
+        return real_pmap(lambda *a: jax.tree.map(doubled, f(*a)), **kwargs)
 
     monkeypatch.setattr(jax, "pmap", shifted_pmap)
     with pytest.raises(AssertionError, match=f'"{re.escape(testing.PMAP)}".*pmap device 0 of 2'):

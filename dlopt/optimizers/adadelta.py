@@ -2,33 +2,43 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from typing import Any, NamedTuple
 
 import chex
 import jax.numpy as jnp
 
+from dlopt import numerics, validation
 from dlopt import tree as tree_lib
-from dlopt import validation
 from dlopt.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule
 from dlopt.combine import Mask, chain
 from dlopt.optimizers.scaling import scale_by_learning_rate
 from dlopt.regularizers import add_decayed_weights
 
 
-def _adadelta_leaf(g, e_g, e_x, rho, eps):
-    e_g = tree_lib.ema(e_g, jnp.square(g), rho)
-    eps_ = tree_lib.scalar_like(eps, e_g)
-    step = (jnp.sqrt(e_x + eps_) / jnp.sqrt(e_g + eps_)).astype(g.dtype) * g
-    e_x = tree_lib.ema(e_x, jnp.square(step), rho)
-    return step, e_g, e_x
+def _adadelta_leaf(g, e_g, e_x, leaf, out_dtype, *, rho, eps, writer):
+    f = numerics.compute_dtype(g.dtype, e_g.dtype, e_x.dtype)
+    g = g.astype(f)
+    e_g = writer.put(numerics.ema(e_g.astype(f), numerics.abs_sq(g), rho), e_g, leaf, 1)
+    eps_ = tree_lib.scalar_like(eps, g)
+    step = jnp.sqrt(e_x.astype(f) + eps_) / jnp.sqrt(e_g.astype(f) + eps_) * g
+    e_x = writer.put(numerics.ema(e_x.astype(f), numerics.abs_sq(step), rho), e_x, leaf, 2)
+    return step.astype(out_dtype), e_g, e_x
 
 
 class ScaleByAdaDeltaState(NamedTuple):
     e_g: chex.ArrayTree  # E[g^2], the moving average of squared gradients
     e_x: chex.ArrayTree  # E[dx^2], the moving average of squared steps
+    count: chex.Array | None = None  # int32 step (dlopt only): seeds stochastic rounding
 
 
-def scale_by_adadelta(rho: chex.Numeric = 0.9, eps: chex.Numeric = 1e-6) -> GradientTransformation:
+def scale_by_adadelta(
+    rho: chex.Numeric = 0.9,
+    eps: chex.Numeric = 1e-6,
+    *,
+    nu_dtype: Any | None = None,
+    state_rounding: str = "stochastic",
+) -> GradientTransformation:
     """Scales by the ratio of the moving RMS of past steps to that of gradients (Adadelta).
 
     .. math::
@@ -43,6 +53,10 @@ def scale_by_adadelta(rho: chex.Numeric = 0.9, eps: chex.Numeric = 1e-6) -> Grad
         rho: :math:`\\rho` in [0, 1).
         eps: :math:`\\epsilon` > 0; it also sets the size of the first steps,
             :math:`\\approx \\sqrt{\\epsilon / (1 - \\rho)}`, so it cannot be 0.
+        nu_dtype: storage dtype of both running averages (default: each parameter's);
+            dlopt only.
+        state_rounding: ``"stochastic"`` or ``"nearest"`` rounding into a narrower
+            ``nu_dtype``; dlopt only.
 
     Returns:
         A `GradientTransformation` with state `ScaleByAdaDeltaState`.
@@ -53,18 +67,30 @@ def scale_by_adadelta(rho: chex.Numeric = 0.9, eps: chex.Numeric = 1e-6) -> Grad
     """
     validation.check_in_range("rho", rho, 0.0, 1.0)
     validation.check_positive("eps", eps)
+    numerics.check_rounding(state_rounding)
+    nu_dtype = numerics.canonical_dtype(nu_dtype)
 
     def init_fn(params):
         return ScaleByAdaDeltaState(
-            e_g=tree_lib.moments_like(params), e_x=tree_lib.moments_like(params)
+            e_g=tree_lib.moments_like(params, nu_dtype),
+            e_x=tree_lib.moments_like(params, nu_dtype),
+            count=jnp.zeros([], jnp.int32),
         )
 
     def update_fn(updates, state, params=None):
-        del params
-        updates, e_g, e_x = tree_lib.map_unzip(
-            lambda g, a, b: _adadelta_leaf(g, a, b, rho, eps), updates, state.e_g, state.e_x
+        count = tree_lib.safe_increment(
+            jnp.zeros([], jnp.int32) if state.count is None else state.count
         )
-        return updates, ScaleByAdaDeltaState(e_g=e_g, e_x=e_x)
+        writer = numerics.StateWriter(count, state_rounding)
+        updates, e_g, e_x = tree_lib.map_unzip(
+            functools.partial(_adadelta_leaf, rho=rho, eps=eps, writer=writer),
+            updates,
+            state.e_g,
+            state.e_x,
+            numerics.leaf_indices(updates),
+            numerics.out_dtypes(updates, params, state.e_g if nu_dtype is None else None),
+        )
+        return updates, ScaleByAdaDeltaState(e_g=e_g, e_x=e_x, count=count)
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -75,6 +101,9 @@ def adadelta(
     eps: chex.Numeric = 1e-6,
     weight_decay: ScalarOrSchedule = 0.0,
     weight_decay_mask: Mask | None = None,
+    *,
+    nu_dtype: Any | None = None,
+    state_rounding: str = "stochastic",
 ) -> GradientTransformationExtraArgs:
     """Adadelta (Zeiler): AdaGrad's per-coordinate steps without its ever-shrinking rate.
 
@@ -100,6 +129,7 @@ def adadelta(
         eps: :math:`\\epsilon` > 0.
         weight_decay: :math:`\\lambda` >= 0 (or a schedule), added to the gradient.
         weight_decay_mask: pytree of bools (or ``params -> pytree``) choosing decayed leaves.
+        nu_dtype, state_rounding: as in `scale_by_adadelta` (dlopt only).
 
     Returns:
         ``chain(add_decayed_weights(weight_decay, weight_decay_mask),
@@ -115,6 +145,6 @@ def adadelta(
     """
     return chain(
         add_decayed_weights(weight_decay, mask=weight_decay_mask),
-        scale_by_adadelta(rho=rho, eps=eps),
+        scale_by_adadelta(rho=rho, eps=eps, nu_dtype=nu_dtype, state_rounding=state_rounding),
         scale_by_learning_rate(1.0 if learning_rate is None else learning_rate),
     )

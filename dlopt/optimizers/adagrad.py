@@ -2,31 +2,41 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 
+from dlopt import numerics, validation
 from dlopt import tree as tree_lib
-from dlopt import validation
 from dlopt.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule
 from dlopt.combine import chain
 from dlopt.optimizers.scaling import scale_by_learning_rate
 
 
-def _rss_leaf(g, h, eps):
-    h = h + jnp.square(g).astype(h.dtype)
-    scaling = jnp.where(h > 0, jax.lax.rsqrt(h + tree_lib.scalar_like(eps, h)), jnp.zeros_like(h))
-    return (scaling.astype(g.dtype) * g), h
+def _rss_leaf(g, h, leaf, out_dtype, *, eps, writer):
+    f = numerics.compute_dtype(g.dtype, h.dtype)
+    g = g.astype(f)
+    h = writer.put(h.astype(f) + numerics.abs_sq(g).astype(f), h, leaf, 2)
+    total = jnp.real(h.astype(f))  # a sum of |g|^2: real even for complex params
+    scaling = jax.lax.rsqrt(total + tree_lib.scalar_like(eps, total))
+    scaling = jnp.where(total > 0, scaling, jnp.zeros_like(scaling))
+    return (scaling.astype(f) * g).astype(out_dtype), h
 
 
 class ScaleByRssState(NamedTuple):
     sum_of_squares: chex.ArrayTree  # h, the running sum of squared gradients
+    count: chex.Array | None = None  # int32 step (dlopt only): seeds stochastic rounding
 
 
 def scale_by_rss(
-    initial_accumulator_value: chex.Numeric = 0.1, eps: chex.Numeric = 1e-7
+    initial_accumulator_value: chex.Numeric = 0.1,
+    eps: chex.Numeric = 1e-7,
+    *,
+    nu_dtype: Any | None = None,
+    state_rounding: str = "stochastic",
 ) -> GradientTransformation:
     """Divides by the root of the sum of squared gradients (AdaGrad's scaling).
 
@@ -34,11 +44,14 @@ def scale_by_rss(
         h_t = h_{t-1} + g_t \\odot g_t, \\qquad u_t = g_t / \\sqrt{h_t + \\epsilon}
 
     with :math:`h_0` = ``initial_accumulator_value``. Coordinates whose sum is still 0 get a
-    zero update instead of ``0 / sqrt(eps)``.
+    zero update instead of ``0 / sqrt(eps)``. Complex gradients add :math:`|g|^2`.
 
     Args:
         initial_accumulator_value: :math:`h_0` >= 0.
         eps: :math:`\\epsilon` >= 0, added inside the square root (as optax does).
+        nu_dtype: storage dtype of :math:`h` (default: each parameter's); dlopt only.
+        state_rounding: ``"stochastic"`` or ``"nearest"`` rounding into a narrower
+            ``nu_dtype``; dlopt only.
 
     Returns:
         A `GradientTransformation` with state `ScaleByRssState`.
@@ -49,17 +62,29 @@ def scale_by_rss(
     """
     validation.check_non_negative("initial_accumulator_value", initial_accumulator_value)
     validation.check_non_negative("eps", eps)
+    numerics.check_rounding(state_rounding)
+    nu_dtype = numerics.canonical_dtype(nu_dtype)
 
     def init_fn(params):
         tree_lib.check_float_params(params)
-        return ScaleByRssState(sum_of_squares=tree_lib.full_like(params, initial_accumulator_value))
+        h = tree_lib.full_like(params, initial_accumulator_value, nu_dtype)
+        return ScaleByRssState(sum_of_squares=h, count=jnp.zeros([], jnp.int32))
 
     def update_fn(updates, state, params=None):
-        del params
-        updates, h = tree_lib.map_unzip(
-            lambda g, h: _rss_leaf(g, h, eps), updates, state.sum_of_squares
+        count = tree_lib.safe_increment(
+            jnp.zeros([], jnp.int32) if state.count is None else state.count
         )
-        return updates, ScaleByRssState(sum_of_squares=h)
+        writer = numerics.StateWriter(count, state_rounding)
+        updates, h = tree_lib.map_unzip(
+            functools.partial(_rss_leaf, eps=eps, writer=writer),
+            updates,
+            state.sum_of_squares,
+            numerics.leaf_indices(updates),
+            numerics.out_dtypes(
+                updates, params, state.sum_of_squares if nu_dtype is None else None
+            ),
+        )
+        return updates, ScaleByRssState(sum_of_squares=h, count=count)
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -68,6 +93,9 @@ def adagrad(
     learning_rate: ScalarOrSchedule,
     initial_accumulator_value: chex.Numeric = 0.1,
     eps: chex.Numeric = 1e-7,
+    *,
+    nu_dtype: Any | None = None,
+    state_rounding: str = "stochastic",
 ) -> GradientTransformationExtraArgs:
     """AdaGrad: large steps for rarely-seen features, small steps for frequent ones.
 
@@ -84,6 +112,7 @@ def adagrad(
         learning_rate: step size :math:`\\eta` >= 0, or a schedule ``step -> eta``.
         initial_accumulator_value: :math:`h_0` >= 0 (torch's default is 0, optax's 0.1).
         eps: :math:`\\epsilon` >= 0.
+        nu_dtype, state_rounding: as in `scale_by_rss` (dlopt only).
 
     Returns:
         ``chain(scale_by_rss(initial_accumulator_value, eps),
@@ -99,6 +128,11 @@ def adagrad(
         and Stochastic Optimization", JMLR 12.
     """
     return chain(
-        scale_by_rss(initial_accumulator_value=initial_accumulator_value, eps=eps),
+        scale_by_rss(
+            initial_accumulator_value=initial_accumulator_value,
+            eps=eps,
+            nu_dtype=nu_dtype,
+            state_rounding=state_rounding,
+        ),
         scale_by_learning_rate(learning_rate),
     )

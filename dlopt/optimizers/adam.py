@@ -2,56 +2,38 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import chex
-import jax
 import jax.numpy as jnp
 
+from dlopt import numerics, validation
 from dlopt import tree as tree_lib
-from dlopt import validation
 from dlopt.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule
 from dlopt.combine import Mask, chain
+from dlopt.optimizers import alias
 from dlopt.optimizers.scaling import scale_by_learning_rate
 from dlopt.regularizers import add_decayed_weights
 
 
-def canonical_dtype(dtype: Any | None) -> Any | None:
-    """``dtype`` as the dtype JAX will really use (float64 -> float32 without x64), or None."""
-    return None if dtype is None else jax.dtypes.canonicalize_dtype(dtype)
-
-
-def wider_float(a: Any, b: Any) -> Any:
-    """The float dtype with more bits (``b`` on a tie); no implicit promotion involved."""
-    return a if jnp.finfo(a).bits > jnp.finfo(b).bits else b
-
-
-def check_betas(b1: chex.Numeric, b2: chex.Numeric) -> None:
-    validation.check_in_range("b1", b1, 0.0, 1.0)
-    validation.check_in_range("b2", b2, 0.0, 1.0)
-
-
-def _unbias(x, decay, count):
-    """``x / (1 - decay**count)``: the correction is computed in float32, then cast."""
-    return x / tree_lib.bias_correction(decay, count).astype(x.dtype)
-
-
-def _adam_leaf(g, mu, nu, count, b1, b2, eps, eps_root, nesterov):
-    wide = wider_float(mu.dtype, g.dtype)
-    new_mu = tree_lib.ema(mu.astype(wide), g, b1)  # full precision until stored
-    new_nu = tree_lib.ema(nu, jnp.square(g), b2)
+def _adam_leaf(g, mu, nu, leaf, out_dtype, *, b1, b2, eps, eps_root, nesterov, writer):
+    count = writer.count
+    f = numerics.compute_dtype(g.dtype, mu.dtype, nu.dtype)  # arithmetic at full precision
+    g = g.astype(f)
+    mu = writer.put(numerics.ema(mu.astype(f), g, b1), mu, leaf, 1)
+    nu = writer.put(numerics.ema(nu.astype(f), numerics.abs_sq(g), b2), nu, leaf, 2)
+    m, v = mu.astype(f), nu.astype(f)  # the stored values: no full-precision temporaries
     if nesterov:
-        b1_ = tree_lib.scalar_like(b1, new_mu)
-        mu_hat = b1_ * _unbias(new_mu, b1, tree_lib.safe_increment(count)) + tree_lib.scalar_like(
-            1 - b1, new_mu
-        ) * _unbias(g.astype(wide), b1, count)
+        m_hat = tree_lib.scalar_like(b1, m) * numerics.unbias(
+            m, b1, tree_lib.safe_increment(count)
+        ) + tree_lib.scalar_like(1 - b1, m) * numerics.unbias(g, b1, count)
     else:
-        mu_hat = _unbias(new_mu, b1, count)
-    nu_hat = _unbias(new_nu, b2, count)
-    denominator = jnp.sqrt(nu_hat + tree_lib.scalar_like(eps_root, nu_hat))
+        m_hat = numerics.unbias(m, b1, count)
+    v_hat = numerics.unbias(v, b2, count)
+    denominator = jnp.sqrt(v_hat + tree_lib.scalar_like(eps_root, v_hat))
     denominator = denominator + tree_lib.scalar_like(eps, denominator)
-    update = mu_hat / denominator.astype(mu_hat.dtype)
-    return update.astype(g.dtype), new_mu.astype(mu.dtype), new_nu
+    return (m_hat / denominator).astype(out_dtype), mu, nu
 
 
 class ScaleByAdamState(NamedTuple):
@@ -68,6 +50,8 @@ def scale_by_adam(
     mu_dtype: Any | None = None,
     *,
     nesterov: bool = False,
+    nu_dtype: Any | None = None,
+    state_rounding: str = "stochastic",
 ) -> GradientTransformation:
     """Scales by Adam's bias-corrected first moment over the root of its second moment.
 
@@ -81,9 +65,11 @@ def scale_by_adam(
     :math:`\\hat m_t = \\beta_1 \\frac{m_t}{1 - \\beta_1^{t+1}} + (1 - \\beta_1)
     \\frac{g_t}{1 - \\beta_1^t}`.
 
-    The bias corrections are computed in float32 and then cast. The first moment is updated
-    at the gradients' precision and stored in ``mu_dtype``; updates come back in the
-    gradients' dtype (optax returns the wider of the two when ``mu_dtype`` is wider).
+    Complex parameters use :math:`|g_t|^2 = g_t \\bar g_t` for :math:`v`, as optax does.
+    Arithmetic runs in float32 (float64 for float64 leaves) whatever the storage dtypes; the
+    moments are stored in ``mu_dtype`` / ``nu_dtype`` (default: each parameter's dtype) with
+    stochastic rounding when that is narrower (`dlopt.numerics.store`), and the update is
+    computed from the stored values. Updates come back in each parameter's dtype.
 
     Args:
         b1: :math:`\\beta_1` in [0, 1).
@@ -94,6 +80,10 @@ def scale_by_adam(
         mu_dtype: dtype of :math:`m` (e.g. ``jnp.bfloat16`` to save memory); default: each
             parameter's dtype.
         nesterov: use Nesterov momentum (Nadam).
+        nu_dtype: dtype of :math:`v` (dlopt only; optax keeps :math:`v` in the parameters'
+            dtype).
+        state_rounding: ``"stochastic"`` (default) or ``"nearest"``: how moments are rounded
+            into a narrower storage dtype.
 
     Returns:
         A `GradientTransformation` with state `ScaleByAdamState`.
@@ -102,27 +92,34 @@ def scale_by_adam(
         >>> import dlopt
         >>> tx = dlopt.chain(dlopt.scale_by_adam(), dlopt.scale_by_learning_rate(1e-3))
     """
-    check_betas(b1, b2)
+    numerics.check_betas(b1, b2)
     validation.check_non_negative("eps", eps)
     validation.check_non_negative("eps_root", eps_root)
-    mu_dtype = canonical_dtype(mu_dtype)
+    numerics.check_rounding(state_rounding)
+    mu_dtype, nu_dtype = numerics.canonical_dtype(mu_dtype), numerics.canonical_dtype(nu_dtype)
 
     def init_fn(params):
         return ScaleByAdamState(
             count=jnp.zeros([], jnp.int32),
             mu=tree_lib.moments_like(params, mu_dtype),
-            nu=tree_lib.moments_like(params),
+            nu=tree_lib.moments_like(params, nu_dtype),
         )
 
     def update_fn(updates, state, params=None):
-        del params
         count = tree_lib.safe_increment(state.count)
+        writer = numerics.StateWriter(count, state_rounding)
+        in_param_dtype = state.nu if nu_dtype is None else state.mu if mu_dtype is None else None
         updates, mu, nu = tree_lib.map_unzip(
-            lambda g, m, v: _adam_leaf(g, m, v, count, b1, b2, eps, eps_root, nesterov),
+            functools.partial(
+                _adam_leaf, b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov,
+                writer=writer,
+            ),
             updates,
             state.mu,
             state.nu,
-        )
+            numerics.leaf_indices(updates),
+            numerics.out_dtypes(updates, params, in_param_dtype),
+        )  # fmt: skip
         return updates, ScaleByAdamState(count=count, mu=mu, nu=nu)
 
     return GradientTransformation(init_fn, update_fn)
@@ -137,6 +134,8 @@ def adam(
     mu_dtype: Any | None = None,
     *,
     nesterov: bool = False,
+    nu_dtype: Any | None = None,
+    state_rounding: str = "stochastic",
 ) -> GradientTransformationExtraArgs:
     """Adam: momentum on the gradient, step sizes from its running second moment.
 
@@ -156,9 +155,12 @@ def adam(
         eps_root: :math:`\\epsilon_{root}` >= 0.
         mu_dtype: dtype of the first moment (e.g. ``jnp.bfloat16``).
         nesterov: use Nesterov momentum (Nadam).
+        nu_dtype: dtype of the second moment (dlopt only).
+        state_rounding: ``"stochastic"`` or ``"nearest"`` rounding into narrower moment
+            dtypes (dlopt only; see `scale_by_adam`).
 
     Returns:
-        ``chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+        ``chain(scale_by_adam(b1, b2, eps, eps_root, mu_dtype, ...),
         scale_by_learning_rate(learning_rate))``.
 
     Example:
@@ -170,9 +172,12 @@ def adam(
         Kingma and Ba, 2015, "Adam: A Method for Stochastic Optimization", ICLR.
     """
     return chain(
-        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+        scale_by_adam(
+            b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype,
+            state_rounding=state_rounding,
+        ),
         scale_by_learning_rate(learning_rate),
-    )
+    )  # fmt: skip
 
 
 def adamw(
@@ -186,6 +191,8 @@ def adamw(
     mask: Mask | None = None,
     *,
     nesterov: bool = False,
+    nu_dtype: Any | None = None,
+    state_rounding: str = "stochastic",
 ) -> GradientTransformationExtraArgs:
     """AdamW: Adam with weight decay decoupled from the adaptive scaling.
 
@@ -198,16 +205,11 @@ def adamw(
     by :math:`\\eta` as in optax and torch (the paper scales it by a schedule multiplier only).
 
     Args:
-        learning_rate: :math:`\\eta` >= 0, or a schedule ``step -> eta``.
-        b1: :math:`\\beta_1` in [0, 1).
-        b2: :math:`\\beta_2` in [0, 1).
-        eps: :math:`\\epsilon` >= 0.
-        eps_root: :math:`\\epsilon_{root}` >= 0.
-        mu_dtype: dtype of the first moment.
+        learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov, nu_dtype, state_rounding:
+            as in `adam`.
         weight_decay: :math:`\\lambda` >= 0, or a schedule.
         mask: pytree of bools (or ``params -> pytree``) choosing the decayed leaves, e.g.
             to skip biases and normalization scales.
-        nesterov: use Nesterov momentum (`nadamw`).
 
     Returns:
         ``chain(scale_by_adam(...), add_decayed_weights(weight_decay, mask),
@@ -222,46 +224,28 @@ def adamw(
         Loshchilov and Hutter, 2019, "Decoupled Weight Decay Regularization", ICLR.
     """
     return chain(
-        scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+        scale_by_adam(
+            b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype,
+            state_rounding=state_rounding,
+        ),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
-    )
+    )  # fmt: skip
 
 
-def nadam(
-    learning_rate: ScalarOrSchedule,
-    b1: chex.Numeric = 0.9,
-    b2: chex.Numeric = 0.999,
-    eps: chex.Numeric = 1e-8,
-    eps_root: chex.Numeric = 0.0,
-    mu_dtype: Any | None = None,
-    *,
-    nesterov: bool = True,
-) -> GradientTransformationExtraArgs:
-    """Nadam: Adam with Nesterov momentum (`adam` with ``nesterov=True``).
+nadam = alias(
+    adam,
+    "nadam",
+    """Nadam: `adam` with ``nesterov=True`` (Nesterov momentum); arguments as in `adam`.
 
     .. math::
-        m \\leftarrow \\beta_1 m + (1 - \\beta_1) g, \\quad
-        v \\leftarrow \\beta_2 v + (1 - \\beta_2) g^2, \\quad
         \\hat m = \\frac{\\beta_1 m}{1 - \\beta_1^{t+1}} + \\frac{(1 - \\beta_1) g}{1 -
-        \\beta_1^t}, \\quad \\hat v = \\frac{v}{1 - \\beta_2^t}, \\quad
+        \\beta_1^t}, \\quad
         w \\leftarrow w - \\eta \\frac{\\hat m}{\\sqrt{\\hat v + \\epsilon_{root}} + \\epsilon}
 
-    As in optax (and torch without momentum decay), the paper's momentum schedule
-    :math:`\\mu_t` is the constant :math:`\\beta_1` and :math:`\\hat v` is not multiplied
-    by :math:`\\beta_2`.
-
-    Args:
-        learning_rate: :math:`\\eta` >= 0, or a schedule.
-        b1: :math:`\\beta_1` in [0, 1).
-        b2: :math:`\\beta_2` in [0, 1).
-        eps: :math:`\\epsilon` >= 0.
-        eps_root: :math:`\\epsilon_{root}` >= 0.
-        mu_dtype: dtype of the first moment.
-        nesterov: kept for optax's signature; False gives plain `adam`.
-
-    Returns:
-        ``adam(..., nesterov=nesterov)``.
+    with :math:`m, v, \\hat v` as in `adam`. As in optax (and torch without momentum decay),
+    the paper's momentum schedule :math:`\\mu_t` is the constant :math:`\\beta_1` and
+    :math:`\\hat v` is not multiplied by :math:`\\beta_2`.
 
     Example:
         >>> import dlopt
@@ -269,43 +253,15 @@ def nadam(
 
     References:
         Dozat, 2016, "Incorporating Nesterov Momentum into Adam", ICLR workshop.
-    """
-    return adam(learning_rate, b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
+    """,
+    nesterov=True,
+)
 
-
-def nadamw(
-    learning_rate: ScalarOrSchedule,
-    b1: chex.Numeric = 0.9,
-    b2: chex.Numeric = 0.999,
-    eps: chex.Numeric = 1e-8,
-    eps_root: chex.Numeric = 0.0,
-    mu_dtype: Any | None = None,
-    weight_decay: ScalarOrSchedule = 1e-4,
-    mask: Mask | None = None,
-    *,
-    nesterov: bool = True,
-) -> GradientTransformationExtraArgs:
-    """NadamW: Nadam with decoupled weight decay (`adamw` with ``nesterov=True``).
-
-    .. math::
-        w \\leftarrow w - \\eta \\left(\\frac{\\hat m}{\\sqrt{\\hat v + \\epsilon_{root}} +
-        \\epsilon} + \\lambda w\\right)
-
-    with :math:`\\hat m, \\hat v` as in `nadam`.
-
-    Args:
-        learning_rate: :math:`\\eta` >= 0, or a schedule.
-        b1: :math:`\\beta_1` in [0, 1).
-        b2: :math:`\\beta_2` in [0, 1).
-        eps: :math:`\\epsilon` >= 0.
-        eps_root: :math:`\\epsilon_{root}` >= 0.
-        mu_dtype: dtype of the first moment.
-        weight_decay: :math:`\\lambda` >= 0, or a schedule.
-        mask: pytree of bools (or ``params -> pytree``) choosing the decayed leaves.
-        nesterov: kept for optax's signature; False gives plain `adamw`.
-
-    Returns:
-        ``adamw(..., nesterov=nesterov)``.
+nadamw = alias(
+    adamw,
+    "nadamw",
+    """NadamW: `adamw` with ``nesterov=True``; arguments as in `adamw`, :math:`\\hat m` as
+    in `nadam`.
 
     Example:
         >>> import dlopt
@@ -313,7 +269,6 @@ def nadamw(
 
     References:
         Dozat, 2016; Loshchilov and Hutter, 2019.
-    """
-    return adamw(
-        learning_rate, b1, b2, eps, eps_root, mu_dtype, weight_decay, mask, nesterov=nesterov
-    )
+    """,
+    nesterov=True,
+)

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from typing import Any, NamedTuple
 
 import chex
 import jax.numpy as jnp
 
+from dlopt import numerics, validation
 from dlopt import tree as tree_lib
-from dlopt import validation
 from dlopt.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule
 from dlopt.combine import chain
-from dlopt.optimizers.adam import check_betas
 from dlopt.optimizers.scaling import scale_by_learning_rate
 
 
-def _adamax_leaf(g, mu, nu, count, b1, b2, eps):
-    mu = tree_lib.ema(mu, g, b1)
-    g_abs = jnp.abs(g).astype(nu.dtype) + tree_lib.scalar_like(eps, nu)
-    nu = jnp.maximum(g_abs, tree_lib.scalar_like(b2, nu) * nu)
-    mu_hat = mu / tree_lib.bias_correction(b1, count).astype(mu.dtype)
-    return (mu_hat / nu.astype(mu_hat.dtype)).astype(g.dtype), mu, nu
+def _adamax_leaf(g, mu, nu, leaf, out_dtype, *, b1, b2, eps, writer):
+    f = numerics.compute_dtype(g.dtype, mu.dtype, nu.dtype)
+    g = g.astype(f)
+    mu = writer.put(numerics.ema(mu.astype(f), g, b1), mu, leaf, 1)
+    g_abs = jnp.abs(g) + tree_lib.scalar_like(eps, jnp.abs(g))  # real, also for complex g
+    decayed = tree_lib.scalar_like(b2, g_abs) * jnp.real(nu).astype(g_abs.dtype)
+    nu = writer.put(jnp.maximum(g_abs, decayed), nu, leaf, 2)
+    m_hat = numerics.unbias(mu.astype(f), b1, writer.count)
+    return (m_hat / nu.astype(f)).astype(out_dtype), mu, nu
 
 
 class ScaleByAdamaxState(NamedTuple):
@@ -30,7 +33,13 @@ class ScaleByAdamaxState(NamedTuple):
 
 
 def scale_by_adamax(
-    b1: chex.Numeric = 0.9, b2: chex.Numeric = 0.999, eps: chex.Numeric = 1e-8
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.999,
+    eps: chex.Numeric = 1e-8,
+    *,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
+    state_rounding: str = "stochastic",
 ) -> GradientTransformation:
     """Scales by the bias-corrected first moment over a decaying maximum of ``|g|``.
 
@@ -45,7 +54,11 @@ def scale_by_adamax(
     Args:
         b1: :math:`\\beta_1` in [0, 1).
         b2: :math:`\\beta_2` in [0, 1).
-        eps: :math:`\\epsilon` >= 0.
+        eps: :math:`\\epsilon` > 0 (it keeps :math:`u_t > 0`).
+        mu_dtype, nu_dtype: storage dtypes of :math:`m` and :math:`u` (default: each
+            parameter's); dlopt only.
+        state_rounding: ``"stochastic"`` or ``"nearest"`` rounding into narrower storage
+            dtypes; dlopt only.
 
     Returns:
         A `GradientTransformation` with state `ScaleByAdamaxState`.
@@ -54,24 +67,29 @@ def scale_by_adamax(
         >>> import dlopt
         >>> tx = dlopt.chain(dlopt.scale_by_adamax(), dlopt.scale_by_learning_rate(2e-3))
     """
-    check_betas(b1, b2)
-    validation.check_non_negative("eps", eps)
+    numerics.check_betas(b1, b2)
+    validation.check_positive("eps", eps)
+    numerics.check_rounding(state_rounding)
+    mu_dtype, nu_dtype = numerics.canonical_dtype(mu_dtype), numerics.canonical_dtype(nu_dtype)
 
     def init_fn(params):
         return ScaleByAdamaxState(
             count=jnp.zeros([], jnp.int32),
-            mu=tree_lib.moments_like(params),
-            nu=tree_lib.moments_like(params),
+            mu=tree_lib.moments_like(params, mu_dtype),
+            nu=tree_lib.moments_like(params, nu_dtype),
         )
 
     def update_fn(updates, state, params=None):
-        del params
         count = tree_lib.safe_increment(state.count)
+        writer = numerics.StateWriter(count, state_rounding)
+        in_param_dtype = state.nu if nu_dtype is None else state.mu if mu_dtype is None else None
         updates, mu, nu = tree_lib.map_unzip(
-            lambda g, m, v: _adamax_leaf(g, m, v, count, b1, b2, eps),
+            functools.partial(_adamax_leaf, b1=b1, b2=b2, eps=eps, writer=writer),
             updates,
             state.mu,
             state.nu,
+            numerics.leaf_indices(updates),
+            numerics.out_dtypes(updates, params, in_param_dtype),
         )
         return updates, ScaleByAdamaxState(count=count, mu=mu, nu=nu)
 
@@ -83,6 +101,10 @@ def adamax(
     b1: chex.Numeric = 0.9,
     b2: chex.Numeric = 0.999,
     eps: chex.Numeric = 1e-8,
+    *,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
+    state_rounding: str = "stochastic",
 ) -> GradientTransformationExtraArgs:
     """Adamax (Kingma and Ba, section 7.1): Adam with an infinity-norm second moment.
 
@@ -92,14 +114,15 @@ def adamax(
         w \\leftarrow w - \\frac{\\eta}{1 - \\beta_1^t} \\frac{m}{u}
 
     The paper has no :math:`\\epsilon`; dlopt, like optax, adds it to :math:`|g|` inside
-    the maximum. Like optax's ``adamax`` this takes no ``mu_dtype``: both moments are kept
-    in each parameter's dtype.
+    the maximum. Deliberate difference from optax: ``eps`` must be > 0 (with 0 a zero
+    gradient divides zero by zero).
 
     Args:
         learning_rate: :math:`\\eta` >= 0, or a schedule ``step -> eta``.
         b1: :math:`\\beta_1` in [0, 1).
         b2: :math:`\\beta_2` in [0, 1).
-        eps: :math:`\\epsilon` >= 0.
+        eps: :math:`\\epsilon` > 0.
+        mu_dtype, nu_dtype, state_rounding: as in `scale_by_adamax` (dlopt only).
 
     Returns:
         ``chain(scale_by_adamax(b1, b2, eps), scale_by_learning_rate(learning_rate))``.
@@ -112,4 +135,10 @@ def adamax(
     References:
         Kingma and Ba, 2015, "Adam: A Method for Stochastic Optimization", ICLR, section 7.1.
     """
-    return chain(scale_by_adamax(b1=b1, b2=b2, eps=eps), scale_by_learning_rate(learning_rate))
+    return chain(
+        scale_by_adamax(
+            b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
+            state_rounding=state_rounding,
+        ),
+        scale_by_learning_rate(learning_rate),
+    )  # fmt: skip

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Literal, NamedTuple
 
 import chex
 import jax.numpy as jnp
 
+from dlopt import numerics, validation
 from dlopt import tree as tree_lib
-from dlopt import validation
 from dlopt.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule
 from dlopt.combine import Mask, chain
-from dlopt.optimizers.adam import canonical_dtype, check_betas, wider_float
 from dlopt.optimizers.scaling import scale_by_learning_rate
 from dlopt.regularizers import add_decayed_weights
 
@@ -26,12 +26,12 @@ def _direction(x, mode, smooth_beta):
     return jnp.where(jnp.abs(x) < 1, x, jnp.sign(x))  # "refined"
 
 
-def _lion_leaf(g, mu, b1, b2, mode, smooth_beta):
-    wide = wider_float(mu.dtype, g.dtype)
-    m, g_ = mu.astype(wide), g.astype(wide)
-    interpolated = tree_lib.scalar_like(1 - b1, g_) * g_ + tree_lib.scalar_like(b1, m) * m
-    new_mu = tree_lib.ema(m, g_, b2)
-    return _direction(interpolated, mode, smooth_beta).astype(g.dtype), new_mu.astype(mu.dtype)
+def _lion_leaf(g, mu, leaf, out_dtype, *, b1, b2, mode, smooth_beta, writer):
+    f = numerics.compute_dtype(g.dtype, mu.dtype)
+    m, g = mu.astype(f), g.astype(f)
+    interpolated = tree_lib.scalar_like(1 - b1, g) * g + tree_lib.scalar_like(b1, m) * m
+    new_mu = writer.put(numerics.ema(m, g, b2), mu, leaf, 1)
+    return _direction(interpolated, mode, smooth_beta).astype(out_dtype), new_mu
 
 
 class ScaleByLionState(NamedTuple):
@@ -46,6 +46,7 @@ def scale_by_lion(
     *,
     mode: Literal["hard", "smooth", "refined"] = "hard",
     smooth_beta: float = 1.0,
+    state_rounding: str = "stochastic",
 ) -> GradientTransformation:
     """The sign of an interpolation of momentum and gradient (Lion's direction).
 
@@ -63,6 +64,8 @@ def scale_by_lion(
         mu_dtype: dtype of :math:`m` (default: each parameter's dtype).
         mode: "hard" (sign, the paper), "smooth" or "refined".
         smooth_beta: :math:`\\beta_s` > 0 for ``mode="smooth"``.
+        state_rounding: ``"stochastic"`` or ``"nearest"`` rounding into a narrower
+            ``mu_dtype`` (dlopt only).
 
     Returns:
         A `GradientTransformation` with state `ScaleByLionState`.
@@ -71,11 +74,12 @@ def scale_by_lion(
         >>> import dlopt
         >>> tx = dlopt.chain(dlopt.scale_by_lion(), dlopt.scale_by_learning_rate(1e-4))
     """
-    check_betas(b1, b2)
+    numerics.check_betas(b1, b2)
     if mode not in LION_MODES:
         raise ValueError(f"mode must be one of {LION_MODES}, got mode={mode!r}.")
     validation.check_positive("smooth_beta", smooth_beta)
-    mu_dtype = canonical_dtype(mu_dtype)
+    numerics.check_rounding(state_rounding)
+    mu_dtype = numerics.canonical_dtype(mu_dtype)
 
     def init_fn(params):
         return ScaleByLionState(
@@ -83,11 +87,19 @@ def scale_by_lion(
         )
 
     def update_fn(updates, state, params=None):
-        del params
+        count = tree_lib.safe_increment(state.count)
+        leaf_fn = functools.partial(
+            _lion_leaf, b1=b1, b2=b2, mode=mode, smooth_beta=smooth_beta,
+            writer=numerics.StateWriter(count, state_rounding),
+        )  # fmt: skip
         updates, mu = tree_lib.map_unzip(
-            lambda g, m: _lion_leaf(g, m, b1, b2, mode, smooth_beta), updates, state.mu
+            leaf_fn,
+            updates,
+            state.mu,
+            numerics.leaf_indices(updates),
+            numerics.out_dtypes(updates, params, state.mu if mu_dtype is None else None),
         )
-        return updates, ScaleByLionState(count=tree_lib.safe_increment(state.count), mu=mu)
+        return updates, ScaleByLionState(count=count, mu=mu)
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -99,6 +111,8 @@ def lion(
     mu_dtype: Any | None = None,
     weight_decay: ScalarOrSchedule = 1e-3,
     mask: Mask | None = None,
+    *,
+    state_rounding: str = "stochastic",
 ) -> GradientTransformationExtraArgs:
     """Lion (EvoLved Sign Momentum): every coordinate moves by exactly the learning rate.
 
@@ -117,6 +131,7 @@ def lion(
         mu_dtype: dtype of the momentum (e.g. ``jnp.bfloat16``).
         weight_decay: :math:`\\lambda` >= 0, or a schedule.
         mask: pytree of bools (or ``params -> pytree``) choosing the decayed leaves.
+        state_rounding: as in `scale_by_lion` (dlopt only).
 
     Returns:
         ``chain(scale_by_lion(b1, b2, mu_dtype), add_decayed_weights(weight_decay, mask),
@@ -131,7 +146,7 @@ def lion(
         Chen et al., 2023, "Symbolic Discovery of Optimization Algorithms", NeurIPS.
     """
     return chain(
-        scale_by_lion(b1=b1, b2=b2, mu_dtype=mu_dtype),
+        scale_by_lion(b1=b1, b2=b2, mu_dtype=mu_dtype, state_rounding=state_rounding),
         add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 
+from dlopt import numerics, validation
 from dlopt import tree as tree_lib
-from dlopt import validation
 from dlopt.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule
 from dlopt.base import identity as identity_transform
 from dlopt.combine import chain
@@ -32,15 +33,15 @@ def _inverse_root(variance, eps, eps_in_sqrt):
 
 
 def _unbias(moment, decay, count, bias_correction):
-    if not bias_correction:
-        return moment
-    return moment / tree_lib.bias_correction(decay, count).astype(moment.dtype)
+    return numerics.unbias(moment, decay, count) if bias_correction else moment
 
 
-def _rms_leaf(g, nu, count, decay, eps, eps_in_sqrt, bias_correction):
-    nu = tree_lib.ema(nu, jnp.square(g), decay)
-    scaling = _inverse_root(_unbias(nu, decay, count, bias_correction), eps, eps_in_sqrt)
-    return (scaling.astype(g.dtype) * g), nu
+def _rms_leaf(g, nu, leaf, out_dtype, *, decay, eps, eps_in_sqrt, bias_correction, writer):
+    f = numerics.compute_dtype(g.dtype, nu.dtype)
+    g = g.astype(f)
+    nu = writer.put(numerics.ema(nu.astype(f), numerics.abs_sq(g), decay), nu, leaf, 2)
+    h = _unbias(nu.astype(f), decay, writer.count, bias_correction)
+    return (_inverse_root(h, eps, eps_in_sqrt) * g).astype(out_dtype), nu
 
 
 class ScaleByRmsState(NamedTuple):
@@ -54,6 +55,9 @@ def scale_by_rms(
     initial_scale: chex.Numeric = 0.0,
     eps_in_sqrt: bool = True,
     bias_correction: bool = False,
+    *,
+    nu_dtype: Any | None = None,
+    state_rounding: str = "stochastic",
 ) -> GradientTransformation:
     """Divides by the root of a moving average of squared gradients (RMSProp's scaling).
 
@@ -63,7 +67,8 @@ def scale_by_rms(
         \\epsilon)
 
     where :math:`\\hat h_t = h_t / (1 - \\rho^t)` with ``bias_correction`` and :math:`h_t`
-    otherwise, and :math:`h_0` = ``initial_scale``.
+    otherwise, and :math:`h_0` = ``initial_scale``. Complex gradients use
+    :math:`|g|^2` for :math:`g \\odot g`.
 
     Args:
         decay: :math:`\\rho` in [0, 1).
@@ -71,6 +76,9 @@ def scale_by_rms(
         initial_scale: :math:`h_0` >= 0.
         eps_in_sqrt: add :math:`\\epsilon` inside the root (True) or outside it.
         bias_correction: divide :math:`h_t` by :math:`1 - \\rho^t` (Adam-style).
+        nu_dtype: storage dtype of :math:`h` (default: each parameter's); dlopt only.
+        state_rounding: ``"stochastic"`` or ``"nearest"`` rounding into a narrower
+            ``nu_dtype`` (`dlopt.numerics.store`); dlopt only.
 
     Returns:
         A `GradientTransformation` with state `ScaleByRmsState`. Unlike optax, the state
@@ -81,33 +89,43 @@ def scale_by_rms(
         >>> tx = dlopt.chain(dlopt.scale_by_rms(0.99), dlopt.scale_by_learning_rate(1e-3))
     """
     _check(decay, eps, initial_scale)
+    numerics.check_rounding(state_rounding)
+    nu_dtype = numerics.canonical_dtype(nu_dtype)
 
     def init_fn(params):
         tree_lib.check_float_params(params)
-        nu = tree_lib.full_like(params, initial_scale)
+        nu = tree_lib.full_like(params, initial_scale, nu_dtype)
         return ScaleByRmsState(count=jnp.zeros([], jnp.int32), nu=nu)
 
     def update_fn(updates, state, params=None):
-        del params
         count = tree_lib.safe_increment(state.count)
+        leaf_fn = functools.partial(
+            _rms_leaf, decay=decay, eps=eps, eps_in_sqrt=eps_in_sqrt,
+            bias_correction=bias_correction, writer=numerics.StateWriter(count, state_rounding),
+        )  # fmt: skip
         updates, nu = tree_lib.map_unzip(
-            lambda g, n: _rms_leaf(g, n, count, decay, eps, eps_in_sqrt, bias_correction),
+            leaf_fn,
             updates,
             state.nu,
+            numerics.leaf_indices(updates),
+            numerics.out_dtypes(updates, params, state.nu if nu_dtype is None else None),
         )
         return updates, ScaleByRmsState(count=count, nu=nu)
 
     return GradientTransformation(init_fn, update_fn)
 
 
-def _stddev_leaf(g, mu, nu, count, decay, eps, eps_in_sqrt, bias_correction):
-    mu = tree_lib.ema(mu, g, decay)
-    nu = tree_lib.ema(nu, jnp.square(g), decay)
-    mu_hat = _unbias(mu, decay, count, bias_correction)
-    nu_hat = _unbias(nu, decay, count, bias_correction)
-    variance = jnp.maximum(nu_hat - jnp.square(mu_hat), jnp.zeros_like(nu_hat))
-    scaling = _inverse_root(variance, eps, eps_in_sqrt)
-    return (scaling.astype(g.dtype) * g), mu, nu
+def _stddev_leaf(g, mu, nu, leaf, out_dtype, *, decay, eps, eps_in_sqrt, bias_correction, writer):
+    f = numerics.compute_dtype(g.dtype, mu.dtype, nu.dtype)
+    g = g.astype(f)
+    mu = writer.put(numerics.ema(mu.astype(f), g, decay), mu, leaf, 1)
+    nu = writer.put(numerics.ema(nu.astype(f), numerics.abs_sq(g), decay), nu, leaf, 2)
+    mu_hat = _unbias(mu.astype(f), decay, writer.count, bias_correction)
+    nu_hat = _unbias(nu.astype(f), decay, writer.count, bias_correction)
+    variance = nu_hat - numerics.abs_sq(mu_hat).astype(f)
+    if not jnp.iscomplexobj(variance):
+        variance = jnp.maximum(variance, jnp.zeros_like(variance))
+    return (_inverse_root(variance, eps, eps_in_sqrt) * g).astype(out_dtype), mu, nu
 
 
 class ScaleByRStdDevState(NamedTuple):
@@ -122,6 +140,10 @@ def scale_by_stddev(
     initial_scale: chex.Numeric = 0.0,
     eps_in_sqrt: bool = True,
     bias_correction: bool = False,
+    *,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
+    state_rounding: str = "stochastic",
 ) -> GradientTransformation:
     """Divides by a moving standard deviation of the gradients (centered RMSProp's scaling).
 
@@ -141,6 +163,9 @@ def scale_by_stddev(
         initial_scale: :math:`h_0` >= 0.
         eps_in_sqrt: add :math:`\\epsilon` inside the root (True) or outside it.
         bias_correction: divide both moments by :math:`1 - \\rho^t`.
+        mu_dtype, nu_dtype: storage dtypes of :math:`m` and :math:`h` (default: each
+            parameter's); dlopt only.
+        state_rounding: ``"stochastic"`` or ``"nearest"``, as in `scale_by_rms`.
 
     Returns:
         A `GradientTransformation` with state `ScaleByRStdDevState` (always with the count).
@@ -150,22 +175,30 @@ def scale_by_stddev(
         >>> tx = dlopt.chain(dlopt.scale_by_stddev(), dlopt.scale_by_learning_rate(1e-3))
     """
     _check(decay, eps, initial_scale)
+    numerics.check_rounding(state_rounding)
+    mu_dtype, nu_dtype = numerics.canonical_dtype(mu_dtype), numerics.canonical_dtype(nu_dtype)
 
     def init_fn(params):
         return ScaleByRStdDevState(
             count=jnp.zeros([], jnp.int32),
-            mu=tree_lib.moments_like(params),
-            nu=tree_lib.full_like(params, initial_scale),
+            mu=tree_lib.moments_like(params, mu_dtype),
+            nu=tree_lib.full_like(params, initial_scale, nu_dtype),
         )
 
     def update_fn(updates, state, params=None):
-        del params
         count = tree_lib.safe_increment(state.count)
+        leaf_fn = functools.partial(
+            _stddev_leaf, decay=decay, eps=eps, eps_in_sqrt=eps_in_sqrt,
+            bias_correction=bias_correction, writer=numerics.StateWriter(count, state_rounding),
+        )  # fmt: skip
+        in_param_dtype = state.nu if nu_dtype is None else state.mu if mu_dtype is None else None
         updates, mu, nu = tree_lib.map_unzip(
-            lambda g, m, n: _stddev_leaf(g, m, n, count, decay, eps, eps_in_sqrt, bias_correction),
+            leaf_fn,
             updates,
             state.mu,
             state.nu,
+            numerics.leaf_indices(updates),
+            numerics.out_dtypes(updates, params, in_param_dtype),
         )
         return updates, ScaleByRStdDevState(count=count, mu=mu, nu=nu)
 
@@ -182,6 +215,10 @@ def rmsprop(
     momentum: chex.Numeric | None = None,
     nesterov: bool = False,
     bias_correction: bool = False,
+    *,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
+    state_rounding: str = "stochastic",
 ) -> GradientTransformationExtraArgs:
     """RMSProp (Hinton): gradient steps normalised by a moving RMS of the gradients.
 
@@ -213,6 +250,11 @@ def rmsprop(
         momentum: :math:`a` in [0, 1), or None for no momentum.
         nesterov: Nesterov momentum (needs ``momentum``).
         bias_correction: divide the moments by :math:`1 - \\rho^t`.
+        mu_dtype: storage dtype of the first-moment buffers (the centered mean :math:`m`
+            and the momentum :math:`v`); dlopt only.
+        nu_dtype: storage dtype of :math:`h`; dlopt only.
+        state_rounding: ``"stochastic"`` or ``"nearest"`` rounding into narrower storage
+            dtypes; dlopt only.
 
     Returns:
         ``chain(scale_by_rms(...) or scale_by_stddev(...), scale_by_learning_rate(lr),
@@ -231,15 +273,15 @@ def rmsprop(
         validation.check_in_range("momentum", momentum, 0.0, 1.0)
     if nesterov and momentum is None:
         raise ValueError("nesterov=True needs a momentum, got momentum=None. Pass momentum=0.9.")
-    scale_by = scale_by_stddev if centered else scale_by_rms
+    common = dict(
+        decay=decay, eps=eps, initial_scale=initial_scale, eps_in_sqrt=eps_in_sqrt,
+        bias_correction=bias_correction, nu_dtype=nu_dtype, state_rounding=state_rounding,
+    )  # fmt: skip
+    scaling = scale_by_stddev(**common, mu_dtype=mu_dtype) if centered else scale_by_rms(**common)
     return chain(
-        scale_by(
-            decay=decay,
-            eps=eps,
-            initial_scale=initial_scale,
-            eps_in_sqrt=eps_in_sqrt,
-            bias_correction=bias_correction,
-        ),
+        scaling,
         scale_by_learning_rate(learning_rate),
-        trace(momentum, nesterov) if momentum is not None else identity_transform(),
+        trace(momentum, nesterov, mu_dtype, state_rounding=state_rounding)
+        if momentum is not None
+        else identity_transform(),
     )

@@ -8,26 +8,32 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from dlopt import numerics, validation
 from dlopt import tree as tree_lib
-from dlopt import validation
 from dlopt.base import GradientTransformation, ScalarOrSchedule, Schedule, init_empty_state
 
 
-def _scale_leaf(u: chex.Array, factor: chex.Numeric) -> chex.Array:
-    return u * tree_lib.scalar_like(factor, u)
+def _scale_leaf(u: chex.Array, factor: chex.Numeric, out_dtype) -> chex.Array:
+    return (u * tree_lib.scalar_like(factor, u)).astype(out_dtype)
+
+
+def _scaled(updates, params, factor):
+    """``factor * u`` leaf by leaf, in each parameter's dtype when ``params`` are given."""
+    dtypes = numerics.out_dtypes(updates, params)
+    return jax.tree.map(lambda u, d: _scale_leaf(u, factor, d), updates, dtypes)
 
 
 def scale(step_size: chex.Numeric) -> GradientTransformation:
-    """``u <- step_size * u``.
+    """``u <- step_size * u``, returned in each parameter's dtype when params are given.
 
     Example:
         >>> import dlopt
         >>> tx = dlopt.scale(-0.1)  # plain gradient descent with lr 0.1
     """
+    validation.check_finite("step_size", step_size)
 
     def update_fn(updates, state, params=None):
-        del params
-        return jax.tree.map(lambda u: _scale_leaf(u, step_size), updates), state
+        return _scaled(updates, params, step_size), state
 
     return GradientTransformation(init_empty_state, update_fn)
 
@@ -44,14 +50,18 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
         >>> tx = dlopt.scale_by_schedule(lambda t: -0.1 * 0.5 ** (t // 100))
     """
 
+    if not callable(step_size_fn):
+        raise TypeError(
+            f"step_size_fn must be a schedule (step -> value), got {step_size_fn=!r}; use "
+            "dlopt.scale for a constant."
+        )
+
     def init_fn(params):
         del params
         return ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
 
     def update_fn(updates, state, params=None):
-        del params
-        step_size = step_size_fn(state.count)
-        updates = jax.tree.map(lambda u: _scale_leaf(u, step_size), updates)
+        updates = _scaled(updates, params, step_size_fn(state.count))
         return updates, ScaleByScheduleState(count=tree_lib.safe_increment(state.count))
 
     return GradientTransformation(init_fn, update_fn)

@@ -2,30 +2,60 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import chex
+import jax.numpy as jnp
 
+from dlopt import numerics, validation
 from dlopt import tree as tree_lib
-from dlopt import validation
-from dlopt.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule
-from dlopt.base import identity as identity_transform
+from dlopt.base import (
+    EmptyState,
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+)
 from dlopt.combine import chain
 from dlopt.optimizers.scaling import scale_by_learning_rate
 
 
 class TraceState(NamedTuple):
     trace: chex.ArrayTree  # the velocity, one buffer per parameter
+    count: chex.Array | None = None  # int32 step (dlopt only): seeds stochastic rounding
 
 
-def _trace_leaf(g, t, decay, nesterov):
-    new_t = g.astype(t.dtype) + tree_lib.scalar_like(decay, t) * t
-    update = g + tree_lib.scalar_like(decay, g) * new_t.astype(g.dtype) if nesterov else new_t
-    return update.astype(g.dtype), new_t
+def _trace_leaf(g, t, leaf, out_dtype, *, decay, nesterov, writer):
+    f = numerics.compute_dtype(g.dtype, t.dtype)
+    g = g.astype(f)
+    new_t = writer.put(g + tree_lib.scalar_like(decay, g) * t.astype(f), t, leaf, 1)
+    stored = new_t.astype(f)
+    update = g + tree_lib.scalar_like(decay, g) * stored if nesterov else stored
+    return update.astype(out_dtype), new_t
+
+
+def _zero_count() -> chex.Array:
+    return jnp.zeros([], jnp.int32)
+
+
+def _moment_dtype(accumulator_dtype: Any | None, mu_dtype: Any | None) -> Any | None:
+    """optax's ``accumulator_dtype`` and dlopt's uniform ``mu_dtype`` name one thing."""
+    a, m = numerics.canonical_dtype(accumulator_dtype), numerics.canonical_dtype(mu_dtype)
+    if a is not None and m is not None and a != m:
+        raise ValueError(
+            f"accumulator_dtype and mu_dtype name the same buffer; pass one of them, got "
+            f"accumulator_dtype={accumulator_dtype!r} and mu_dtype={mu_dtype!r}."
+        )
+    return a if a is not None else m
 
 
 def trace(
-    decay: chex.Numeric, nesterov: bool = False, accumulator_dtype: Any | None = None
+    decay: chex.Numeric,
+    nesterov: bool = False,
+    accumulator_dtype: Any | None = None,
+    *,
+    mu_dtype: Any | None = None,
+    state_rounding: str = "stochastic",
 ) -> GradientTransformation:
     """Momentum: accumulates a velocity ``v``.
 
@@ -34,25 +64,44 @@ def trace(
         u_t = v_t \\ \\text{(heavy ball)} \\quad\\text{or}\\quad u_t = g_t + \\mu v_t
         \\ \\text{(Nesterov)}
 
+    ``decay=1`` is a running sum of the updates. Arithmetic runs in float32 (or wider);
+    ``v`` is stored in its dtype with stochastic rounding when that is narrower.
+
     Args:
-        decay: the momentum coefficient ``mu`` in [0, 1).
+        decay: the momentum coefficient ``mu`` in [0, 1].
         nesterov: use Nesterov's look-ahead form.
         accumulator_dtype: dtype of ``v`` (default: each parameter's dtype).
+        mu_dtype: the same as ``accumulator_dtype``, under the name every other dlopt
+            optimizer uses (dlopt only; pass one of the two).
+        state_rounding: ``"stochastic"`` or ``"nearest"`` rounding into a narrower dtype
+            (dlopt only).
 
     Returns:
         A `GradientTransformation` with state `TraceState`.
     """
-    validation.check_in_range("decay", decay, 0.0, 1.0)
+    validation.check_in_range("decay", decay, 0.0, 1.0, high_closed=True)
+    numerics.check_rounding(state_rounding)
+    dtype = _moment_dtype(accumulator_dtype, mu_dtype)
 
     def init_fn(params):
-        return TraceState(trace=tree_lib.moments_like(params, accumulator_dtype))
+        return TraceState(trace=tree_lib.moments_like(params, dtype), count=_zero_count())
 
     def update_fn(updates, state, params=None):
-        del params
-        updates, new_trace = tree_lib.map_unzip(
-            lambda g, t: _trace_leaf(g, t, decay, nesterov), updates, state.trace
+        count = tree_lib.safe_increment(_zero_count() if state.count is None else state.count)
+        leaf_fn = functools.partial(
+            _trace_leaf,
+            decay=decay,
+            nesterov=nesterov,
+            writer=numerics.StateWriter(count, state_rounding),
         )
-        return updates, TraceState(trace=new_trace)
+        updates, new_trace = tree_lib.map_unzip(
+            leaf_fn,
+            updates,
+            state.trace,
+            numerics.leaf_indices(updates),
+            numerics.out_dtypes(updates, params, state.trace if dtype is None else None),
+        )
+        return updates, TraceState(trace=new_trace, count=count)
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -62,6 +111,9 @@ def sgd(
     momentum: chex.Numeric | None = None,
     nesterov: bool = False,
     accumulator_dtype: Any | None = None,
+    *,
+    mu_dtype: Any | None = None,
+    state_rounding: str = "stochastic",
 ) -> GradientTransformationExtraArgs:
     """Stochastic gradient descent, optionally with (Nesterov) momentum.
 
@@ -80,9 +132,10 @@ def sgd(
 
     Args:
         learning_rate: step size ``eta`` >= 0, or a schedule ``step -> eta``.
-        momentum: ``a`` in [0, 1), or None for plain SGD (no state).
+        momentum: ``a`` in [0, 1], or None for plain SGD (no state).
         nesterov: use Nesterov momentum.
         accumulator_dtype: dtype of the momentum buffer.
+        mu_dtype, state_rounding: as in `trace` (dlopt only).
 
     Returns:
         A `GradientTransformationExtraArgs`: ``chain(trace(momentum, nesterov),
@@ -98,13 +151,30 @@ def sgd(
         momentum in deep learning".
     """
     validation.check_learning_rate(learning_rate)
+    numerics.check_rounding(state_rounding)
     if momentum is not None:
-        validation.check_in_range("momentum", momentum, 0.0, 1.0)
+        validation.check_in_range("momentum", momentum, 0.0, 1.0, high_closed=True)
     if nesterov and momentum is None:
         raise ValueError("nesterov=True needs a momentum, got momentum=None. Pass momentum=0.9.")
-    return chain(
-        trace(momentum, nesterov, accumulator_dtype)
-        if momentum is not None
-        else identity_transform(),
-        scale_by_learning_rate(learning_rate),
-    )
+    if momentum is None:
+        first = float_params_only()
+    else:
+        first = trace(
+            momentum, nesterov, accumulator_dtype, mu_dtype=mu_dtype, state_rounding=state_rounding
+        )
+    return chain(first, scale_by_learning_rate(learning_rate))
+
+
+def float_params_only() -> GradientTransformation:
+    """The identity, whose ``init`` rejects non-floating params (naming the leaf), as every
+    optimizer with state does; plain `sgd` starts with it."""
+
+    def init_fn(params):
+        tree_lib.check_float_params(params)
+        return EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        return updates, state
+
+    return GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,17 @@
+"""Schedule-free optimizers and the wrappers that fit the optimizer table: table rows.
+
+See `helpers.Case`; test_optimizers.py runs parity (rows with ``reference="optax"``),
+convergence, properties and bad-input checks on every row. ``CONFORMANCE`` rows join the
+conformance table (test_conformance.py: every exported factory needs one); ``REQUIRED``
+gives valid values for required arguments that test_hyperparameters.py cannot guess, and
+``NO_HYPERPARAMETERS`` names factories with nothing numeric to probe.
+"""
+
+from typing import Any
+
+from helpers import Case, Entry
+
+CASES: list[Case] = []
+CONFORMANCE: list[Entry] = []
+REQUIRED: dict[str, Any] = {}
+NO_HYPERPARAMETERS: set[str] = set()
