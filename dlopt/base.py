@@ -100,8 +100,11 @@ def apply_updates(params: Params, updates: Updates) -> Params:
 
     The update is cast to the parameter's dtype before the add, so bf16 parameters stay bf16
     and the sum is clean under ``jax_numpy_dtype_promotion="strict"``. ``None`` leaves pass
-    through. Mismatched trees raise a ``ValueError`` naming the first differing path.
+    through (``apply_updates(None, u)`` is None, as in optax). Mismatched trees raise a
+    ``ValueError`` naming the first differing path.
     """
+    if params is None:
+        return None
     tree_lib.check_matching_trees(params, updates, "params", "updates")
     return jax.tree.map(
         lambda p, u: p + jnp.asarray(u).astype(jnp.asarray(p).dtype), params, updates

@@ -89,8 +89,14 @@ class MaskedState(NamedTuple):
 Mask = chex.ArrayTree | Callable[[chex.ArrayTree], chex.ArrayTree]
 
 
-def _resolve(mask: Mask, tree: chex.ArrayTree) -> chex.ArrayTree:
-    return mask(tree) if callable(mask) else mask
+def resolve_mask(mask: Mask, tree: chex.ArrayTree) -> chex.ArrayTree:
+    """``mask(tree)`` for a callable mask, else ``mask`` itself.
+
+    A mask is callable when all its leaves are (a plain function is its own only leaf); a
+    pytree of bools that is also callable (an equinox module) is used as a tree, as in optax.
+    """
+    leaves = jax.tree.leaves(jax.tree.map(callable, mask))
+    return mask(tree) if leaves and all(leaves) else mask
 
 
 def _hide(tree: chex.ArrayTree, mask: chex.ArrayTree) -> chex.ArrayTree:
@@ -112,10 +118,10 @@ def masked(inner: GradientTransformation, mask: Mask) -> GradientTransformationE
     inner = with_extra_args_support(inner)
 
     def init_fn(params):
-        return MaskedState(inner.init(_hide(params, _resolve(mask, params))))
+        return MaskedState(inner.init(_hide(params, resolve_mask(mask, params))))
 
     def update_fn(updates, state, params=None, **extra_args):
-        mask_tree = _resolve(mask, updates if params is None else params)
+        mask_tree = resolve_mask(mask, updates if params is None else params)
         hidden_params = None if params is None else _hide(params, mask_tree)
         new_updates, inner_state = inner.update(
             _hide(updates, mask_tree), state.inner_state, hidden_params, **extra_args
@@ -150,7 +156,7 @@ def partition(
     """
 
     def masks(tree):
-        labels = _resolve(param_labels, tree)
+        labels = resolve_mask(param_labels, tree)
         present = set(jax.tree.leaves(labels))
         missing = present - set(transforms)
         if missing:

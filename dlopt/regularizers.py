@@ -21,7 +21,7 @@ from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 from dlopt import tree as tree_lib
 from dlopt import validation
 from dlopt.base import GradientTransformation, ScalarOrSchedule
-from dlopt.combine import Mask, masked
+from dlopt.combine import Mask, masked, resolve_mask
 
 # Leaf names that are never decayed by `weights_only`, whatever their rank: biases and the
 # scale/offset of normalization layers (Flax linen and nnx: "bias", "scale"; Haiku: "b",
@@ -77,7 +77,7 @@ def _selected_leaves(params: chex.ArrayTree, mask: Mask | None) -> list[chex.Arr
     """The leaves of ``params`` where ``mask`` (a bool pytree, prefix or callable) is True."""
     if mask is None:
         return jax.tree.leaves(params)
-    mask_tree = mask(params) if callable(mask) else mask
+    mask_tree = resolve_mask(mask, params)
     flags, treedef = jax.tree.flatten(mask_tree)
     subtrees = treedef.flatten_up_to(params)
     return [
@@ -222,6 +222,8 @@ def _add_scaled(
         if params is None:
             raise ValueError(f"{name} needs params: call update(updates, state, params).")
         new_state = state_type(count=tree_lib.safe_increment(state.count))
+        if updates is None:  # an empty tree (optax accepts it too)
+            return updates, new_state
         if isinstance(rate, int | float) and rate == 0:
             return updates, new_state  # a constant zero rate: skip reading the params
         r = rate(state.count) if callable(rate) else rate

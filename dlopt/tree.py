@@ -106,9 +106,9 @@ def check_matching_trees(a: chex.ArrayTree, b: chex.ArrayTree, name_a: str, name
         only_a = sorted(paths_a.keys() - paths_b.keys())
         only_b = sorted(paths_b.keys() - paths_a.keys())
         if only_a:
-            where = f"{name_a} has {only_a[0]} that {name_b} lacks"
+            where = f"{name_a} has {only_a[0] or 'a leaf at the root'} that {name_b} lacks"
         elif only_b:
-            where = f"{name_b} has {only_b[0]} that {name_a} lacks"
+            where = f"{name_b} has {only_b[0] or 'a leaf at the root'} that {name_a} lacks"
         else:
             where = f"the containers differ: {jax.tree.structure(a)} vs {jax.tree.structure(b)}"
         raise ValueError(

@@ -231,3 +231,11 @@ def test_moments_and_scalar_like():
     mu = tree_lib.moments_like(params, jnp.float32)
     assert mu["w"].dtype == jnp.float32 and float(jnp.sum(mu["w"])) == 0.0
     assert tree_lib.scalar_like(0.5, jnp.zeros(2, jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def test_apply_updates_to_none_params_and_decay_of_none_updates():
+    assert dlopt.apply_updates(None, jnp.ones(3)) is None
+    weights = (jnp.ones(2), {"a": jnp.ones(2)})
+    tx = dlopt.add_decayed_weights(0.1)
+    updates, _ = tx.update(None, tx.init(weights), weights)
+    assert updates is None

@@ -226,3 +226,30 @@ def test_partition_rejects_unknown_labels():
     tx = dlopt.partition({"body": dlopt.sgd(0.1), "head": dlopt.sgd(0.01)}, labels)
     with pytest.raises(ValueError, match=r"\['classifier'\] that transforms lacks"):
         tx.init(PARAMS)
+
+
+class _CallableBoolTree(dict):
+    """A pytree that is also callable, like an equinox module (params and mask alike)."""
+
+    def __call__(self, *args):
+        raise AssertionError("a callable pytree mask must be used as a tree, not called")
+
+
+jax.tree_util.register_pytree_node(
+    _CallableBoolTree,
+    lambda d: (list(d.values()), list(d.keys())),
+    lambda keys, values: _CallableBoolTree(zip(keys, values, strict=True)),
+)
+
+
+def test_masked_uses_a_callable_pytree_as_a_tree():
+    params = _CallableBoolTree(a=jnp.ones(2), b=jnp.ones(3))
+    mask = _CallableBoolTree(a=True, b=False)
+    tx = dlopt.masked(dlopt.scale(2.0), mask)
+    updates, _ = tx.update(params, tx.init(params), params)
+    chex.assert_trees_all_close(dict(updates), {"a": 2 * jnp.ones(2), "b": jnp.ones(3)})
+
+
+def test_mismatch_at_the_root_is_named():
+    with pytest.raises(ValueError, match="a leaf at the root"):
+        dlopt.tree.check_matching_trees(jnp.ones(2), {"w": jnp.ones(2)}, "updates", "params")
