@@ -20,7 +20,7 @@ from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
 from dlopt import tree as tree_lib
 from dlopt import validation
-from dlopt.base import GradientTransformation, ScalarOrSchedule
+from dlopt.base import EmptyState, GradientTransformation, ScalarOrSchedule
 from dlopt.combine import Mask, masked, resolve_mask
 
 # Leaf names that are never decayed by `weights_only`, whatever their rank: biases and the
@@ -212,21 +212,26 @@ def _add_scaled(
     state_type: Any,
     name: str,
 ) -> GradientTransformation:
-    """``u <- u + rate_t * direction(w)`` leaf by leaf; the state counts steps for schedules."""
+    """``u <- u + rate_t * direction(w)`` leaf by leaf; the state counts steps for a schedule
+    (``state_type``) and is `EmptyState` for a constant rate, as in optax."""
+    scheduled = callable(rate)
 
     def init_fn(params):
         del params
-        return state_type(count=jnp.zeros([], jnp.int32))
+        return state_type(count=jnp.zeros([], jnp.int32)) if scheduled else EmptyState()
 
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError(f"{name} needs params: call update(updates, state, params).")
-        new_state = state_type(count=tree_lib.safe_increment(state.count))
+        if scheduled:
+            new_state = state_type(count=tree_lib.safe_increment(state.count))
+        else:
+            new_state = EmptyState()
         if updates is None:  # an empty tree (optax accepts it too)
             return updates, new_state
         if isinstance(rate, int | float) and rate == 0:
             return updates, new_state  # a constant zero rate: skip reading the params
-        r = rate(state.count) if callable(rate) else rate
+        r = rate(state.count) if scheduled else rate
         updates = jax.tree.map(
             lambda u, p: u + tree_lib.scalar_like(r, u) * direction(p.astype(u.dtype)),
             updates,
@@ -238,7 +243,7 @@ def _add_scaled(
 
 
 class AddDecayedWeightsState(NamedTuple):
-    count: chex.Array  # int32 step, used when weight_decay is a schedule
+    count: chex.Array  # int32 step (only when weight_decay is a schedule; else EmptyState)
 
 
 def add_decayed_weights(
