@@ -1,25 +1,42 @@
 """Reads a training history and names what went wrong, when it started, and the usual remedy.
 
-`diagnose` looks at the per-epoch train loss ``t`` and validation loss ``v`` (and the train
-accuracy when asked to) and reports, each with the 0-based epoch it starts at:
+`diagnose` looks at the per-epoch train loss ``t`` and validation loss ``v`` and reports a
+problem only when it has evidence well beyond the noise of the curves, with the 0-based epoch
+it starts at, a confidence and the numbers it used; a healthy run, whose curves wiggle but
+trend the right way, gets none ("no problem found").
 
-* ``lr_too_high``: the loss becomes NaN/Inf, climbs far above its best (divergence), or
-  swings up and down by a large part of its range (oscillation).
-* ``overfitting``: ``v`` turns up after its minimum while ``t`` keeps falling.
-* ``underfitting``: ``t`` barely moves from its first value (or the train accuracy stays
-  below ``min_accuracy``).
-* ``plateau``: the monitored loss (``v``, else ``t``) has not improved by a relative
-  ``tol`` for ``window`` epochs.
-* ``lr_too_low``: ``t`` (and ``v``) still falls steadily, every epoch, at the end of the run.
+Each curve is read on a log scale (losses are positive; otherwise divided by its range), so a
+change of 0.1 is about 10%. Its noise ``s`` is the robust spread of its second differences,
+``1.4826 median|y[i+1] - 2 y[i] + y[i-1]| / sqrt(6)``: the epoch-to-epoch jitter, blind to a
+steady (linear or exponential) trend. Levels are medians of a few epochs, and a change counts
+when it exceeds ``3 s`` and a minimum size. In order, the first kind with evidence is reported:
 
-The rules are heuristics with tunable thresholds, pure Python on the logged floats.
+* ``lr_too_high``: a non-finite loss; a blow-up inside epoch 0; the train loss spiking to
+  ``diverge_factor`` x its best so far; the validation loss oscillating (swings of 10% and
+  more, each epoch moving a large part of the progress); or the model getting worse: ``v``
+  climbs beyond its noise while ``t`` ends no lower than the best ``v``.
+* ``overfitting``: ``v`` climbs beyond its noise more than ``window`` epochs after its best
+  while ``t`` keeps falling, or ``t`` ends ``gap_factor`` x below ``v`` (a memorized set).
+* ``lr_too_low``: ``v`` (else ``t``) still falls at the end, steadily (10x its noise over the
+  last third), without leveling off (a sixth of its steepest slope or more) and slowly.
+* ``underfitting``: ``t`` barely moves, or levels off above ``underfit_level`` of its first
+  value; or (given ``min_accuracy``) the best train accuracy stays below it.
+* ``plateau``: over the last third of the run, neither ``v`` (else ``t``) nor ``t`` improves
+  beyond the noise (nor by a tenth of the progress made, nor ``t`` by 12%).
+
+The thresholds were measured on a labelled set of real runs, trained with dlopt
+(``examples/diagnose_histories.py``, which prints the confusion table); pure Python on the
+logged floats.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from types import MappingProxyType
 from typing import Any, NamedTuple
+
+from dlopt import validation
 
 KINDS = ("lr_too_high", "overfitting", "underfitting", "plateau", "lr_too_low")
 
@@ -35,18 +52,35 @@ REMEDIES = {
     "lr_too_low": "train longer or raise the learning rate (run dlopt lr-find)",
 }
 
+# Thresholds measured on the labelled runs of examples/diagnose_histories.py (log units).
+Z = 3.0  # a change counts when it is this many noise units
+BLOWUP = 10.0  # lr_too_high: first-epoch mean train loss over the loss right after it
+OSC_LEVEL = 0.1  # lr_too_high: noise of an oscillating curve (it swings by ~10% or more)
+STEADY = 10.0  # lr_too_low: the last-third decrease, in noise units
+LEVELING = 1 / 6  # lr_too_low: last-third slope over the steepest earlier one, at least
+SLOW_RATE = 0.15  # lr_too_low: mean decrease per epoch (log) below this
+PLATEAU_STEP = 0.1  # plateau: an improvement is at least this part of the progress
+TRAIN_STALL = math.log(1.12)  # plateau: the train loss fell by less than this meanwhile
+_NO_EVIDENCE: Mapping[str, float] = MappingProxyType({})
+
 
 class Finding(NamedTuple):
     """One diagnosis: its ``kind`` (one of `KINDS`), the 0-based ``epoch`` it starts at, what
-    was seen (``message``) and the usual ``remedy``."""
+    was seen (``message``), the usual ``remedy``, a ``confidence`` in (0.5, 1] (0.5 at the
+    threshold, 1 for a non-finite loss) and the ``evidence``: the numbers the rule compared."""
 
     kind: str
     epoch: int
     message: str
     remedy: str
+    confidence: float = 1.0
+    evidence: Mapping[str, float] = _NO_EVIDENCE
 
     def __str__(self) -> str:
-        return f"[{self.kind}] from epoch {self.epoch}: {self.message}. Remedy: {self.remedy}."
+        return (
+            f"[{self.kind}] from epoch {self.epoch} (confidence {self.confidence:.2f}): "
+            f"{self.message}. Remedy: {self.remedy}."
+        )
 
 
 def _series(history: Any) -> dict[str, list[float]]:
@@ -66,50 +100,241 @@ def _series(history: Any) -> dict[str, list[float]]:
     )
 
 
-def _first_nonfinite(values: Sequence[float]) -> int | None:
-    return next((i for i, x in enumerate(values) if not math.isfinite(x)), None)
+def _median(xs: Sequence[float]) -> float:
+    s = sorted(xs)
+    k = len(s) // 2
+    return s[k] if len(s) % 2 else 0.5 * (s[k - 1] + s[k])
 
 
-def _oscillation_start(s: Sequence[float], osc_tol: float, tol: float) -> int | None:
-    """The first epoch of an up-down swing larger than ``osc_tol`` of the curve's range (and
-    than ``tol`` of its level), when such swings recur (at least 2, and a quarter of the
-    possible turning points)."""
-    if len(s) < 4:
+def _slope(ys: Sequence[float]) -> float:
+    """Least-squares slope per epoch."""
+    n = len(ys)
+    if n < 2:
+        return 0.0
+    mx, my = (n - 1) / 2, sum(ys) / n
+    return sum((i - mx) * (y - my) for i, y in enumerate(ys)) / sum((i - mx) ** 2 for i in range(n))
+
+
+class _Curve:
+    """One loss curve on the scale the rules read it: ``y`` (log, or divided by the range),
+    its ``noise``, a 3-epoch running median ``smooth`` and the level ``end``, the median of
+    the last 3-5 epochs."""
+
+    def __init__(self, values: Sequence[float]):
+        self.raw = list(values)
+        self.log = all(x > 0 for x in values)
+        self.span = 1.0 if self.log else (max(values) - min(values)) or 1.0
+        self.y = [math.log(x) if self.log else x / self.span for x in values]
+        n = len(self.y)
+        d2 = [self.y[i + 1] - 2 * self.y[i] + self.y[i - 1] for i in range(1, n - 1)]
+        self.noise = 1.4826 * _median([abs(d) for d in d2]) / math.sqrt(6) if len(d2) >= 2 else 0.0
+        self.smooth = [_median(self.y[max(i - 1, 0) : i + 2]) for i in range(n)]
+        self.end = _median(self.y[-max(3, min(5, n // 5)) :])
+
+    def best(self) -> int:
+        """The epoch of the smoothed minimum."""
+        return min(range(len(self.smooth)), key=self.smooth.__getitem__)
+
+    def raw_at(self, y: float) -> float:
+        """A value on the curve's own scale."""
+        return math.exp(y) if self.log else y * self.span
+
+
+def _check_number(name: str, value: Any, low: float, high: float, *, low_closed=True) -> None:
+    """A real number (not a bool or string) in the interval, via `dlopt.validation`."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {name}={value!r}.")
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {name}={value!r}.")
+    validation.check_in_range(name, value, low, high, low_closed=low_closed)
+
+
+def _find(kind: str, epoch: int, message: str, margin: float, **evidence: float) -> Finding:
+    """A `Finding` with its evidence (the named numbers, rounded, and the ``margin``: how many
+    times its threshold the deciding number is, >= 1) and confidence ``1 - 0.5 / margin``: 0.5
+    at the threshold, 0.75 at twice it, towards 1."""
+    margin = max(margin, 1.0)
+    ev = {k: float(f"{x:.4g}") for k, x in {**evidence, "margin": margin}.items()}
+    confidence = round(1.0 - 0.5 / margin, 3)
+    return Finding(kind, int(epoch), message, REMEDIES[kind], confidence, ev)
+
+
+def _lr_too_high(t: _Curve, v: _Curve | None, names, diverge_factor, osc_tol, overfit_tol):
+    """The first sign that the learning rate is too high, or None."""
+    loss, val_loss = names
+    n = len(t.raw)
+    # A blow-up inside the first epoch: its mean train loss dwarfs the loss right after it.
+    after = max(t.raw[1], v.raw[0] if v else -math.inf)
+    if after > 0 and t.raw[0] > BLOWUP * after:
+        ratio = t.raw[0] / after
+        message = (
+            f"the first epoch's mean {loss} ({t.raw[0]:.4g}) is {ratio:.3g}x the loss right "
+            f"after it: it blew up inside epoch 0"
+        )
+        return _find("lr_too_high", 0, message, ratio / BLOWUP, ratio=ratio)
+    # A spike: the train loss more than doubles over its best so far, undoing much progress.
+    for i in range(1, n):
+        m = min(t.raw[:i])
+        progress, jump = t.raw[0] - m, t.raw[i] - m
+        if m > 0 and progress > 0 and t.raw[i] > diverge_factor * m and jump > osc_tol * progress:
+            message = (
+                f"{loss} jumps to {t.raw[i]:.4g}, {t.raw[i] / m:.3g}x its best so far "
+                f"({m:.4g}), undoing {jump / progress:.0%} of the progress"
+            )
+            undone = jump / progress
+            return _find(
+                "lr_too_high", i, message, undone / osc_tol, ratio=t.raw[i] / m, undone=undone
+            )
+    c, name = (v, val_loss) if v is not None else (t, loss)
+    # Oscillation: after the first third, the curve swings up and down (its noise is a large
+    # part of its level) and moves, epoch to epoch, by a large part of the progress made.
+    progress = max(t.raw[0], c.raw[0]) - min(c.raw)
+    i0 = n // 3
+    if n >= 6 and c.log and progress > 0:
+        steps = [abs(b - a) for a, b in zip(c.raw[i0:], c.raw[i0 + 1 :], strict=False)]
+        swing = sum(steps) / len(steps) / progress
+        if c.noise > OSC_LEVEL and swing > osc_tol / 2:
+            start = next(
+                (i for i in range(1, n) if c.raw[i] - c.raw[i - 1] > osc_tol / 2 * progress), i0
+            )
+            message = (
+                f"{name} oscillates: it swings by about {math.expm1(c.noise):.0%} epoch to "
+                f"epoch (noise {c.noise:.3g}), moving {swing:.0%} of its progress per epoch"
+            )
+            margin = min(swing / (osc_tol / 2), c.noise / OSC_LEVEL)
+            return _find("lr_too_high", start, message, margin, swing=swing, noise=c.noise)
+    if v is None:
         return None
-    span = max(s) - min(s)
-    if span <= 0:
-        return None
-    d = [b - a for a, b in zip(s, s[1:], strict=False)]
-    big = [
-        i
-        for i in range(len(d) - 1)
-        if d[i] * d[i + 1] < 0
-        and min(abs(d[i]), abs(d[i + 1])) > max(osc_tol * span, tol * abs(s[i + 1]))
-    ]
-    if len(big) >= max(2, (len(d) - 1) // 4):
-        return big[0]
+    # The model got worse: v climbs well above its best and t ends no lower than that best
+    # (it does not fit the training data better either: not overfitting).
+    b = v.best()
+    rise, need = v.end - v.smooth[b], max(Z * v.noise, math.log1p(overfit_tol))
+    t_then, t_end, v_best = t.raw_at(t.smooth[b]), t.raw_at(t.end), v.raw_at(v.smooth[b])
+    if b < n - 1 and rise > need and t_end >= v_best:
+        message = (
+            f"the model got worse after epoch {b}: {val_loss} climbs from {v.raw[b]:.4g} to "
+            f"{v.raw_at(v.end):.4g} (more than its noise {v.noise:.3g}) while {loss} ends no "
+            f"lower ({t_then:.4g} -> {t_end:.4g})"
+        )
+        return _find("lr_too_high", b + 1, message, rise / need, rise=rise, noise=v.noise)
     return None
 
 
-def _last_improvement(s: Sequence[float], tol: float) -> int:
-    """The last epoch that beat the best so far by more than ``tol * |best|``."""
-    best, last = s[0], 0
-    for i, x in enumerate(s[1:], start=1):
-        if x < best - tol * abs(best):
-            best, last = x, i
-    return last
+def _overfitting(t: _Curve, v: _Curve, names, window, overfit_tol, gap_factor, tol):
+    """Validation loss climbing while the train loss falls, or a train loss far below it."""
+    loss, val_loss = names
+    n = len(t.raw)
+    found = []
+    b = v.best()
+    rise, need = v.end - v.smooth[b], max(Z * v.noise, math.log1p(overfit_tol))
+    fall = t.smooth[b] - t.end
+    v_best, t_end = v.raw_at(v.smooth[b]), t.raw_at(t.end)
+    past = n - 1 - v.raw.index(min(v.raw))  # epochs after the best (early stopping's wait)
+    falls = fall > max(Z * t.noise, math.log1p(tol)) and t_end < v_best
+    if past > window and rise > need and falls:
+        message = (
+            f"{val_loss} is lowest around epoch {b} ({v.raw[b]:.4g}) and climbs to "
+            f"{v.raw_at(v.end):.4g} (more than its noise {v.noise:.3g}) while {loss} keeps "
+            f"falling ({t.raw_at(t.smooth[b]):.4g} -> {t_end:.4g})"
+        )
+        found.append(_find("overfitting", b + 1, message, rise / need, rise=rise, noise=v.noise))
+    if t.log and v.log:
+        gap, need_gap = v.end - t.end, math.log(gap_factor)
+        if gap > need_gap:
+            start = next(i for i in range(n) if v.smooth[i] - t.smooth[i] > need_gap)
+            message = (
+                f"{loss} ends at {t_end:.3g}, {math.exp(gap):.3g}x below {val_loss} "
+                f"({v.raw_at(v.end):.3g}): the training set is memorized"
+            )
+            found.append(_find("overfitting", start, message, gap / need_gap, gap=math.exp(gap)))
+    return min(found, key=lambda f: f.epoch) if found else None
 
 
-def _trailing_decrease_start(s: Sequence[float]) -> int:
-    """The first epoch of the strictly decreasing run that ends the series."""
-    start = len(s) - 1
-    while start > 0 and s[start] < s[start - 1]:
+def _lr_too_low(t: _Curve, c: _Curve, name, window, tol):
+    """A slow, steady decrease that does not level off, or None."""
+    n = len(c.raw)
+    k = max(window, n // 3)
+    if n < 2 * k:
+        return None
+    last = _slope(c.y[-k:])
+    fastest = min(_slope(c.y[i : i + window]) for i in range(n - k - window + 2))
+    drop = -last * k  # over the last k epochs
+    steady = drop / max(c.noise, 1e-12)
+    leveling = last / fastest if fastest < 0 else 0.0
+    rate = (c.y[0] - c.end) / (n - 1)
+    if not (
+        steady > STEADY
+        and drop > math.log1p(tol)
+        and leveling > LEVELING
+        and rate < SLOW_RATE
+        and _slope(t.y[-k:]) < 0
+    ):
+        return None
+    start = n - 1
+    while start > 0 and c.smooth[start - 1] > c.smooth[start]:
         start -= 1
-    return start
+    message = (
+        f"{name} is still falling steadily at the end ({math.expm1(drop / k):.1%} per epoch over "
+        f"the last {k} epochs, {steady:.0f}x its noise, {leveling:.0%} of its fastest rate: no "
+        f"leveling off), slowly ({math.expm1(rate):.1%} per epoch on average)"
+    )
+    margin = min(steady / STEADY, leveling / LEVELING, SLOW_RATE / max(rate, 1e-12))
+    return _find(
+        "lr_too_low", start, message, margin, per_epoch=drop / k, steady=steady, leveling=leveling
+    )
 
 
-def _find(kind: str, epoch: int, message: str) -> Finding:
-    return Finding(kind, int(epoch), message, REMEDIES[kind])
+def _plateau(t: _Curve, c: _Curve, name, loss, window, tol):
+    """The monitored loss and the train loss both flat over the last third, or None."""
+    n = len(c.raw)
+    need = max(2 * window, math.ceil(n / 3))
+    if n < need + 3:
+        return None
+    progress = c.y[0] - min(c.smooth)
+    threshold = max(Z * c.noise, PLATEAU_STEP * progress, math.log1p(tol))
+    j = n - need
+    improved = _median(c.y[j - 1 : j + 2]) - c.end
+    train_drop = _median(t.y[j - 1 : j + 2]) - t.end
+    if abs(improved) >= threshold or train_drop >= TRAIN_STALL:  # improving, or rising
+        return None
+    start = j
+    while start > 1 and c.smooth[start - 1] - c.end < threshold:
+        start -= 1
+    message = (
+        f"{name} has moved by {math.expm1(abs(improved)):.1%} over the last {need} epochs, "
+        f"less than {math.expm1(threshold):.0%} (its noise or a tenth of its progress), "
+        f"and {loss} by {math.expm1(max(train_drop, 0)):.1%}"
+    )
+    margin = min(
+        threshold / max(abs(improved), threshold / 10), TRAIN_STALL / max(train_drop, 1e-3)
+    )
+    return _find(
+        "plateau",
+        start,
+        message,
+        margin,
+        improved=improved,
+        train_drop=train_drop,
+        epochs=n - start,
+    )
+
+
+def _underfitting(t: _Curve, loss, underfit_drop, underfit_level):
+    """A train loss that barely moves or levels off high, or None."""
+    t0, best = t.raw[0], min(t.raw)
+    drop = (t0 - best) / abs(t0) if t0 else 0.0
+    if drop < underfit_drop:
+        message = f"{loss} barely moves ({t0:.4g} -> best {best:.4g}, {drop:.0%} lower)"
+        return _find("underfitting", 0, message, underfit_drop / max(drop, 1e-3), drop=drop)
+    if t.log:
+        level = math.exp(t.end - t.y[0])
+        if level > underfit_level:
+            message = (
+                f"{loss} levels off at {t.raw_at(t.end):.4g}, {level:.0%} of its first value "
+                f"({t0:.4g}): the model cannot fit the training data"
+            )
+            return _find("underfitting", 0, message, level / underfit_level, level=level)
+    return None
 
 
 def diagnose(
@@ -123,43 +348,62 @@ def diagnose(
     overfit_tol: float = 0.05,
     underfit_drop: float = 0.1,
     diverge_factor: float = 2.0,
-    osc_tol: float = 0.2,
+    osc_tol: float = 0.1,
     min_accuracy: float | None = None,
+    gap_factor: float = 10.0,
+    underfit_level: float = 0.2,
 ) -> list[Finding]:
     """Names overfitting, underfitting, a learning rate too high or too low, and plateaus.
 
-    With ``t`` the train loss and ``v`` the validation loss per epoch (``b = argmin v``):
+    With ``s`` the noise of a curve (module docstring), ``b`` the epoch of the smoothed minimum
+    of ``v``, ``end`` the median of the last 3-5 epochs and ``k = max(window, n // 3)``; all
+    differences on the log scale. At most one of the five kinds is reported, the first that
+    applies in this order (a learning rate too high explains what follows from it):
 
-    * lr too high: a non-finite loss; a jump ``t[i] > diverge_factor * m`` (``m`` the best
-      before ``i``) that is also more than ``osc_tol`` of the progress ``t[0] - m``; recurring
-      swings ``|t[i+1] - t[i]| > osc_tol * (max - min)`` that change sign; or ``v`` climbing
-      after ``b`` while ``t`` never gets below ``v[b]`` (the model got worse).
-    * overfitting: ``v[-1] > v[b] + overfit_tol * |v[b]|`` with ``t[-1] < t[b]``, from ``b + 1``.
-    * underfitting: ``(t[0] - min t) < underfit_drop * |t[0]|``, or the best train
-      ``accuracy`` below ``min_accuracy``.
-    * plateau: no improvement by ``tol * |best|`` in the last ``window`` epochs (``v``, else ``t``).
-    * lr too low: ``t`` (and ``v``) fell in each of the last ``window`` epochs, by ``tol`` per
-      epoch on average, relative.
+    * lr too high: a non-finite loss; ``t[0] > 10 max(t[1], v[0])``; ``t[i] > diverge_factor
+      * m`` with ``t[i] - m > osc_tol * (t[0] - m)`` (``m`` the best before ``i``); after the
+      first third, ``s_v > 0.1`` and a mean ``|v[i+1] - v[i]| > osc_tol / 2`` of the progress
+      ``max(t[0], v[0]) - min v``; or ``v.end - v[b] > max(3 s_v, log(1 + overfit_tol))``
+      with ``t.end >= v[b]``.
+    * overfitting: that rise, more than ``window`` epochs after the best ``v``, with ``t``
+      falling since ``b`` by ``max(3 s_t, tol)`` to below ``v[b]``; or ``v.end - t.end >
+      log(gap_factor)``.
+    * lr too low: over the last ``k`` epochs ``v`` (else ``t``) falls by more than ``10 s``
+      and ``tol``, at a slope at least 1/6 of its steepest over ``window`` epochs before, by
+      less than 0.15 per epoch over the run, and ``t`` falls too (``n >= 2 k``).
+    * underfitting: ``(t[0] - min t) < underfit_drop * |t[0]|``, or ``t.end > underfit_level
+      * t[0]``; also, after any finding but these two, a best train ``accuracy`` below
+      ``min_accuracy``.
+    * plateau: over the last ``max(2 window, n / 3)`` epochs, ``v`` (else ``t``) moves by
+      less than ``max(3 s, (v[0] - min v) / 10, tol)`` and ``t`` falls by less than 12%.
 
     Args:
         history: a `dlopt.training.History`, a dict ``name -> per-epoch list``, or a list of
             per-epoch dicts.
         loss, val_loss, accuracy: the names of the train loss, validation loss and train
             accuracy in the history (the validation loss and accuracy are optional).
-        window: epochs that make a plateau or a steady end, >= 2.
-        tol: the relative change that counts as an improvement.
+        window: the epochs of patience: a rise of ``v`` must last longer than this to be
+            overfitting (early stopping with this patience stops there), a plateau twice as
+            long; also the shortest "last third"; an int >= 2.
+        tol: the smallest relative change that counts (a floor under the noise).
         overfit_tol: how far (relative) the validation loss must climb above its minimum.
         underfit_drop: the least relative drop of the train loss for a model that learns.
-        diverge_factor: the jump over its best so far that makes a train loss diverge.
-        osc_tol: the swing, as a fraction of the curve's range, that counts as oscillation.
+        diverge_factor: the jump over its best so far that makes a train loss spike, > 1.
+        osc_tol: the part of the progress that a spike undoes, or (half of it) that an
+            oscillating curve moves per epoch.
         min_accuracy: when given, a best train accuracy below it is underfitting.
+        gap_factor: how far below the validation loss the train loss must end for a
+            memorized training set, > 1.
+        underfit_level: the fraction of its first value above which a leveled-off train loss
+            is underfitting, in (0, 1).
 
     Returns:
-        A list of `Finding`, sorted by epoch (empty when the run looks healthy).
+        A list of `Finding`, sorted by epoch (empty when the run looks healthy); each has the
+        kind, epoch, message and remedy, a confidence and its evidence numbers.
 
     Example:
-        >>> history = {"loss": [1.0, 0.6, 0.4, 0.3, 0.25, 0.2, 0.18, 0.16],
-        ...            "val_loss": [1.0, 0.7, 0.6, 0.65, 0.7, 0.8, 0.9, 1.0]}
+        >>> history = {"loss": [1.0, 0.6, 0.4, 0.3, 0.25, 0.2, 0.18, 0.16, 0.14, 0.12, 0.1],
+        ...            "val_loss": [1.0, 0.7, 0.6, 0.62, 0.66, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]}
         >>> [(f.kind, f.epoch) for f in diagnose(history)]
         [('overfitting', 3)]
 
@@ -169,134 +413,72 @@ def diagnose(
     """
     if isinstance(window, bool) or not isinstance(window, int) or window < 2:
         raise ValueError(f"window must be an int >= 2, got {window=}.")
-    for name, value in (("tol", tol), ("overfit_tol", overfit_tol), ("osc_tol", osc_tol)):
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} must be finite and >= 0, got {name}={value!r}.")
+    inf = math.inf
+    for name, value, low, high, low_closed in (
+        ("tol", tol, 0.0, inf, True),
+        ("overfit_tol", overfit_tol, 0.0, inf, True),
+        ("osc_tol", osc_tol, 0.0, inf, True),
+        ("underfit_drop", underfit_drop, 0.0, inf, True),
+        ("diverge_factor", diverge_factor, 1.0, inf, False),
+        ("gap_factor", gap_factor, 1.0, inf, False),
+        ("underfit_level", underfit_level, 0.0, 1.0, False),
+    ):
+        _check_number(name, value, low, high, low_closed=low_closed)
+    if min_accuracy is not None:
+        _check_number("min_accuracy", min_accuracy, -inf, inf)
     series = _series(history)
     if loss not in series:
         raise ValueError(f"history has no {loss!r} (the train loss); it has {sorted(series)}.")
     t_all = series[loss]
     v_all = series.get(val_loss)
-    findings: list[Finding] = []
+    if v_all is not None and len(v_all) != len(t_all):
+        raise ValueError(
+            f"{val_loss!r} has {len(v_all)} epochs and {loss!r} has {len(t_all)}; they must match."
+        )
 
-    # Non-finite values: analyse the finite prefix, report the blow-up.
+    # Non-finite values: report the blow-up, analyse the finite prefix.
     bad = {
         name: i
         for name, s in ((loss, t_all), (val_loss, v_all or []))
-        if (i := _first_nonfinite(s)) is not None
+        if (i := next((j for j, x in enumerate(s) if not math.isfinite(x)), None)) is not None
     }
-    n = min(bad.values()) if bad else len(t_all)
     if bad:
-        name = min(bad, key=bad.get)
+        name = min(bad, key=bad.__getitem__)
+        n = bad[name]
         value = series[name][n]
-        findings.append(_find("lr_too_high", n, f"{name} became {value} (the run diverged)"))
-    t = t_all[:n]
-    v = v_all[:n] if v_all is not None else None
-    if len(t) < 3:
-        return sorted(findings, key=lambda f: f.epoch)
-
-    t_min = min(t)
-    unstable = []  # (epoch, message) of each sign of a learning rate that is too high
-    jump = next(
-        (
-            i
-            for i in range(1, len(t))
-            if t[i] > diverge_factor * min(t[:i]) > 0
-            and t[i] - min(t[:i]) > osc_tol * (t[0] - min(t[:i]))
-        ),
-        None,
-    )
-    if jump is not None:
-        unstable.append(
-            (
-                jump,
-                f"{loss} jumps to {t[jump]:.4g}, over {diverge_factor:g}x its best so far "
-                f"({min(t[:jump]):.4g})",
-            )
-        )
-    for name, s in ((loss, t), (val_loss, v)):
-        start = _oscillation_start(s, osc_tol, tol) if s is not None else None
-        if start is not None:
-            unstable.append((start, f"{name} oscillates epoch to epoch"))
-    diverged = bool(unstable)
-    if unstable:
-        findings.append(_find("lr_too_high", *min(unstable)))
-
-    overfit = False
-    if v is not None:
-        b = v.index(min(v))
-        if b < len(v) - 1 and v[-1] > v[b] + overfit_tol * abs(v[b]):
-            overfit = t[-1] < min(t[: b + 1]) and t[-1] < v[b]
-            if overfit:
-                message = (
-                    f"{val_loss} is lowest at epoch {b} ({v[b]:.4g}) and climbs to {v[-1]:.4g} "
-                    f"while {loss} keeps falling ({t[b]:.4g} -> {t[-1]:.4g})"
-                )
-                findings.append(_find("overfitting", b + 1, message))
-            elif not diverged:  # worse on validation, no better on training: it degraded
-                diverged = True
-                message = (
-                    f"the model got worse after epoch {b}: {val_loss} climbs from {v[b]:.4g} to "
-                    f"{v[-1]:.4g} and {loss} ends at {t[-1]:.4g}, not below "
-                    f"{min(min(t[: b + 1]), v[b]):.4g}"
-                )
-                findings.append(_find("lr_too_high", b + 1, message))
-
-    underfit = False
-    if t[0] - t_min < underfit_drop * abs(t[0]):
-        underfit = True
-        findings.append(
-            _find(
-                "underfitting",
-                0,
-                f"{loss} barely moves ({t[0]:.4g} -> best {t_min:.4g}, "
-                f"less than {underfit_drop:.0%} lower)",
-            )
-        )
-    elif min_accuracy is not None and accuracy in series:
-        acc = [a for a in series[accuracy][:n] if math.isfinite(a)]
+        message = f"{name} became {value} (the run diverged)"
+        return [Finding("lr_too_high", n, message, REMEDIES["lr_too_high"], 1.0, {"epoch": n})]
+    n = len(t_all)
+    if n < 3:
+        return []
+    t, v = _Curve(t_all), (_Curve(v_all) if v_all is not None else None)
+    names = (loss, val_loss)
+    found = _lr_too_high(t, v, names, diverge_factor, osc_tol, overfit_tol)
+    if found is None and v is not None:
+        found = _overfitting(t, v, names, window, overfit_tol, gap_factor, tol)
+    c, name = (v, val_loss) if v is not None else (t, loss)
+    if found is None:
+        found = _lr_too_low(t, c, name, window, tol)
+    if found is None:
+        found = _underfitting(t, loss, underfit_drop, underfit_level)
+    if found is None:
+        found = _plateau(t, c, name, loss, window, tol)
+    findings = [found] if found is not None else []
+    if (
+        min_accuracy is not None
+        and accuracy in series
+        and not (found is not None and found.kind in ("lr_too_high", "underfitting"))
+    ):
+        acc = [a for a in series[accuracy] if math.isfinite(a)]
         if acc and max(acc) < min_accuracy:
-            underfit = True
-            findings.append(
-                _find(
-                    "underfitting",
-                    0,
-                    f"the best {accuracy} is {max(acc):.3g} < {min_accuracy}",
-                )
-            )
-
-    trouble = diverged or overfit
-    monitored, name = (v, val_loss) if v is not None else (t, loss)
-    last = _last_improvement(monitored, tol)
-    if not (trouble or underfit) and len(monitored) - 1 - last >= window:
-        findings.append(
-            _find(
-                "plateau",
-                last + 1,
-                f"{name} has not improved by {tol:.0%} since epoch {last} "
-                f"({len(monitored) - 1 - last} epochs)",
-            )
-        )
-    elif not trouble and len(t) > window:
-        # Falling in each of the last `window` epochs (train and val), fast enough to matter,
-        # or at any speed when the model underfits (then the rate is the problem).
-        start = max(_trailing_decrease_start(s) for s in (t, v) if s is not None)
-        tail = t[-window - 1 :]
-        rate = (tail[0] - tail[-1]) / (window * abs(tail[0])) if tail[0] else 0.0
-        if start <= len(t) - 1 - window and (rate > tol or underfit):
-            findings.append(
-                _find(
-                    "lr_too_low",
-                    start,
-                    f"{loss} is still falling steadily at the end ({rate:.1%} per epoch over "
-                    f"the last {window} epochs)",
-                )
-            )
+            message = f"the best {accuracy} is {max(acc):.3g} < {min_accuracy}"
+            margin = min_accuracy / max(max(acc), 1e-3)
+            findings.append(_find("underfitting", 0, message, margin, accuracy=max(acc)))
     return sorted(findings, key=lambda f: f.epoch)
 
 
 def format_findings(findings: Sequence[Finding]) -> str:
-    """One line per finding, or a line saying none was found."""
+    """One line per finding, or a line saying that no problem was found."""
     if not findings:
-        return "no problems found: the curves look healthy."
+        return "no problem found: the curves look healthy."
     return "\n".join(str(f) for f in findings)
