@@ -191,12 +191,16 @@ def train_classifier(
     x_test, y_test = data["test"]
     logits = model.apply({"params": state.params, **state.model_state}, x_test, train=False)
     y_pred, y_true = jnp.argmax(logits, -1), jnp.asarray(y_test)
-    val_loss = history.history["val_loss"]
+    val_loss = np.asarray(history.history["val_loss"], np.float64)
+    num_classes = int(logits.shape[-1])
     return {
         "history": history,
         "test_accuracy": float(metrics.accuracy(y_true, y_pred)),
-        "test_f1": float(metrics.f1_score(y_true, y_pred, num_classes=10, average="macro")),
-        "best_epoch": int(np.nanargmin(val_loss)),
+        "test_f1": float(
+            metrics.f1_score(y_true, y_pred, num_classes=num_classes, average="macro")
+        ),
+        # the first epoch when every val loss is NaN (a diverged run)
+        "best_epoch": int(np.nanargmin(val_loss)) if np.isfinite(val_loss).any() else 0,
         "epochs": len(history),
         "seconds": seconds,
     }

@@ -98,3 +98,14 @@ def test_classifier_loss_is_cross_entropy_plus_the_l2_penalty(l2):
     # train mode updates the BatchNorm running statistics
     old, new = model_state["batch_stats"], aux["model_state"]["batch_stats"]
     assert not np.allclose(jax.tree.leaves(old)[0], jax.tree.leaves(new)[0])
+
+
+def test_train_classifier_survives_a_diverged_run_and_counts_the_classes():
+    import dlopt
+    from dlopt.experiments import train_classifier
+
+    digits = load_dataset("digits", limit=300, seed=0)
+    data = {k: (x[y < 2], y[y < 2]) for k, (x, y) in digits.items() if k != "source"}
+    result = train_classifier(dlopt.sgd(1e12), data, model=mlp([8], num_classes=2), epochs=2)
+    assert result["best_epoch"] == 0 and result["epochs"] == 2
+    assert 0.0 <= result["test_f1"] <= 1.0  # macro F1 over the 2 classes, not 10
