@@ -105,7 +105,10 @@ def test_train_classifier_survives_a_diverged_run_and_counts_the_classes():
     from dlopt.experiments import train_classifier
 
     digits = load_dataset("digits", limit=300, seed=0)
-    data = {k: (x[y < 2], y[y < 2]) for k, (x, y) in digits.items() if k != "source"}
+    data = {
+        k: (digits[k][0][digits[k][1] < 2], digits[k][1][digits[k][1] < 2])
+        for k in ("train", "val", "test")
+    }
     result = train_classifier(dlopt.sgd(1e12), data, model=mlp([8], num_classes=2), epochs=2)
     assert result["best_epoch"] == 0 and result["epochs"] == 2
     assert 0.0 <= result["test_f1"] <= 1.0  # macro F1 over the 2 classes, not 10
