@@ -373,8 +373,9 @@ def speedup_panel(
         ax.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=7, frameon=False)
 
 
-def chart(data: dict[str, Any], path: Path) -> None:
-    """Speed-up over optax per case, one panel per tree (and the train step, and sections)."""
+def chart(data: dict[str, Any], path: Path) -> Any:
+    """Speed-up over optax per case, one panel per tree (and the train step, and sections);
+    saves the PNG and returns the figure."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
@@ -392,6 +393,7 @@ def chart(data: dict[str, Any], path: Path) -> None:
     )
     fig.tight_layout(rect=(0, 0.3 / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=80)
+    return fig
 
 
 def write(data: dict[str, Any], out_dir: Path, stem: str) -> dict[str, Path]:
