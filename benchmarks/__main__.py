@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from dlopt.cli import OneLineParser, output_folder_error
+from dlopt.cli_checks import OneLineParser, int_at_least, output_folder_error
 
 TREES = ("tiny1000", "resnet50", "transformer12", "large", "tiny500")
 # The update-step optimizers (benchmarks.update_step.OPTIMIZERS), listed here so that the
@@ -34,14 +34,7 @@ OPTIMIZERS = (
 )
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-_positive_int.__name__ = "int"
+_positive_int = int_at_least(1)
 
 
 def parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:

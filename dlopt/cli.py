@@ -19,6 +19,17 @@ from typing import Any
 
 import numpy as np
 
+from dlopt.cli_checks import (
+    OneLineParser,
+    UsageError,
+    check_output_folder,
+    figures_available,
+    image_formats,
+    int_at_least,
+    output_file_error,
+    require,
+)
+
 DEMO_OPTIMIZERS: dict[str, tuple[str, float, dict[str, Any]]] = {
     # name -> (dlopt factory, learning rate, other arguments)
     "SGD": ("sgd", 0.1, {}),
@@ -31,115 +42,6 @@ DEMO_OPTIMIZERS: dict[str, tuple[str, float, dict[str, Any]]] = {
     "Nadam": ("nadam", 1e-3, {}),
     "AdamW": ("adamw", 1e-3, {"weight_decay": 1e-2}),
 }
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line, ``PROG: error: ... (see --help)``,
-    and exits with status 2 (the benchmarks' parser uses it too)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-class UsageError(Exception):
-    """A bad command-line value found after parsing; printed as one line, exit status 2."""
-
-
-def _probe_writable(folder: str) -> bool:
-    """Whether a folder can be created in ``folder`` (tried, then removed: ``os.access``
-    says yes to root on read-only mounts and /proc)."""
-    import tempfile
-
-    try:
-        os.rmdir(tempfile.mkdtemp(prefix=".dlopt_probe_", dir=folder))
-    except OSError:
-        return False
-    return True
-
-
-def output_folder_error(path: str | os.PathLike) -> str | None:
-    """Why ``path`` cannot be an output folder (empty, an existing file, not writable, under a
-    file), or None when it can: it exists as a writable folder or can be created. Creates
-    nothing."""
-    text = os.fspath(path)
-    if not text.strip():
-        return "needs a folder path, got an empty one"
-    full = os.path.abspath(text)
-    if os.path.exists(full):
-        if not os.path.isdir(full):
-            return f"{text!r} is an existing file, not a folder"
-        return None if _probe_writable(full) else f"cannot write in the folder {text!r}"
-    parent = os.path.dirname(full)
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        return f"cannot create {text!r}: {parent!r} is a file, not a folder"
-    if not _probe_writable(parent):
-        return f"cannot create {text!r}: no write permission in {parent!r}"
-    return None
-
-
-def output_file_error(path: str | os.PathLike, formats: Sequence[str] = ()) -> str | None:
-    """Why ``path`` cannot be written as a figure (empty, a folder, an extension not in
-    ``formats`` when given, its folder not creatable), or None."""
-    text = os.fspath(path)
-    if not text.strip():
-        return "needs a file path, got an empty one"
-    if os.path.isdir(text):
-        return f"{text!r} is a folder; give a file name such as {os.path.join(text, 'x.png')!r}"
-    ext = os.path.splitext(text)[1].lower().lstrip(".")
-    if formats and ext not in formats:
-        shown = f"the extension .{ext}" if ext else "no extension"
-        return f"cannot draw {text!r}: {shown} is no image format; use .png, .pdf or .svg"
-    folder = os.path.dirname(os.path.abspath(text))
-    problem = output_folder_error(folder)
-    return None if problem is None else f"cannot write {text!r}: {problem}"
-
-
-def check_output_folder(path: str | os.PathLike, option: str = "--out") -> None:
-    """Raises `UsageError` naming ``option`` when ``path`` is no usable output folder."""
-    problem = output_folder_error(path)
-    if problem is not None:
-        raise UsageError(f"{option} {problem}.")
-
-
-def _importable(module: str) -> bool:
-    """Whether ``module`` can be imported, without importing it."""
-    if module in sys.modules:
-        return sys.modules[module] is not None
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
-
-
-def _require(command: str, *modules: tuple[str, str]) -> None:
-    """Raises `UsageError` naming the extra to install for the first missing module."""
-    for module, extra in modules:
-        if not _importable(module):
-            raise UsageError(
-                f"{command} needs {module}, which is not installed: pip install 'dlopt[{extra}]'."
-            )
-
-
-def _figures_available(command: str) -> bool:
-    """True when matplotlib imports; otherwise says, once, that no figures will be drawn."""
-    if _importable("matplotlib"):
-        return True
-    print(
-        f"dlopt {command}: matplotlib is not installed, so no figures; "
-        "pip install 'dlopt[plots]' to draw them.",
-        file=sys.stderr,
-    )
-    return False
-
-
-def _image_formats() -> list[str]:
-    from matplotlib.backend_bases import FigureCanvasBase
-
-    return sorted(FigureCanvasBase.get_supported_filetypes())
 
 
 def resolve_optimizer(name: str) -> str:
@@ -198,8 +100,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Trains one MLP with each optimizer, prints the table and diagnoses, writes the PNGs."""
     names = [resolve_optimizer(n) for n in args.optimizers or DEMO_OPTIMIZERS]
     check_output_folder(args.out)
-    _require("dlopt demo", ("flax", "flax"), _data_modules(args.dataset))
-    figures = _figures_available("demo")
+    require("dlopt demo", ("flax", "flax"), _data_modules(args.dataset))
+    figures = figures_available("demo")
 
     from dlopt.diagnose import diagnose, format_findings
     from dlopt.experiments import mlp, train_classifier
@@ -360,13 +262,13 @@ def _check_figure_outputs(command: str, plot: str | None, out: str) -> bool:
     """Checks ``--plot`` (a file, needs matplotlib) or else ``--out``; returns whether
     figures will be drawn (False without matplotlib, unless ``--plot`` asks for one)."""
     if plot is not None:
-        _require(f"dlopt {command} --plot", ("matplotlib", "plots"))
-        problem = output_file_error(plot, _image_formats())
+        require(f"dlopt {command} --plot", ("matplotlib", "plots"))
+        problem = output_file_error(plot, image_formats())
         if problem is not None:
             raise UsageError(f"--plot {problem}.")
         return True
     check_output_folder(out)
-    return _figures_available(command)
+    return figures_available(command)
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
@@ -378,7 +280,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
             f"--max-lr {args.max_lr:g}."
         )
     figures = _check_figure_outputs("lr-find", args.plot, args.out)
-    _require("dlopt lr-find", ("flax", "flax"), _data_modules(args.dataset))
+    require("dlopt lr-find", ("flax", "flax"), _data_modules(args.dataset))
 
     import jax
     import jax.numpy as jnp
@@ -443,18 +345,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return bench_main(args.bench_args, prog="dlopt bench")
 
 
-def _int_at_least(low: int) -> Any:
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
-        return value
-
-    parse.__name__ = "int"  # argparse names the type in "invalid int value"
-    return parse
-
-
-_positive_int = _int_at_least(1)
+_positive_int = int_at_least(1)
 
 
 def _positive_float(text: str) -> float:
@@ -522,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     find.add_argument("--dataset", default="digits", choices=["digits", "mnist"])
     find.add_argument("--min-lr", type=_positive_float, default=1e-5)
     find.add_argument("--max-lr", type=_positive_float, default=10.0)
-    find.add_argument("--steps", type=_int_at_least(2), default=100, help="batches in the pass")
+    find.add_argument("--steps", type=int_at_least(2), default=100, help="batches in the pass")
     find.add_argument("--batch-size", type=_positive_int, default=64)
     find.add_argument("--hidden", type=_positive_int, nargs="+", default=[128, 64])
     find.add_argument("--limit", type=_positive_int, default=None)
