@@ -1,8 +1,9 @@
 """Opt-in benchmarks: dlopt against optax on the same machine, in the same run.
 
 Run ``python -m benchmarks`` (or ``dlopt bench``) from the repository root; ``--quick`` finishes
-in under a minute. Contenders run interleaved (A B A B ...), the reported figure is the median
-of the per-round time ratios. Never part of the test suite.
+in under a minute. Contenders run interleaved (A B A B ...); every reported figure is a
+speed-up over optax (optax time / contender time, the median over rounds; > 1 is faster).
+Never part of the test suite.
 
 Modules: `timing` (interleaved timing), `update_step` (optimizer update steps on many-leaf and
 few-large-leaf trees), `roofline` (bytes moved, copy bandwidth, state bytes per parameter),

@@ -1,4 +1,8 @@
-"""``python -m benchmarks [--quick] [--out DIR] ...``: run the benchmarks, write the report."""
+"""``python -m benchmarks [--quick] [--out DIR] ...`` (or ``dlopt bench ...``): run, report.
+
+The arguments, the output folder included, are checked before anything heavy is imported or
+timed: a bad one is a one-line error with exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -7,43 +11,78 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks import report, roofline, train_step, update_step
+from dlopt.cli_checks import OneLineParser, int_at_least, output_folder_error
 
 TREES = ("tiny1000", "resnet50", "transformer12", "large", "tiny500")
+# The update-step optimizers (benchmarks.update_step.OPTIMIZERS), listed here so that the
+# arguments are checked without importing jax, optax and flax first.
+OPTIMIZERS = (
+    "sgd",
+    "momentum",
+    "nesterov",
+    "adagrad",
+    "rmsprop",
+    "adadelta",
+    "adam",
+    "adamw",
+    "nadam",
+    "adamax",
+    "lion",
+)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks",
-        description="dlopt vs optax: update steps, bandwidth, state bytes, train steps.",
+_positive_int = int_at_least(1)
+
+
+def parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
+    p = OneLineParser(
+        prog=prog,
+        description="dlopt vs optax: update steps, bandwidth, state bytes, train steps. "
+        "Every figure is a speed-up over optax (optax time / dlopt time; > 1 is faster).",
     )
     p.add_argument("--quick", action="store_true", help="a < 1 minute smoke run (adam only)")
     p.add_argument(
         "--out",
-        type=Path,
         default=None,
         help="output folder (default: benchmarks/results; with --quick, a temporary folder)",
     )
     p.add_argument("--name", default=None, help="file stem (default: latest or quick)")
-    p.add_argument("--reps", type=int, default=None, help="timed rounds (default 25, quick 5)")
-    p.add_argument("--large-size", type=int, default=None, help="params of the large tree")
+    p.add_argument(
+        "--reps", type=_positive_int, default=None, help="timed rounds (default 25, quick 5)"
+    )
+    p.add_argument("--large-size", type=_positive_int, default=None, help="params, large tree")
     p.add_argument("--trees", nargs="+", choices=TREES, default=None)
-    p.add_argument("--optimizers", nargs="+", choices=list(update_step.OPTIMIZERS), default=None)
+    p.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=None)
     p.add_argument("--no-train", action="store_true", help="skip the train-step benchmark")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m benchmarks") -> int:
+    p = parser(prog)
+    args = p.parse_args(argv)
     quick = args.quick
+    if args.out is not None:
+        out = Path(args.out)
+    else:
+        out = (
+            Path(tempfile.gettempdir(), "dlopt_bench")
+            if quick
+            else Path(__file__).parent / "results"
+        )
+    problem = output_folder_error(args.out if args.out is not None else out)
+    if problem is not None:
+        p.error(f"--out {problem}")
+    if args.name is not None and (not args.name.strip() or os.sep in args.name):
+        p.error(f"--name must be a plain file stem, got {args.name!r}")
+
+    from benchmarks import report, roofline, train_step, update_step
+
     reps = args.reps or (5 if quick else 25)
     large_size = args.large_size or (2**20 if quick else 16 * 2**20)
     trees = args.trees or (["tiny500", "large"] if quick else list(TREES[:4]))
-    out = args.out or (
-        Path(tempfile.gettempdir()) / "dlopt_bench" if quick else Path(__file__).parent / "results"
-    )
     optimizers = args.optimizers or (["adam"] if quick else list(update_step.OPTIMIZERS))
     models = (
         [] if args.no_train else (["mlp_4x100_bn_dropout"] if quick else list(train_step.MODELS))
@@ -61,15 +100,16 @@ def main(argv: list[str] | None = None) -> int:
         "machine": report.machine(),
         "load_start": os.getloadavg()[0],
     }
+    log = report.progress_log(len(trees) * len(optimizers) + len(models))
     print(f"devices: {data['machine']['devices']}; reps {reps}", flush=True)
-    print("update step (time ratio to optax, lower is faster):", flush=True)
-    data["update"] = update_step.run(trees, optimizers, reps=reps, large_size=large_size)
+    print("update step (speed-up over optax, > 1 is faster):", flush=True)
+    data["update"] = update_step.run(trees, optimizers, reps=reps, large_size=large_size, log=log)
     data["copy_bandwidth"] = roofline.copy_bandwidth(4 * large_size)
     data["roofline"] = roofline.roofline_rows(data["update"], data["copy_bandwidth"]["bytes_per_s"])
     data["state_bytes"] = roofline.state_bytes_per_param()
     if models:
-        print("train step (time ratio to optax):", flush=True)
-    data["train"] = train_step.run(models, reps=reps) if models else []
+        print("train step (speed-up over optax, > 1 is faster):", flush=True)
+    data["train"] = train_step.run(models, reps=reps, log=log) if models else []
     data["load_end"] = os.getloadavg()[0]
     data["wall_s"] = time.perf_counter() - start
     paths = report.write(data, out, args.name or ("quick" if quick else "latest"))

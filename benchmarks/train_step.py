@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 import dlopt
+from benchmarks.report import case_line
 from benchmarks.timing import Runner, interleaved
 from dlopt.training import TrainState, make_train_step
 
@@ -149,8 +150,5 @@ def run(
             results = interleaved(runners, reps=reps)
         n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
         rows.append({"model": name, "params": n, "batch": shape, "results": results})
-        log(
-            f"  {name:22s} optax {1 / results['optax']['median_s']:8.1f} steps/s"
-            + "".join(f"  {k} x{results[k]['ratio']:.3f}" for k in list(results)[1:])
-        )
+        log(case_line(f"{name:22s}", results, rate=True))
     return rows

@@ -25,6 +25,7 @@ import numpy as np
 import optax
 
 import dlopt
+from benchmarks.report import case_line
 from benchmarks.timing import Runner, interleaved
 from dlopt.fused import flatten
 
@@ -197,11 +198,6 @@ def run(
                 "results": results,
             }
             rows.append(row)
-            log(
-                f"  {tree:13s} {opt:9s} optax {results['optax']['median_s'] * 1e6:10.0f} us"
-                + "".join(
-                    f"  {k} x{results[k]['ratio']:.3f}" for k in ("dlopt", "fused", "fused_flat")
-                )
-            )
+            log(case_line(f"{tree:13s} {opt:9s}", results))
         del params, grads
     return rows

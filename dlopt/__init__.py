@@ -10,6 +10,7 @@ from dlopt.base import GradientTransformationExtraArgs as GradientTransformation
 from dlopt.base import Schedule as Schedule
 from dlopt.base import apply_updates as apply_updates
 from dlopt.base import identity as identity
+from dlopt.base import set_to_zero as set_to_zero
 from dlopt.base import stateless as stateless
 from dlopt.base import with_extra_args_support as with_extra_args_support
 from dlopt.combine import MaskedNode as MaskedNode
@@ -17,6 +18,7 @@ from dlopt.combine import chain as chain
 from dlopt.combine import masked as masked
 from dlopt.combine import named_chain as named_chain
 from dlopt.combine import partition as partition
+from dlopt.combine import path_labels as path_labels
 
 # --- optimizers
 from dlopt.optimizers.adadelta import ScaleByAdaDeltaState as ScaleByAdaDeltaState

@@ -78,6 +78,34 @@ def identity() -> GradientTransformation:
     return GradientTransformation(init_empty_state, update_fn)
 
 
+def set_to_zero() -> GradientTransformation:
+    """The transform that maps every update to zero: ``u <- 0`` (freezes what it sees).
+
+    Put it in a `partition` or `masked` group to keep those parameters fixed while the
+    others train; under ``jit`` the frozen group's gradient computations are dropped.
+
+    Returns:
+        A stateless transform (state `EmptyState`), as ``optax.set_to_zero``.
+
+    Example:
+        >>> import jax.numpy as jnp, dlopt
+        >>> params = {"backbone": {"w": jnp.ones(2)}, "head": {"w": jnp.ones(2)}}
+        >>> tx = dlopt.partition(
+        ...     {"frozen": dlopt.set_to_zero(), "train": dlopt.sgd(0.1)},
+        ...     dlopt.path_labels(params, {"^backbone/": "frozen"}, default="train"),
+        ... )
+        >>> updates, _ = tx.update(params, tx.init(params), params)
+        >>> updates["backbone"]["w"], updates["head"]["w"]
+        (Array([0., 0.], dtype=float32), Array([-0.1, -0.1], dtype=float32))
+    """
+
+    def update_fn(updates, state, params=None):
+        del params
+        return jax.tree.map(jnp.zeros_like, updates), state
+
+    return GradientTransformation(init_empty_state, update_fn)
+
+
 def stateless(
     f: Callable[[Updates, Params | None], Updates],
 ) -> GradientTransformation:

@@ -1,8 +1,10 @@
 """The ``dlopt`` command: ``dlopt demo``, ``dlopt schedule``, ``dlopt lr-find`` (and ``bench``).
 
-Every subcommand has ``--help`` and an ``--out`` folder; bad arguments exit with status 2 and
-one line on stderr. The demo's data, model and training loop live in `dlopt.experiments`,
-which the examples share.
+Every subcommand has ``--help`` and an ``--out`` folder. Bad arguments (an unknown name, an
+output path that cannot be written, a missing optional dependency) exit with status 2 and one
+line on stderr, found before any training starts. Optimizer and schedule names are read in any
+case. Without matplotlib the commands still run and print their results, without figures.
+The demo's data, model and training loop live in `dlopt.experiments`, which the examples share.
 """
 
 from __future__ import annotations
@@ -16,6 +18,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+
+from dlopt.cli_checks import (
+    OneLineParser,
+    UsageError,
+    check_output_folder,
+    figures_available,
+    image_formats,
+    int_at_least,
+    output_file_error,
+    require,
+)
 
 DEMO_OPTIMIZERS: dict[str, tuple[str, float, dict[str, Any]]] = {
     # name -> (dlopt factory, learning rate, other arguments)
@@ -31,15 +44,26 @@ DEMO_OPTIMIZERS: dict[str, tuple[str, float, dict[str, Any]]] = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line (exit status 2)."""
+def resolve_optimizer(name: str) -> str:
+    """The `DEMO_OPTIMIZERS` key that ``name`` names, in any case (``adam``, ``ADAM`` ->
+    ``Adam``); `UsageError` listing the choices otherwise."""
+    by_lower = {k.lower(): k for k in DEMO_OPTIMIZERS}
+    found = by_lower.get(name.lower())
+    if found is None:
+        choices = ", ".join(DEMO_OPTIMIZERS)
+        raise UsageError(f"unknown optimizer {name!r}; choose from {choices} (any case).")
+    return found
 
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
+def build_optimizer(name: str, learning_rate: Any = None) -> Any:
+    """The demo's optimizer ``name`` (a `DEMO_OPTIMIZERS` key) at ``learning_rate`` (default
+    the demo's), AdamW decaying weights only."""
+    import dlopt
 
-class UsageError(Exception):
-    """A bad command-line value found after parsing; printed as one line, exit status 2."""
+    factory, lr, kwargs = DEMO_OPTIMIZERS[name]
+    if factory == "adamw":
+        kwargs = {**kwargs, "mask": dlopt.weights_only}
+    return getattr(dlopt, factory)(lr if learning_rate is None else learning_rate, **kwargs)
 
 
 def _load(name: str, *, limit: int | None, seed: int) -> dict:
@@ -68,35 +92,35 @@ def _table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])
 
 
+def _data_modules(dataset: str) -> tuple[str, str]:
+    return ("sklearn", "data") if dataset == "digits" else ("tensorflow_datasets", "data")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Trains one MLP with each optimizer, prints the table and diagnoses, writes the PNGs."""
-    from tqdm.auto import tqdm
+    names = [resolve_optimizer(n) for n in args.optimizers or DEMO_OPTIMIZERS]
+    check_output_folder(args.out)
+    require("dlopt demo", ("flax", "flax"), _data_modules(args.dataset))
+    figures = figures_available("demo")
 
-    import dlopt
-    from dlopt import plots
     from dlopt.diagnose import diagnose, format_findings
     from dlopt.experiments import mlp, train_classifier
+    from dlopt.progress import Progress
 
-    names = args.optimizers or list(DEMO_OPTIMIZERS)
-    unknown = [n for n in names if n not in DEMO_OPTIMIZERS]
-    if unknown:
-        raise UsageError(f"unknown optimizer {unknown[0]!r}; choose from {list(DEMO_OPTIMIZERS)}.")
     epochs = 2 if args.quick else args.epochs
     data = _load(args.dataset, limit=300 if args.quick else args.limit, seed=args.seed)
     print(
         f"data: {data['source']}, {len(data['train'][0])} train / {len(data['val'][0])} val / "
-        f"{len(data['test'][0])} test examples; MLP {args.hidden}, dropout 0.2"
+        f"{len(data['test'][0])} test examples; MLP {args.hidden}, dropout 0.2",
+        flush=True,
     )
     model = mlp(args.hidden, dropout=0.2)
     rows, histories = [], {}
-    with tqdm(total=len(names) * epochs, unit="epoch", file=sys.stderr) as bar:
+    with Progress(total=len(names) * epochs, unit="epoch") as bar:
         for name in names:
-            factory, lr, kwargs = DEMO_OPTIMIZERS[name]
-            if factory == "adamw":
-                kwargs = {**kwargs, "mask": dlopt.weights_only}
-            bar.set_description(name)
+            bar.describe(name)
             result = train_classifier(
-                getattr(dlopt, factory)(lr, **kwargs),
+                build_optimizer(name),
                 data,
                 model=model,
                 epochs=epochs,
@@ -111,7 +135,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             rows.append(
                 {
                     "optimizer": name,
-                    "lr": lr,
+                    "lr": DEMO_OPTIMIZERS[name][1],
                     "train loss": h["loss"][-1],
                     "val loss": h["val_loss"][-1],
                     "best epoch": result["best_epoch"],
@@ -121,39 +145,54 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     "time s": result["seconds"],
                 }
             )
+            bar.note(
+                f"{name}: {result['epochs']} epochs in {result['seconds']:.1f} s, best val loss "
+                f"{min(h['val_loss']):.4g} at epoch {result['best_epoch']}"
+            )
     print(_table(rows, list(rows[0])))
     print("\ndiagnosis (dlopt.diagnose):")
     for name, history in histories.items():
         print(f"{name}:\n  " + format_findings(diagnose(history)).replace("\n", "\n  "))
     os.makedirs(args.out, exist_ok=True)
-    plots.plot_curves(
+    written = []
+    if figures:
+        written = _demo_figures(histories, rows, data, args.out)
+    with open(os.path.join(args.out, "demo_results.json"), "w") as f:
+        json.dump({"rows": rows, "histories": {k: v.to_dict() for k, v in histories.items()}}, f)
+    print(f"\nwrote {', '.join([*written, 'demo_results.json'])} to {args.out}")
+    return 0
+
+
+def _demo_figures(histories: dict, rows: list[dict], data: dict, out: str) -> list[str]:
+    """The demo's three figures in ``out``; returns their file names."""
+    from dlopt import plots
+
+    n_test = len(data["test"][0])
+    plots.plot_curve_panels(
         histories,
         keys=("loss", "val_loss"),
         logy=True,
         mark_best="val_loss",
-        title=f"{data['source']}: loss per optimizer",
-        path=os.path.join(args.out, "loss_curves.png"),
+        title=f"{data['source']}: cross-entropy per epoch, one panel per optimizer",
+        path=os.path.join(out, "loss_curves.png"),
     )
-    plots.plot_curves(
+    plots.plot_curve_panels(
         histories,
         keys=("accuracy", "val_accuracy"),
         ylabel="accuracy",
-        title="train / validation accuracy",
-        path=os.path.join(args.out, "accuracy_curves.png"),
+        zoom=True,
+        mark_best="val_accuracy",
+        title=f"{data['source']}: accuracy per epoch (train with dropout on)",
+        path=os.path.join(out, "accuracy_curves.png"),
     )
-    plots.plot_bars(
+    plots.plot_dots(
         {r["optimizer"]: r["test acc"] for r in rows},
-        ylabel="test accuracy",
-        ylim=(0, 1.05),
-        path=os.path.join(args.out, "test_accuracy.png"),
+        xlabel=f"test accuracy (ticks 1/{n_test} apart: one of the {n_test} test examples each)",
+        title="test accuracy of the weights with the best validation loss",
+        step=1 / n_test,
+        path=os.path.join(out, "test_accuracy.png"),
     )
-    with open(os.path.join(args.out, "demo_results.json"), "w") as f:
-        json.dump({"rows": rows, "histories": {k: v.to_dict() for k, v in histories.items()}}, f)
-    print(
-        f"\nwrote loss_curves.png, accuracy_curves.png, test_accuracy.png, demo_results.json "
-        f"to {args.out}"
-    )
-    return 0
+    return ["loss_curves.png", "accuracy_curves.png", "test_accuracy.png"]
 
 
 SCHEDULE_ALIASES = {
@@ -188,9 +227,9 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     """Evaluates a schedule over ``--steps`` steps, prints a few values, draws it."""
     import inspect
 
-    from dlopt import plots, schedules
+    from dlopt import schedules
 
-    name = SCHEDULE_ALIASES.get(args.name, args.name)
+    name = SCHEDULE_ALIASES.get(args.name.lower(), args.name.lower())
     factory = getattr(schedules, name, None)
     if name not in SCHEDULE_ALIASES.values() or factory is None:
         choices = ", ".join(sorted(SCHEDULE_ALIASES))
@@ -203,30 +242,52 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         raise UsageError(f"{e} ({name} takes {names}).") from None
     try:
         schedule = factory(**kwargs)
-    except ValueError as e:  # the schedule's own argument checks
+    except (ValueError, TypeError) as e:  # the schedule's own argument checks
         raise UsageError(str(e).splitlines()[0]) from None
+    figures = _check_figure_outputs("schedule", args.plot, args.out)
     steps = args.steps or int(next((kwargs[k] for k in _LENGTH_ARGS if k in kwargs), 1000) * 1.1)
     values = np.asarray(schedule(np.arange(steps)), float)
     for t in np.unique(np.linspace(0, steps - 1, 11).astype(int)):
         print(f"step {t:>7d}  {values[t]:.6g}")
-    path = args.plot or os.path.join(args.out, f"schedule_{args.name}.png")
-    plots.plot_schedules({name: values}, title=f"{name}({', '.join(args.args)})", path=path)
-    print(f"wrote {path}")
+    if figures:
+        from dlopt import plots
+
+        path = args.plot or os.path.join(args.out, f"schedule_{args.name.lower()}.png")
+        plots.plot_schedules({name: values}, title=f"{name}({', '.join(args.args)})", path=path)
+        print(f"wrote {path}")
     return 0
+
+
+def _check_figure_outputs(command: str, plot: str | None, out: str) -> bool:
+    """Checks ``--plot`` (a file, needs matplotlib) or else ``--out``; returns whether
+    figures will be drawn (False without matplotlib, unless ``--plot`` asks for one)."""
+    if plot is not None:
+        require(f"dlopt {command} --plot", ("matplotlib", "plots"))
+        problem = output_file_error(plot, image_formats())
+        if problem is not None:
+            raise UsageError(f"--plot {problem}.")
+        return True
+    check_output_folder(out)
+    return figures_available(command)
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
     """The LR range test on the demo MLP (no dropout): prints the suggestion, draws the curve."""
+    name = resolve_optimizer(args.optimizer)
+    if not args.max_lr > args.min_lr:
+        raise UsageError(
+            f"--max-lr must be greater than --min-lr, got --min-lr {args.min_lr:g} and "
+            f"--max-lr {args.max_lr:g}."
+        )
+    figures = _check_figure_outputs("lr-find", args.plot, args.out)
+    require("dlopt lr-find", ("flax", "flax"), _data_modules(args.dataset))
+
     import jax
     import jax.numpy as jnp
 
-    import dlopt
-    from dlopt import plots, tuning
+    from dlopt import tuning
     from dlopt.experiments import classifier_loss, epoch_batches, mlp
 
-    factory = getattr(dlopt, args.optimizer, None)
-    if args.optimizer not in {f for f, _, _ in DEMO_OPTIMIZERS.values()} or factory is None:
-        raise UsageError(f"unknown optimizer {args.optimizer!r}; try sgd, adam, rmsprop, ...")
     data = _load(args.dataset, limit=args.limit, seed=args.seed)
     model = mlp(args.hidden)
     x, y = data["train"]
@@ -238,30 +299,37 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     while len(pass_) < args.steps:
         pass_ += batches_of(len(pass_))
     found = tuning.lr_find(
-        loss_fn, params, pass_[: args.steps], factory, min_lr=args.min_lr, max_lr=args.max_lr
+        loss_fn,
+        params,
+        pass_[: args.steps],
+        lambda lr: build_optimizer(name, lr),
+        min_lr=args.min_lr,
+        max_lr=args.max_lr,
     )
     where = (
         f"the loss diverges at lr {found.learning_rates[found.stop]:.3g}"
         if found.stop < args.steps
         else "no divergence: raise --max-lr to see the whole curve"
     )
-    print(f"{args.optimizer} on {data['source']}, lr {args.min_lr:g} -> {args.max_lr:g}: {where}")
+    print(f"{name} on {data['source']}, lr {args.min_lr:g} -> {args.max_lr:g}: {where}")
     print(f"suggested learning rate: {found.suggested_lr:.3g}")
-    path = os.path.join(args.out, "lr_find.png")
-    plots.plot_lr_find(
-        found.learning_rates,
-        found.smoothed,
-        raw_losses=found.losses,
-        suggested_lr=found.suggested_lr,
-        path=path,
-    )
-    print(f"wrote {path}")
+    if figures:
+        from dlopt import plots
+
+        path = args.plot or os.path.join(args.out, "lr_find.png")
+        plots.plot_lr_find(
+            found.learning_rates,
+            found.smoothed,
+            raw_losses=found.losses,
+            suggested_lr=found.suggested_lr,
+            path=path,
+        )
+        print(f"wrote {path}")
     return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    """Runs the repository's ``benchmarks`` package (``python -m benchmarks ARGS``)."""
-    import subprocess
+    """Runs the repository's ``benchmarks`` package in this process (its own arguments)."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parent.parent
@@ -270,20 +338,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"the benchmarks/ folder is not next to {root / 'dlopt'} (a wheel install has "
             "none); run it from a source checkout: pip install -e . && dlopt bench."
         )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p
-        ),
-    }
-    return subprocess.call([sys.executable, "-m", "benchmarks", *args.bench_args], env=env)
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.__main__ import main as bench_main
+
+    return bench_main(args.bench_args, prog="dlopt bench")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+_positive_int = int_at_least(1)
 
 
 def _positive_float(text: str) -> float:
@@ -295,7 +357,9 @@ def _positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``dlopt`` argument parser with its subcommands."""
-    parser = _Parser(prog="dlopt", description="dlopt: deep-learning training techniques in JAX.")
+    parser = OneLineParser(
+        prog="dlopt", description="dlopt: deep-learning training techniques in JAX."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = sub.add_parser("demo", help="train one MLP with 9 optimizers, compare, diagnose")
@@ -315,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=None,
         metavar="NAME",
-        help=f"a subset of {', '.join(DEMO_OPTIMIZERS)}",
+        help=f"a subset of {', '.join(DEMO_OPTIMIZERS)} (any case)",
     )
     demo.add_argument(
         "--quick", action="store_true", help="2 epochs on 300 examples (a smoke test)"
@@ -341,26 +405,31 @@ def build_parser() -> argparse.ArgumentParser:
     sched.set_defaults(func=cmd_schedule)
 
     find = sub.add_parser("lr-find", help="learning-rate range test on the demo MLP")
-    find.add_argument("--optimizer", default="sgd", help="a dlopt optimizer (sgd, adam, ...)")
+    find.add_argument(
+        "--optimizer",
+        default="sgd",
+        help=f"one of the demo's: {', '.join(DEMO_OPTIMIZERS)} (any case; default %(default)s)",
+    )
     find.add_argument("--dataset", default="digits", choices=["digits", "mnist"])
     find.add_argument("--min-lr", type=_positive_float, default=1e-5)
     find.add_argument("--max-lr", type=_positive_float, default=10.0)
-    find.add_argument("--steps", type=_positive_int, default=100)
+    find.add_argument("--steps", type=int_at_least(2), default=100, help="batches in the pass")
     find.add_argument("--batch-size", type=_positive_int, default=64)
     find.add_argument("--hidden", type=_positive_int, nargs="+", default=[128, 64])
     find.add_argument("--limit", type=_positive_int, default=None)
     find.add_argument("--seed", type=int, default=0)
+    find.add_argument("--plot", default=None, help="PNG path (default OUT/lr_find.png)")
     find.add_argument("--out", default=".", help="folder for lr_find.png (default %(default)s)")
     find.set_defaults(func=cmd_lr_find)
 
     bench = sub.add_parser(
         "bench",
         help="dlopt vs optax benchmarks (source checkout only)",
-        description="Runs python -m benchmarks; arguments go to it (--quick, --out, ...).",
+        description="Runs the benchmarks (python -m benchmarks); see dlopt bench --help.",
         prefix_chars="+",  # so that --quick, -h, ... reach the benchmarks' own parser
         add_help=False,
     )
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="see python -m benchmarks -h")
+    bench.add_argument("bench_args", nargs=argparse.REMAINDER, help="see dlopt bench --help")
     bench.set_defaults(func=cmd_bench)
     return parser
 

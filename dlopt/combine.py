@@ -1,12 +1,15 @@
-"""Composing transforms: `chain`, `named_chain`, `masked` and `partition` (parameter groups)."""
+"""Composing transforms: `chain`, `named_chain`, `masked` and `partition` (parameter groups),
+and `path_labels`, which names the groups by regular expressions over parameter paths."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, NamedTuple
 
 import chex
 import jax
+from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
 from dlopt import tree as tree_lib
 from dlopt.base import (
@@ -187,3 +190,130 @@ def partition(
         return updates, PartitionState(new_states)
 
     return GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# Attribute names that wrap a parameter rather than name it (flax.nnx Variables' ``.value``).
+_WRAPPERS = frozenset({"value", "raw_value"})
+
+
+def leaf_path(path: tuple) -> str:
+    """A key path from ``jax.tree_util.tree_flatten_with_path`` as ``"a/b/0/kernel"``: dict
+    keys, attribute names and sequence indices joined by "/", a trailing nnx ``.value``
+    dropped."""
+    keys = list(path)
+    if keys and isinstance(keys[-1], GetAttrKey) and keys[-1].name in _WRAPPERS:
+        keys.pop()
+    parts = []
+    for key in keys:
+        if isinstance(key, DictKey):
+            parts.append(str(key.key))
+        elif isinstance(key, GetAttrKey):
+            parts.append(key.name)
+        elif isinstance(key, SequenceKey):
+            parts.append(str(key.idx))
+        elif isinstance(key, FlattenedIndexKey):
+            parts.append(str(key.key))
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+def path_labels(
+    params: chex.ArrayTree,
+    rules: Mapping[str, Hashable],
+    default: Hashable | None = None,
+) -> chex.ArrayTree:
+    """Labels each leaf of ``params`` by the first regular expression that matches its path.
+
+    A leaf's path is its keys joined by "/" (see `leaf_path`): in the Flax linen params
+    ``{"backbone": {"Conv_0": {"kernel": w}}}`` the kernel is ``"backbone/Conv_0/kernel"``
+    (an nnx state gives the same, without the ``.value``). ``rules`` maps patterns to labels;
+    they are tried in their order with `re.search` (so ``"kernel"`` matches anywhere; anchor
+    with ``^`` and ``$``) and **the first pattern that matches wins**. Leaves that no pattern
+    matches get ``default``; with no default they are an error.
+
+    The result has the params' structure with a label per leaf: the ``param_labels`` of
+    `partition` (or ``optax.partition``), the ``group_by`` of `dlopt.fused`, or, with labels
+    ``True``/``False``, the mask of `masked`.
+
+    Args:
+        params: the parameter pytree (arrays or ``jax.ShapeDtypeStruct``; only paths are read).
+        rules: ``{pattern: label}``; labels must be hashable and not None.
+        default: the label of leaves no pattern matches; None makes those an error.
+
+    Returns:
+        A pytree of labels shaped like ``params``.
+
+    Raises:
+        ValueError: a pattern that does not compile, a None or unhashable label, or (with no
+            default) leaves that no pattern matches, named by path.
+
+    Example:
+        Freeze a pretrained backbone, train the rest with Adam:
+
+        >>> import jax.numpy as jnp, dlopt
+        >>> params = {"backbone": {"Conv_0": {"kernel": jnp.ones((3, 3, 1, 4))}},
+        ...           "head": {"kernel": jnp.ones((4, 2)), "bias": jnp.zeros(2)}}
+        >>> labels = dlopt.path_labels(params, {"^backbone/": "frozen"}, default="train")
+        >>> labels["backbone"]["Conv_0"]["kernel"], labels["head"]["bias"]
+        ('frozen', 'train')
+        >>> tx = dlopt.partition(
+        ...     {"frozen": dlopt.set_to_zero(), "train": dlopt.adam(1e-3)},
+        ...     dlopt.path_labels(params, {"^backbone/": "frozen"}, default="train"),
+        ... )
+
+        Or fine-tune it at a 10x lower learning rate:
+
+        >>> tx = dlopt.partition(
+        ...     {"backbone": dlopt.adam(1e-4), "head": dlopt.adam(1e-3)},
+        ...     dlopt.path_labels(params, {"^backbone/": "backbone", "^head/": "head"}),
+        ... )
+
+        For a labelling that follows whatever params it is given, pass a callable:
+        ``lambda p: dlopt.path_labels(p, rules, default="train")``.
+    """
+    if not isinstance(rules, Mapping):
+        raise ValueError(f"rules must be a mapping {{pattern: label}}, got {type(rules).__name__}.")
+    compiled = []
+    for pattern, label in rules.items():
+        if not isinstance(pattern, str):
+            raise ValueError(f"rules patterns must be strings, got {pattern!r}.")
+        try:
+            regex = re.compile(pattern)
+        except re.error as e:
+            raise ValueError(
+                f"rules pattern {pattern!r} is not a regular expression: {e}."
+            ) from None
+        _check_label(label, f"the label of pattern {pattern!r}")
+        compiled.append((regex, label))
+    if default is not None:
+        _check_label(default, "default")
+    unmatched: list[str] = []
+
+    def label_of(path, leaf):
+        name = leaf_path(path)
+        for regex, label in compiled:
+            if regex.search(name):
+                return label
+        if default is None:
+            unmatched.append(name)
+        return default
+
+    labels = jax.tree_util.tree_map_with_path(label_of, params)
+    if unmatched:
+        shown = ", ".join(repr(p) for p in unmatched[:5])
+        more = f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
+        raise ValueError(
+            f"no pattern of rules matches the leaves {shown}{more} (patterns "
+            f"{list(rules)}); add a pattern or pass default=."
+        )
+    return labels
+
+
+def _check_label(label: Any, what: str) -> None:
+    if label is None:
+        raise ValueError(f"{what} is None; a label must be a hashable value such as a string.")
+    try:
+        hash(label)
+    except TypeError:
+        raise ValueError(f"{what} must be hashable, got {label!r}.") from None

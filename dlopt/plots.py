@@ -1,4 +1,5 @@
-"""Matplotlib figures: training curves, schedules, LR range tests, optimizer paths, activations.
+"""Matplotlib figures: training curves (one axis or small multiples), dot plots, schedules,
+LR range tests, optimizer paths, activation histograms.
 
 Every function builds a `matplotlib.figure.Figure` without pyplot (no GUI backend, no global
 state), saves it to ``path`` when given (PNG by the extension, parent folders created) and
@@ -104,6 +105,197 @@ def plot_curves(
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
+    return save(fig, path)
+
+
+def _zoom_limits(
+    series: Sequence[Sequence[float]], skip: int, logy: bool
+) -> tuple[float, float, bool] | None:
+    """y limits around the values from epoch ``skip`` on (padded 5%), and whether any
+    earlier value falls outside them; None when there is nothing finite to zoom to."""
+    later = [np.asarray(v[skip:], float) for v in series]
+    later = np.concatenate([v[np.isfinite(v)] for v in later] or [np.empty(0)])
+    if logy:
+        later = later[later > 0]
+    if not later.size:
+        return None
+    low, high = float(later.min()), float(later.max())
+    if logy:
+        low, high = math.log10(low), math.log10(high)
+    pad = 0.05 * (high - low) if high > low else 0.05 * max(abs(high), 1e-3)
+    low, high = low - pad, high + pad
+    if logy:
+        low, high = 10**low, 10**high
+    every = np.concatenate([np.asarray(v, float) for v in series])
+    every = every[np.isfinite(every)]
+    clipped = bool(np.any((every < low) | (every > high)))
+    return low, high, clipped
+
+
+def plot_curve_panels(
+    histories: Mapping[str, Any],
+    *,
+    keys: Sequence[str] = ("loss", "val_loss"),
+    labels: Sequence[str] = ("train", "validation"),
+    ylabel: str = "loss",
+    title: str | None = None,
+    logy: bool = False,
+    mark_best: str | None = None,
+    zoom: bool = False,
+    ncols: int = 3,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Small multiples: one panel per run, shared axes, the same colour for a key everywhere.
+
+    Each panel draws its run's ``keys`` (the first in C0, solid; the second in C1, dashed;
+    ...) over the other runs' last key in light grey, so a run is read against the field
+    without a legend of nine colours.
+
+    Args:
+        histories: ``run name -> History`` (or a dict ``name -> per-epoch list``).
+        keys: the logged names to draw in each panel.
+        labels: their names in the legend (``"train"``, ``"validation"``).
+        ylabel, title: the shared y label and the figure title.
+        logy: a logarithmic y axis.
+        mark_best: a key whose best epoch (minimum; maximum for names with "acc") gets a dot
+            and goes into the panel title.
+        zoom: y limits fitted to the values after the first tenth of the epochs (at least
+            one), so that late differences show; earlier values may leave the axes (a note
+            says so).
+        ncols: panels per row.
+        path: where to save the PNG.
+
+    Returns:
+        The figure; panel ``i`` (``fig.axes[i]``) is run ``i``: first the grey context lines
+        (one per other run lacking none of the last key), then one line per key, then the
+        best-epoch dot.
+
+    Example:
+        >>> fig = plot_curve_panels({"sgd": {"loss": [1.0, 0.5], "val_loss": [1.1, 0.7]},
+        ...                          "adam": {"loss": [0.8, 0.3], "val_loss": [0.9, 0.6]}})
+    """
+    runs = {name: _history_dict(h) for name, h in histories.items()}
+    n = len(runs)
+    ncols = max(1, min(ncols, n))
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(3.1 * ncols + 0.4, 2.3 * nrows + 0.8))
+    axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
+    styles = ["-", "--", ":", "-."]
+    context_key = keys[-1]
+    for i, (name, h) in enumerate(runs.items()):
+        ax = axes[i]
+        for other, oh in runs.items():
+            if other != name and context_key in oh:
+                ax.plot(range(len(oh[context_key])), oh[context_key], color="0.82", lw=0.7)
+        for j, key in enumerate(keys):
+            if key in h:
+                label = labels[j] if j < len(labels) else key
+                ax.plot(range(len(h[key])), h[key], styles[j % 4], color=f"C{j}", label=label)
+        heading = name
+        if mark_best in h and any(math.isfinite(x) for x in h[mark_best]):
+            values = np.asarray(h[mark_best], float)
+            best = int(np.nanargmax(values) if "acc" in mark_best else np.nanargmin(values))
+            ax.plot([best], [values[best]], "o", color="C3", markersize=4)
+            heading += f": best {mark_best} {values[best]:.3g} (epoch {best})"
+        ax.set_title(heading, fontsize=8.5)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=8)
+    for ax in axes[n:]:
+        ax.set_visible(False)
+    if logy:
+        axes[0].set_yscale("log")
+    note = ""
+    if zoom:
+        skip = max(1, math.ceil(0.1 * max(len(v) for h in runs.values() for v in h.values())))
+        series = [h[k] for h in runs.values() for k in keys if k in h]
+        limits = _zoom_limits(series, skip, logy)
+        if limits is not None:
+            axes[0].set_ylim(limits[0], limits[1])
+            if limits[2]:
+                note = f"y zoomed to epochs {skip} on; earlier values run off the axes"
+    for r in range(nrows):
+        axes[r * ncols].set_ylabel(ylabel, fontsize=9)
+    for ax in axes[max(0, n - ncols) : n]:
+        ax.set_xlabel("epoch", fontsize=9)
+        ax.xaxis.set_tick_params(labelbottom=True)
+    handles, names = axes[0].get_legend_handles_labels()
+    grey = "the other runs' " + (labels[len(keys) - 1] if len(labels) >= len(keys) else context_key)
+    handles.append(axes[0].plot([], [], color="0.82", lw=0.7)[0])
+    names.append(grey)
+    if mark_best:
+        handles.append(axes[0].plot([], [], "o", color="C3", markersize=4)[0])
+        names.append(f"best {mark_best}")
+    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, frameon=False)
+    if title or note:
+        fig.suptitle("\n".join(t for t in (title, note) if t), fontsize=10)
+    fig.tight_layout(rect=(0, 0.3 / fig.get_figheight(), 1, 1))
+    return save(fig, path)
+
+
+def plot_dots(
+    values: Mapping[str, float],
+    *,
+    xlabel: str = "",
+    title: str | None = None,
+    step: float | None = None,
+    sort: bool = True,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """A dot per entry on a zoomed horizontal axis (e.g. test accuracy per optimizer).
+
+    Unlike bars, which must start at 0 and so hide a 0.956-0.967 spread, dots only need the
+    axis to cover the values (padded by a quarter of their range, at least ``step``).
+
+    Args:
+        values: ``name -> value``.
+        xlabel, title: the axis label and the title.
+        step: the resolution of the values (``1 / n`` for an accuracy over ``n`` examples):
+            faint vertical lines at its multiples (and the ticks there, when few), so a
+            difference can be counted in steps (examples).
+        sort: best (largest) on top; False keeps the given order, top to bottom.
+        path: where to save the PNG.
+
+    Returns:
+        The figure; ``fig.axes[0].collections[0]`` holds the dots (value, row), top row last.
+
+    Example:
+        >>> fig = plot_dots({"sgd": 0.956, "adam": 0.967}, step=1 / 270)
+    """
+    items = list(values.items())
+    if sort:
+        items.sort(key=lambda kv: kv[1])
+    else:
+        items.reverse()
+    names, xs = [k for k, _ in items], np.asarray([float(v) for _, v in items])
+    fig = Figure(figsize=(6.5, 0.32 * len(items) + 1.3))
+    ax = fig.add_subplot()
+    rows = np.arange(len(items))
+    ax.hlines(rows, xs.min(), xs, color="0.85", lw=0.8)
+    ax.scatter(xs, rows, color="C0", s=28, zorder=3)
+    low, high = float(xs.min()), float(xs.max())
+    pad = max(0.25 * (high - low), step or 0.0, 1e-3 * max(abs(high), 1.0))
+    ax.set_xlim(low - pad, high + 1.6 * pad)
+    for x, r in zip(xs, rows, strict=True):
+        ax.annotate(f"{x:.4g}", (x, r), xytext=(5, 0), textcoords="offset points", va="center",
+                    fontsize=8)  # fmt: skip
+    if step:
+        first = math.ceil((low - pad) / step)
+        last = math.floor((high + 1.6 * pad) / step)
+        if last - first <= 60:
+            for k in range(first, last + 1):
+                ax.axvline(k * step, color="0.9", lw=0.6, zorder=0)
+        if last - first <= 12:
+            ticks = [k * step for k in range(first, last + 1)]
+            ax.set_xticks(ticks, [f"{t:.4g}" for t in ticks])
+    ax.set_yticks(rows, names, fontsize=9)
+    ax.set_ylim(-0.6, len(items) - 0.4)
+    ax.set_xlabel(xlabel, fontsize=9)
+    ax.tick_params(axis="x", labelsize=8)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
     return save(fig, path)
 
 
@@ -221,8 +413,12 @@ def draw_trajectories(
     minimum: tuple[float, float] | None = None,
     log_levels: bool = True,
     title: str | None = None,
+    colors: Sequence[str] | None = None,
 ) -> None:
-    """Draws the contours of ``fn(x, y)`` and each optimizer's ``(T, 2)`` path on ``ax``."""
+    """Draws the contours of ``fn(x, y)`` and each optimizer's ``(T, 2)`` path on ``ax``.
+
+    Path ``i`` is drawn in ``colors[i]`` (default ``C{i}``) and labelled with its name.
+    """
     xs, ys = np.linspace(*xlim, 200), np.linspace(*ylim, 200)
     grid_x, grid_y = np.meshgrid(xs, ys)
     z = np.asarray(fn(grid_x, grid_y), float)
@@ -234,8 +430,9 @@ def draw_trajectories(
         ax.contour(grid_x, grid_y, z, levels=25, colors="0.7", linewidths=0.5)
     for i, (name, path) in enumerate(paths.items()):
         p = np.asarray(path, float)
-        ax.plot(p[:, 0], p[:, 1], "-", color=f"C{i % 10}", lw=1.2, label=name)
-        ax.plot(p[-1:, 0], p[-1:, 1], "o", color=f"C{i % 10}", ms=3)
+        color = colors[i] if colors is not None else f"C{i % 10}"
+        ax.plot(p[:, 0], p[:, 1], "-", color=color, lw=1.2, label=name)
+        ax.plot(p[-1:, 0], p[-1:, 1], "o", color=color, ms=3)
     ax.plot([paths[next(iter(paths))][0][0]], [paths[next(iter(paths))][0][1]], "ks", ms=4)
     if minimum is not None:
         ax.plot([minimum[0]], [minimum[1]], "r*", ms=10)
@@ -253,23 +450,47 @@ def plot_trajectories(
 ) -> Figure:
     """One panel per problem: contours plus every optimizer's path (see `draw_trajectories`).
 
+    An optimizer keeps its colour in every panel (by its first appearance), and one legend
+    below the panels names them all, with the start (black square), each path's end (dot)
+    and the minimum (red star).
+
     Args:
         problems: ``title -> {"fn", "paths", "xlim", "ylim", optional "minimum", "log_levels"}``.
         ncols: panels per row.
         path: where to save the PNG.
 
     Returns:
-        The figure (legend on the first panel).
+        The figure; ``fig.legends[0]`` is the shared legend.
     """
+    from matplotlib.lines import Line2D
+
+    names = list(dict.fromkeys(n for spec in problems.values() for n in spec["paths"]))
     nrows = math.ceil(len(problems) / ncols)
-    fig = Figure(figsize=(4.6 * ncols, 3.8 * nrows))
+    fig = Figure(figsize=(4.6 * ncols, 3.8 * nrows + 0.5))
     for k, (title, spec) in enumerate(problems.items()):
         ax = fig.add_subplot(nrows, ncols, k + 1)
-        draw_trajectories(ax, title=title, **spec)
-        if k == 0:
-            ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
+        paths = spec["paths"]
+        draw_trajectories(
+            ax,
+            title=title,
+            **{**spec, "paths": {n: paths[n] for n in names if n in paths}},
+            colors=[f"C{names.index(n) % 10}" for n in names if n in paths],
+        )
+    handles = [Line2D([], [], color=f"C{i % 10}", lw=1.5) for i in range(len(names))]
+    handles += [
+        Line2D([], [], ls="", marker="s", color="k", ms=4),
+        Line2D([], [], ls="", marker="o", color="0.4", ms=3),
+        Line2D([], [], ls="", marker="*", color="r", ms=8),
+    ]
+    labels = [*names, "start", "end of path", "minimum"]
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 10), fontsize=8,
+               frameon=False)  # fmt: skip
+    fig.tight_layout(rect=(0, 0.045 * 2 / nrows, 1, 1))
     return save(fig, path)
+
+
+def _count_label(count: float, _pos: Any = None) -> str:
+    return f"{count / 1000:g}k" if count >= 1000 else f"{count:g}"
 
 
 def plot_activation_histograms(
@@ -277,41 +498,67 @@ def plot_activation_histograms(
     *,
     bins: int = 30,
     value_range: tuple[float, float] | None = None,
+    drop_zeros: bool = False,
     path: str | os.PathLike | None = None,
 ) -> Figure:
     """A grid of histograms: one row per setting (e.g. "tanh, xavier"), one column per layer.
+
+    Under each panel: the standard deviation of its values (all of them, before any clipping
+    or dropping). The panels of a row share their count axis.
 
     Args:
         activations: ``setting -> [layer activations]`` (arrays of any shape).
         bins: histogram bins.
         value_range: one x range for every panel, values outside it counted in the edge
             bins (so shrinking or exploding activations show); default each panel's own.
+        drop_zeros: histogram only the nonzero values and write the share of exact zeros
+            in the panel (for ReLU, whose zeros would dwarf the rest); a panel of only
+            zeros then says so instead of drawing a bar.
         path: where to save the PNG.
 
     Returns:
         The figure; axes in row-major order.
     """
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
+
     rows = list(activations)
     ncols = max(len(v) for v in activations.values())
-    fig = Figure(figsize=(1.9 * ncols + 1.2, 1.35 * len(rows) + 0.5))
+    fig = Figure(figsize=(2.2 * ncols + 1.4, 1.55 * len(rows) + 0.7))
+    axes = fig.subplots(len(rows), ncols, sharey="row", squeeze=False)
     for r, name in enumerate(rows):
-        for c, act in enumerate(activations[name]):
-            ax = fig.add_subplot(len(rows), ncols, r * ncols + c + 1)
-            a = np.asarray(act, float).ravel()
+        for c in range(ncols):
+            ax = axes[r, c]
+            if c >= len(activations[name]):
+                ax.set_visible(False)
+                continue
+            a = np.asarray(activations[name][c], float).ravel()
+            text = f"std {a.std():.2g}" if a.size else "empty"
+            if drop_zeros:
+                zeros = float(np.mean(a == 0)) if a.size else 0.0
+                a = a[a != 0]
+                text += f"\n{zeros:.0%} zero"
             if value_range is not None:
                 lo, hi = value_range
                 a = np.clip(a, lo, hi)
-            else:
+            elif a.size:
                 lo, hi = float(np.min(a)), float(np.max(a))
+            else:
+                lo, hi = 0.0, 1.0
             if hi - lo < 1e-6:
                 lo, hi = lo - 0.5, hi + 0.5
             ax.hist(a, bins=bins, range=(lo, hi), color=f"C{r % 10}")
-            ax.set_yticks([])
-            ax.locator_params(axis="x", nbins=3)
-            ax.tick_params(labelsize=5)
+            if not a.size:
+                ax.text(0.5, 0.5, "all values 0", transform=ax.transAxes, ha="center",
+                        va="center", fontsize=8, color="0.4")  # fmt: skip
+                ax.tick_params(axis="y", left=False, labelleft=False)
+            ax.set_xlabel(text.replace("\n", ", "), fontsize=7, labelpad=1, color="0.25")
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]))
+            ax.yaxis.set_major_locator(MaxNLocator(nbins=3))
+            ax.yaxis.set_major_formatter(FuncFormatter(_count_label))
+            ax.tick_params(labelsize=7)
             if r == 0:
-                ax.set_title(f"layer {c + 1}", fontsize=8)
+                ax.set_title(f"layer {c + 1}", fontsize=9)
             if c == 0:
-                ax.set_ylabel(name, fontsize=7, rotation=0, ha="right", va="center")
-    fig.tight_layout(pad=0.3)
+                ax.set_ylabel(f"{name}\ncount", fontsize=8)
+    fig.tight_layout(pad=0.4)
     return save(fig, path)

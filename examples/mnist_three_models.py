@@ -19,6 +19,7 @@ Run: ``python examples/mnist_three_models.py [--dataset digits|mnist] [--epochs 
 """
 
 import argparse
+import logging
 import os
 
 import dlopt
@@ -26,6 +27,7 @@ from dlopt.data import DatasetUnavailableError
 from dlopt.diagnose import diagnose
 from dlopt.experiments import load_dataset, mlp, train_classifier
 from dlopt.plots import plot_curves
+from dlopt.progress import Progress
 
 OUT = os.path.join(os.path.dirname(__file__), "figures")
 
@@ -52,19 +54,41 @@ def main(argv=None):
     args = parser.parse_args(argv)
     dataset = args.dataset
     if dataset == "mnist":
+        logging.getLogger("absl").setLevel(logging.ERROR)  # TFDS warns about partial folders
         try:
             load_dataset("mnist", limit=1)
-        except (DatasetUnavailableError, ImportError) as e:
-            print(f"{type(e).__name__}: {e}\n-> using scikit-learn digits instead.")
+        except DatasetUnavailableError:
+            print("MNIST is not downloaded (tfds.load('mnist') once, with network); using "
+                  "scikit-learn's digits instead.")  # fmt: skip
+            dataset = "digits"
+        except ImportError:
+            print("tensorflow-datasets is not installed (pip install 'dlopt[data]'); using "
+                  "scikit-learn's digits instead.")  # fmt: skip
             dataset = "digits"
 
     histories, rows = {}, []
+    bar = Progress(total=len(MODELS) * args.epochs, unit="epoch")  # a bar, or lines in a log
+
+    def tick(epoch, state, history, logs):
+        bar.update()
+        return state
+
     for name, (limit, hidden, dropout, bn, l2, tx, batch) in MODELS.items():
         data = load_dataset(dataset, limit=limit)
         model = mlp(hidden, dropout=dropout, batch_norm=bn)
+        bar.describe(name)
         r = train_classifier(
-            tx, data, model=model, epochs=args.epochs, batch_size=batch, l2=l2, patience=5
+            tx,
+            data,
+            model=model,
+            epochs=args.epochs,
+            batch_size=batch,
+            l2=l2,
+            patience=5,
+            on_epoch=tick,
         )
+        bar.update(args.epochs - r["epochs"])
+        bar.note(f"model {name}: {r['epochs']} epochs in {r['seconds']:.1f} s")
         histories[name] = r["history"]
         h = r["history"].history
         rows.append(
@@ -78,6 +102,7 @@ def main(argv=None):
                 r["test_f1"],
             )
         )
+    bar.close()
     print(f"data: {data['source']}")
     print(
         f"{'model':>34}  {'train n':>7}  {'epochs':>6}  {'best':>4}  {'val loss':>8}  "

@@ -35,6 +35,7 @@ import dlopt
 from dlopt.diagnose import diagnose
 from dlopt.experiments import load_dataset, mlp, train_classifier
 from dlopt.plots import save
+from dlopt.progress import Progress
 
 OUT = os.path.join(os.path.dirname(__file__), "figures")
 EPOCHS, HIDDEN, TRAIN_EXAMPLES = 60, (512, 512), 300
@@ -71,12 +72,27 @@ def main():
     data = load_dataset("digits", limit=TRAIN_EXAMPLES)
     print(f"{data['source']}: {TRAIN_EXAMPLES} training examples, MLP {HIDDEN}, Adam 1e-3\n")
     results = {}
-    for name, options in VARIANTS.items():
-        options = dict(options)
-        model = mlp(HIDDEN, dropout=options.pop("dropout", 0.0))
-        results[name] = train_classifier(
-            dlopt.adam(1e-3), data, model=model, epochs=EPOCHS, batch_size=32, **options
-        )
+    with Progress(total=len(VARIANTS) * EPOCHS, unit="epoch") as bar:  # or lines in a log
+
+        def tick(epoch, state, history, logs):
+            bar.update()
+            return state
+
+        for name, options in VARIANTS.items():
+            options = dict(options)
+            model = mlp(HIDDEN, dropout=options.pop("dropout", 0.0))
+            bar.describe(name)
+            results[name] = r = train_classifier(
+                dlopt.adam(1e-3),
+                data,
+                model=model,
+                epochs=EPOCHS,
+                batch_size=32,
+                on_epoch=tick,
+                **options,
+            )
+            bar.update(EPOCHS - r["epochs"])
+            bar.note(f"{name}: {r['epochs']} epochs in {r['seconds']:.1f} s")
 
     print(f"{'':>18}  {'train loss':>10}  {'val loss':>8}  {'gap':>6}  {'test acc':>8}  epochs")
     for name, r in results.items():

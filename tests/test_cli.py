@@ -1,6 +1,9 @@
-"""The dlopt command: demo (quick), schedule, lr-find, --help, one-line errors on bad arguments."""
+"""The dlopt command: demo (quick), schedule, lr-find, bench, --help, and one-line errors
+(exit status 2) on bad arguments, found before any work starts."""
 
 import json
+import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -9,7 +12,10 @@ import numpy as np
 import pytest
 
 import dlopt
+from dlopt import cli
 from dlopt.cli import DEMO_OPTIMIZERS, SCHEDULE_ALIASES, main
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -28,7 +34,7 @@ def is_png(path):
 
 def test_demo_quick_prints_table_and_diagnosis_and_writes_pngs(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert run(["demo", "--quick", "--optimizers", "SGD", "Adam", "--out", str(out)]) == 0
+    assert run(["demo", "--quick", "--optimizers", "sgd", "ADAM", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     header = next(line for line in text.splitlines() if "optimizer" in line)
     for column in ("train loss", "val loss", "best epoch", "test acc", "test F1", "time s"):
@@ -128,11 +134,15 @@ def test_lr_find_suggests_a_rate_inside_the_range(tmp_path, capsys):
         "1e-4",
         "--max-lr",
         "10",
+        "--optimizer",
+        "Momentum",  # the demo's names, any case
         "--out",
         str(tmp_path),
     ]
     assert run(argv) == 0
-    suggested = float(re.search(r"suggested learning rate: (\S+)", capsys.readouterr().out)[1])
+    out = capsys.readouterr().out
+    assert out.startswith("Momentum on ")
+    suggested = float(re.search(r"suggested learning rate: (\S+)", out)[1])
     assert 1e-4 <= suggested <= 10
     assert is_png(tmp_path / "lr_find.png")
 
@@ -179,3 +189,143 @@ def test_runs_as_a_module():
     assert done.returncode == 0
     for command in ("demo", "schedule", "lr-find"):
         assert command in done.stdout
+
+
+# --- errors before work
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Makes loading data, training and benchmarking fail the test if they start."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the command started working before rejecting its arguments")
+
+    import dlopt.experiments
+    import dlopt.tuning
+
+    monkeypatch.setattr(cli, "_load", refuse)
+    monkeypatch.setattr(dlopt.experiments, "train_classifier", refuse)
+    monkeypatch.setattr(dlopt.tuning, "lr_find", refuse)
+    monkeypatch.syspath_prepend(str(ROOT))
+    import benchmarks.update_step
+
+    monkeypatch.setattr(benchmarks.update_step, "run", refuse)
+
+
+def bad_outputs(tmp_path):
+    """(description, path) pairs no command can write its output to."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    cases = [("existing file", str(a_file)), ("under a file", str(a_file / "sub")), ("empty", "")]
+    if os.path.isdir("/proc/self"):  # not writable, even for root
+        cases.append(("unwritable", "/proc/dlopt_out"))
+    return cases
+
+
+COMMANDS = {
+    "demo": ["demo", "--quick"],
+    "schedule": ["schedule", "cosine", "--args", "init_value=1.0", "decay_steps=10"],
+    "lr-find": ["lr-find", "--steps", "5"],
+    "bench": ["bench", "--quick"],
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_a_bad_out_is_a_one_line_error_before_any_work(command, tmp_path, no_work, capsys):
+    for what, path in bad_outputs(tmp_path):
+        assert run([*COMMANDS[command], "--out", path]) == 2, what
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--out" in err, (what, err)
+        assert "Traceback" not in err and err.startswith(f"dlopt {command}: error:"), err
+    assert not (tmp_path / "a_file" / "sub").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["lr-find", "--min-lr", "1", "--max-lr", "0.1"], "--max-lr must be greater than --min-lr"),
+        (["lr-find", "--min-lr", "0.1", "--max-lr", "0.1"], "--max-lr must be greater"),
+        (["lr-find", "--steps", "1"], "--steps"),
+        (["lr-find", "--plot", "x.txt"], ".txt"),
+        (["schedule", "cosine", "--args", "init_value=1.0", "decay_steps=9", "--plot", "x.txt"],
+         "no image format"),
+        (["schedule", "cosine", "--args", "init_value=1.0", "decay_steps=9", "--plot", "x"],
+         "no extension"),
+        (["schedule", "cosine", "--args", "init_value=1.0", "decay_steps=9", "--plot", "."],
+         "is a folder"),
+        (["schedule", "cosine", "--args", "init_value=1.0", "decay_steps=9", "--plot", ""],
+         "empty"),
+        (["demo", "--optimizers", "adam", "nosuch"], "nosuch"),
+        (["bench", "--reps", "0"], "--reps"),
+        (["bench", "--optimizers", "nosuch"], "nosuch"),
+    ],
+)  # fmt: skip
+def test_bad_values_are_one_line_errors_before_any_work(argv, match, no_work, capsys):
+    assert run(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and match in err and "Traceback" not in err, err
+
+
+def test_optimizer_names_in_any_case():
+    for name in DEMO_OPTIMIZERS:
+        for spelled in (name, name.lower(), name.upper()):
+            assert cli.resolve_optimizer(spelled) == name
+    with pytest.raises(cli.UsageError, match="Adam"):  # the message lists the choices
+        cli.resolve_optimizer("adamm")
+
+
+def test_a_missing_extra_names_the_pip_install(monkeypatch, no_work, capsys):
+    monkeypatch.setitem(sys.modules, "flax", None)  # as if not installed
+    assert run(["demo", "--quick"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'dlopt[flax]'" in err, err
+
+
+BLOCK_MATPLOTLIB = (
+    "import sys\n"
+    "class Block:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    "        if name.split('.')[0] == 'matplotlib':\n"
+    "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+    "sys.meta_path.insert(0, Block())\n"
+    "from dlopt.cli import main\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def without_matplotlib(*argv):
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_MATPLOTLIB, *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])},
+    )
+
+
+def test_without_matplotlib_the_demo_runs_without_figures(tmp_path):
+    out = tmp_path / "demo"
+    done = without_matplotlib("demo", "--quick", "--optimizers", "sgd", "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "pip install 'dlopt[plots]'" in done.stderr and "Traceback" not in done.stderr
+    assert "test acc" in done.stdout and (out / "demo_results.json").is_file()
+    assert not list(out.glob("*.png"))
+    schedule = ["schedule", "step", "--args", "init_value=0.1", "step_size=3", "decay_rate=0.5"]
+    done = without_matplotlib(*schedule, "--plot", str(tmp_path / "s.png"))
+    assert done.returncode == 2  # a figure asked for by name cannot be skipped
+    err = done.stderr.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'dlopt[plots]'" in err, err
+
+
+def test_bench_help_names_dlopt_bench(capsys):
+    assert run(["bench", "--help"]) == 0
+    assert capsys.readouterr().out.startswith("usage: dlopt bench ")
+
+
+def test_bench_knows_every_benchmarked_optimizer(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.__main__ import OPTIMIZERS
+    from benchmarks.update_step import OPTIMIZERS as BENCHMARKED
+
+    assert list(OPTIMIZERS) == list(BENCHMARKED)

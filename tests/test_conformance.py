@@ -34,6 +34,13 @@ def _group_names(tree):
     return {label: label for label in tree}  # fused hands the inner tx {label: {dtype: buffer}}
 
 
+def _frozen_by_path(params):
+    # default_params' paths: "matrix", "vector", "scalar", "nested/0", "nested/1/0" (under
+    # "0/" when the kit wraps them as (params, None)), so patterns anchor at a "/" or the start
+    rules = {"(^|/)nested/": "frozen", "(^|/)matrix$": "frozen"}
+    return dlopt.path_labels(params, rules, default="train")
+
+
 def _halve(updates, params):
     return jax.tree.map(lambda u: 0.5 * u, updates)
 
@@ -133,6 +140,25 @@ TRANSFORMS = [
         "",
         lambda: dlopt.chain(dlopt.sgd(0.1), dlopt.reduce_on_plateau(patience=0)),
         {"extra_args": {"value": 1.0}},
+    ),
+    # freezing and parameter groups named by path (transfer learning)
+    Entry("set_to_zero", "", dlopt.set_to_zero),
+    Entry(
+        "partition",
+        "path_labels_frozen",
+        lambda: dlopt.partition(
+            {"frozen": dlopt.set_to_zero(), "train": dlopt.adam(1e-2)}, _frozen_by_path
+        ),
+    ),
+    Entry(
+        "fused",
+        "path_labels_frozen",
+        lambda: dlopt.fused(
+            dlopt.partition(
+                {"frozen": dlopt.set_to_zero(), "train": dlopt.adam(1e-2)}, _group_names
+            ),
+            group_by=_frozen_by_path,
+        ),
     ),
     # the families and wrappers added per group (tests/cases_*.py)
     *cases_adam_family.CONFORMANCE,

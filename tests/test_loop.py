@@ -167,8 +167,11 @@ def test_bad_arguments(kwargs, match):
 
 
 def test_progress_bar_only_on_a_tty(capsys, monkeypatch):
-    fit(linear_state(), TRAIN, epochs=1, loss_fn=linear_loss_fn, progress=True)
-    assert capsys.readouterr().err == ""
+    fit(linear_state(), TRAIN, epochs=2, val_data=VAL, loss_fn=linear_loss_fn, progress=True)
+    err = capsys.readouterr().err  # not a terminal: one plain line per epoch, no bar
+    lines = err.splitlines()
+    assert len(lines) == 2 and "\r" not in err, err
+    assert lines[1].startswith("epoch 2/2  loss ") and "val_loss " in lines[1]
     monkeypatch.setattr("sys.stderr.isatty", lambda: True, raising=False)
     fit(linear_state(), TRAIN, epochs=1, loss_fn=linear_loss_fn, progress=True)
     err = capsys.readouterr().err

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import sys
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
+from dlopt.progress import EpochProgress
 from dlopt.training.callbacks import Callback
 from dlopt.training.steps import NUM_EXAMPLES, make_eval_step, make_train_step
 
@@ -113,16 +112,6 @@ class _Mean:
         return {prefix + k: float(self.sums[k]) / count if count else math.nan for k in names}
 
 
-def _progress_bar(enabled: bool, epoch: int, epochs: int, total: int | None):
-    if not enabled or not sys.stderr.isatty():
-        return None
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, desc=f"epoch {epoch + 1}/{epochs}", unit="batch", leave=False)
-
-
 def evaluate(state: Any, data: Iterable[Any], eval_step: Callable[..., Any]) -> dict[str, float]:
     """Example-weighted means of ``eval_step``'s metrics over the batches of ``data``."""
     mean = _Mean()
@@ -163,7 +152,8 @@ def fit(
         epochs: the index one past the last epoch to run (as in Keras).
         val_data: batches for the validation metrics, same forms as ``train_data``.
         callbacks: `Callback` objects, called in order.
-        progress: a tqdm bar with the running loss and examples/s, shown only on a TTY.
+        progress: on a terminal a tqdm bar with the running loss and examples/s, elsewhere
+            one plain line per epoch (`dlopt.progress.EpochProgress`); False: nothing.
         loss_fn: builds ``train_step``/``eval_step`` with `make_train_step`/`make_eval_step`
             when those are not given.
         train_step: ``(state, batch) -> (state, metrics)``, e.g. from `make_pmap_train_step`.
@@ -191,6 +181,7 @@ def fit(
     history = History() if history is None else history
     callbacks = list(callbacks)
     batch_hooks = [cb for cb in callbacks if getattr(cb, "uses_batch_hook", False)]
+    shown = EpochProgress(epochs, enabled=progress)
 
     for cb in callbacks:
         state = cb.on_train_begin(state, history)
@@ -198,29 +189,25 @@ def fit(
         for cb in callbacks:
             state = cb.on_epoch_begin(epoch, state, history)
         batches = _epoch_batches(train_data, epoch, "train_data")
-        bar = _progress_bar(progress, epoch, epochs, _len(batches))
-        mean, start, seen = _Mean(), time.perf_counter(), 0.0
+        shown.epoch_begin(epoch, _len(batches))
+        mean = _Mean()
         for i, batch in enumerate(batches):
             state, metrics = train_step(state, batch)
             mean.add(metrics)
-            if bar is not None:
-                seen += float(metrics[NUM_EXAMPLES])
-                rate = seen / max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix(loss=f"{float(metrics['loss']):.4g}", ex_s=f"{rate:.0f}")
-                bar.update()
+            if shown.per_batch:
+                shown.batch_end(metrics["loss"], metrics[NUM_EXAMPLES])
             if batch_hooks:
                 logs = {k: float(v) for k, v in metrics.items() if k != NUM_EXAMPLES}
                 for cb in batch_hooks:
                     state = cb.on_train_batch_end(i, state, logs)
                 if _stop(callbacks):
                     break
-        if bar is not None:
-            bar.close()
         logs = mean.result()
         if val_data is not None:
             val = _epoch_batches(val_data, epoch, "val_data")
             logs.update({f"val_{k}": v for k, v in evaluate(state, val, eval_step).items()})
         history.append(logs)
+        shown.epoch_end(epoch, logs)
         for cb in callbacks:
             state = cb.on_epoch_end(epoch, state, history, logs)
         if _stop(callbacks):
