@@ -24,6 +24,7 @@ from dlopt.training.parallel import split_batch as split_batch
 from dlopt.training.parallel import state_sharding as state_sharding
 from dlopt.training.parallel import unreplicate as unreplicate
 from dlopt.training.state import TrainState as TrainState
+from dlopt.training.steps import StepOptions as StepOptions
 from dlopt.training.steps import make_eval_step as make_eval_step
 from dlopt.training.steps import make_train_step as make_train_step
 
