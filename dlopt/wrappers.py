@@ -72,6 +72,7 @@ class InjectHyperparamsState(NamedTuple):
     count: chex.Array  # int32 step t, saturating; schedules are evaluated on it
     hyperparams: dict[str, chex.Array]  # the values used by the last step; numeric ones writable
     inner_state: Any  # the state of the wrapped transform
+    schedule_scales: dict[str, chex.Array]  # f32 multiplier of each schedule (1; writable)
 
 
 def inject_hyperparams(
@@ -92,9 +93,12 @@ def inject_hyperparams(
     Numeric hyperparameters become arrays in ``state.hyperparams``; overwrite them between
     steps (`set_hyperparam`, or ``state.hyperparams[name] = jnp.asarray(v, dtype)``) without a
     recompile, or build a batch of states and ``jax.vmap`` many trainings at once. A callable
-    argument is a schedule ``step -> value`` (evaluated on ``state.count``; writing its entry has
-    no effect); booleans, None, strings and ``static_args`` are passed to the factory as they
-    are. Bad values are checked eagerly (schedules at step 0) by building the factory once.
+    argument is a schedule ``step -> value``, evaluated on ``state.count`` and multiplied by
+    ``state.schedule_scales[name]`` (1 unless set with `set_schedule_scale`, as the
+    `ReduceLROnPlateau` callback does: ``lr_t = scale * schedule(t)``); writing its
+    ``hyperparams`` entry has no effect. Booleans, None, strings and ``static_args`` are passed
+    to the factory as they are. Bad values are checked eagerly (schedules at step 0) by building
+    the factory once.
 
     Deliberate difference from optax: float hyperparameters are stored in float32 (float64 when
     a parameter is float64) rather than in the parameters' widest dtype, so ``b2=0.999`` does not
@@ -143,20 +147,24 @@ def inject_hyperparams(
             hyperparams = {k: _as_hyperparam(v, dtype) for k, v in numeric.items()}
             count = jnp.zeros([], jnp.int32)
             hyperparams |= {k: _as_hyperparam(s(count), dtype) for k, s in schedules.items()}
-            return InjectHyperparamsState(count, hyperparams, build(hyperparams).init(params))
+            scales = {k: jnp.ones([], jnp.float32) for k in schedules}
+            inner_state = build(hyperparams).init(params)
+            return InjectHyperparamsState(count, hyperparams, inner_state, scales)
 
         def update_fn(updates, state, params=None, **extra_args):
             dtype = hyperparam_dtype
             if dtype is None:
                 dtype = _widest_float(updates if params is None else params)
             hyperparams = {k: _as_hyperparam(v, dtype) for k, v in state.hyperparams.items()}
+            scales = dict(state.schedule_scales)
             for k, s in schedules.items():
-                hyperparams[k] = jnp.asarray(s(state.count)).astype(hyperparams[k].dtype)
+                value = jnp.asarray(s(state.count)).astype(hyperparams[k].dtype)
+                hyperparams[k] = value * scales[k].astype(value.dtype)
             updates, inner_state = build(hyperparams).update(
                 updates, state.inner_state, params, **extra_args
             )
             count = tree_lib.safe_increment(state.count)
-            return updates, InjectHyperparamsState(count, hyperparams, inner_state)
+            return updates, InjectHyperparamsState(count, hyperparams, inner_state, scales)
 
         return GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -249,6 +257,59 @@ def set_hyperparam(opt_state: Any, name: str, value: chex.Numeric) -> Any:
     new_state = jax.tree.map(replace, opt_state, is_leaf=_is_injected)
     if not hits:
         raise _missing(opt_state, name)
+    return new_state
+
+
+def is_scheduled(opt_state: Any, name: str) -> bool:
+    """Whether the outermost injected state holding ``name`` drives it by a schedule (dlopt's
+    `inject_hyperparams`; optax's injected states do not say, and read as False).
+
+    Raises:
+        ValueError: naming ``name`` when no injected state holds it.
+    """
+    for node in _injected_nodes(opt_state):
+        if name in node.hyperparams:
+            return name in (getattr(node, "schedule_scales", None) or {})
+    raise _missing(opt_state, name)
+
+
+def set_schedule_scale(opt_state: Any, name: str, scale: chex.Numeric) -> Any:
+    """A copy of ``opt_state`` whose schedule ``name`` is multiplied by ``scale`` from the next
+    step on: ``h_t = scale * schedule(t)`` (float32; a scalar is broadcast to the stored shape,
+    e.g. a pmap-replicated state).
+
+    Raises:
+        ValueError: when no injected state drives ``name`` by a schedule.
+
+    Example:
+        >>> import jax.numpy as jnp, dlopt
+        >>> tx = dlopt.inject_hyperparams(dlopt.sgd)(learning_rate=lambda t: 0.1 / (1 + t))
+        >>> state = dlopt.wrappers.set_schedule_scale(tx.init(jnp.zeros(2)), "learning_rate", 0.5)
+        >>> _, state = tx.update(jnp.ones(2), state)
+        >>> float(state.hyperparams["learning_rate"])
+        0.05000000074505806
+    """
+    hits = []
+
+    def replace(node):
+        if not _is_injected(node):
+            return node
+        inner = jax.tree.map(replace, node.inner_state, is_leaf=_is_injected)
+        scales = getattr(node, "schedule_scales", None)
+        if not scales or name not in scales:
+            return node._replace(inner_state=inner)
+        hits.append(name)
+        return node._replace(
+            inner_state=inner, schedule_scales={**scales, name: _cast_like(scale, scales[name])}
+        )
+
+    new_state = jax.tree.map(replace, opt_state, is_leaf=_is_injected)
+    if not hits:
+        raise ValueError(
+            f"no injected schedule named {name!r} in the optimizer state: pass {name} to "
+            "dlopt.inject_hyperparams(factory)(...) as a schedule (step -> value), or set a "
+            "numeric one with set_hyperparam."
+        )
     return new_state
 
 
