@@ -1,11 +1,17 @@
 """Whole train steps: dlopt's `make_train_step` vs a hand-written optax + Flax jit step.
 
 Models: the seed's MNIST MLP (4 hidden layers of 100 with BatchNorm and dropout, batch 128 of
-784 features) and a small CNN (two 3x3 convolutions with BatchNorm, 28x28x1 images, batch 64).
+784 features), a small CNN (two 3x3 convolutions with BatchNorm, 28x28x1 images, batch 64), a
+3x1024 MLP (2.9M params, batch 256 of 784 features: the NaN guard's cost on big leaves) and a
+194-leaf residual MLP (47 dense + LayerNorm blocks of width 128, batch 256: its cost per leaf).
 Random inputs with MNIST's shapes (no download). Both steps use Adam, donate their state and
 return the loss. Contenders: ``optax`` (hand-written), ``dlopt`` (``skip_nonfinite=False``,
 like for like), ``dlopt_guarded`` (the default step, which also skips non-finite updates) and
 ``dlopt_fused`` (``dlopt.fused(adam)``, no guard).
+
+`accumulation_memory` compares the compiled memory (``.lower().compile().memory_analysis()``)
+of ``make_train_step(accumulation_steps=k)`` on a batch of ``k * b`` rows with a step of
+``optax.MultiSteps(adam, k)`` on ``b`` rows (its accumulator lives in the optimizer state).
 """
 
 from __future__ import annotations
@@ -55,9 +61,34 @@ class CNN(nn.Module):
         return nn.Dense(10)(x)
 
 
+class WideMLP(nn.Module):
+    """3 x 1024 ReLU layers, then 10 logits (2.9M params in 8 leaves)."""
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        del train
+        for _ in range(3):
+            x = nn.relu(nn.Dense(1024)(x))
+        return nn.Dense(10)(x)
+
+
+class ResidualMLP(nn.Module):
+    """Dense 128, 47 blocks ``x + relu(LayerNorm(Dense(x)))``, LayerNorm, 10 logits: 194 leaves."""
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        del train
+        x = nn.Dense(128)(x)
+        for _ in range(47):
+            x = x + nn.relu(nn.LayerNorm()(nn.Dense(128)(x)))
+        return nn.Dense(10)(nn.LayerNorm()(x))
+
+
 MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
     "mlp_4x100_bn_dropout": (MLP, (128, 784)),
     "cnn_small": (CNN, (64, 28, 28, 1)),
+    "mlp_3x1024": (WideMLP, (256, 784)),
+    "residual_194": (ResidualMLP, (256, 784)),
 }
 
 
@@ -72,33 +103,43 @@ def _cross_entropy(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def optax_runner(model, variables, batch) -> Runner:
-    tx = optax.adam(LR)
+def _apply(model, params, model_state, x, rng, train):
+    """``(logits, new model state)``; the model state is ``{}`` for a model without one."""
+    logits, new = model.apply(
+        {"params": params, **model_state},
+        x,
+        train=train,
+        rngs={"dropout": rng},
+        mutable=list(model_state),
+    )
+    return logits, dict(new)
+
+
+def _model_state(variables):
+    return {k: v for k, v in variables.items() if k != "params"}
+
+
+def optax_runner(model, variables, batch, tx=None) -> Runner:
+    tx = optax.adam(LR) if tx is None else tx
 
     @functools.partial(jax.jit, donate_argnums=(0,))
     def step(carry, batch):
-        params, batch_stats, opt_state, key, t, _ = carry
+        params, model_state, opt_state, key, t, _ = carry
         rng = jax.random.fold_in(key, t)
 
         def loss(p):
-            logits, new = model.apply(
-                {"params": p, "batch_stats": batch_stats},
-                batch["x"],
-                train=True,
-                rngs={"dropout": rng},
-                mutable=["batch_stats"],
-            )
-            return _cross_entropy(logits, batch["y"]), new["batch_stats"]
+            logits, new = _apply(model, p, model_state, batch["x"], rng, True)
+            return _cross_entropy(logits, batch["y"]), new
 
-        (value, batch_stats), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        (value, model_state), grads = jax.value_and_grad(loss, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        return params, batch_stats, opt_state, key, t + 1, value
+        return params, model_state, opt_state, key, t + 1, value
 
     params = variables["params"]
     carry = (
         params,
-        variables["batch_stats"],
+        _model_state(variables),
         tx.init(params),
         jax.random.key(0),
         jnp.zeros((), jnp.int32),
@@ -107,25 +148,27 @@ def optax_runner(model, variables, batch) -> Runner:
     return Runner(step, carry, batch)
 
 
-def dlopt_runner(model, variables, batch, tx, skip_nonfinite: bool) -> Runner:
+def dlopt_loss_fn(model):
     def loss_fn(params, batch, *, model_state, rng, train):
-        logits, new = model.apply(
-            {"params": params, **model_state},
-            batch["x"],
-            train=train,
-            rngs={"dropout": rng},
-            mutable=["batch_stats"],
-        )
+        logits, new = _apply(model, params, model_state, batch["x"], rng, train)
         return _cross_entropy(logits, batch["y"]), {"model_state": new}
 
-    step = make_train_step(loss_fn, skip_nonfinite=skip_nonfinite)
-    state = TrainState.create(
+    return loss_fn
+
+
+def dlopt_state(model, variables, tx) -> TrainState:
+    return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
         tx=tx,
         rng=0,
-        model_state={"batch_stats": variables["batch_stats"]},
+        model_state=_model_state(variables),
     )
+
+
+def dlopt_runner(model, variables, batch, tx, skip_nonfinite: bool) -> Runner:
+    step = make_train_step(dlopt_loss_fn(model), skip_nonfinite=skip_nonfinite)
+    state = dlopt_state(model, variables, tx)
     return Runner(lambda carry, b: step(carry[0], b), (state, None), batch)
 
 
@@ -152,3 +195,71 @@ def run(
         rows.append({"model": name, "params": n, "batch": shape, "results": results})
         log(case_line(f"{name:22s}", results, rate=True))
     return rows
+
+
+def _memory(compiled) -> dict[str, int]:
+    m = compiled.memory_analysis()
+    out = {
+        "argument": m.argument_size_in_bytes,
+        "output": m.output_size_in_bytes,
+        "temp": m.temp_size_in_bytes,
+        "alias": m.alias_size_in_bytes,
+    }
+    out["total"] = out["argument"] + out["output"] + out["temp"] - out["alias"]
+    return out
+
+
+def accumulation_memory(
+    model_name: str = "mlp_3x1024", k: int = 4, *, dtype: Any = jnp.float32
+) -> dict[str, Any]:
+    """Compiled memory (bytes) of gradient accumulation over ``k`` micro-batches: dlopt's step
+    on ``k * b`` rows (accumulator: a float32 temporary) vs an ``optax.MultiSteps(adam, k)``
+    step on ``b`` rows (accumulator: in the optimizer state). ``b`` is the model's batch / k;
+    ``total = argument + output + temp - alias`` (donated buffers counted once)."""
+    make_model, shape = MODELS[model_name]
+    model = make_model()
+    big, micro = _batch(shape), _batch((shape[0] // k, *shape[1:]))
+    variables = model.init(jax.random.key(0), micro["x"], train=False)
+    variables = {
+        **variables,
+        "params": jax.tree.map(lambda p: p.astype(dtype), variables["params"]),
+    }
+    big = {**big, "x": big["x"].astype(dtype)}
+    micro = {**micro, "x": micro["x"].astype(dtype)}
+    step = make_train_step(dlopt_loss_fn(model), accumulation_steps=k)
+    state = dlopt_state(model, variables, dlopt.adam(LR))
+    runner = optax_runner(model, variables, micro, tx=optax.MultiSteps(optax.adam(LR), k))
+    with jax.numpy_dtype_promotion("standard"):
+        ours = _memory(step.lower(state, big).compile())
+        theirs = _memory(runner.step.lower(runner.carry, micro).compile())
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+    return {
+        "model": model_name,
+        "params": n,
+        "dtype": jnp.dtype(dtype).name,
+        "k": k,
+        "batch": shape[0],
+        "dlopt": ours,
+        "optax_multisteps": theirs,
+    }
+
+
+if __name__ == "__main__":  # python -m benchmarks.train_step [--quick]
+    import sys
+
+    quick = "--quick" in sys.argv
+    names = ["mlp_3x1024", "residual_194"]
+    run(names, reps=5 if quick else 25)
+    print("gradient accumulation, compiled memory in MB (total = arg + out + temp - alias):")
+    for name in names:
+        for dt in (jnp.float32, jnp.bfloat16):
+            row = accumulation_memory(name, 4, dtype=dt)
+            cells = "  ".join(
+                f"{who} total {m['total'] / 1e6:.2f} (temp {m['temp'] / 1e6:.2f}, "
+                f"arg {m['argument'] / 1e6:.2f})"
+                for who, m in (
+                    ("dlopt", row["dlopt"]),
+                    ("optax.MultiSteps", row["optax_multisteps"]),
+                )
+            )
+            print(f"  {name:14s} {row['dtype']:8s} k={row['k']}  {cells}")

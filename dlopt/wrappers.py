@@ -72,6 +72,7 @@ class InjectHyperparamsState(NamedTuple):
     count: chex.Array  # int32 step t, saturating; schedules are evaluated on it
     hyperparams: dict[str, chex.Array]  # the values used by the last step; numeric ones writable
     inner_state: Any  # the state of the wrapped transform
+    schedule_scales: dict[str, chex.Array]  # f32 multiplier of each schedule (1; writable)
 
 
 def inject_hyperparams(
@@ -92,9 +93,12 @@ def inject_hyperparams(
     Numeric hyperparameters become arrays in ``state.hyperparams``; overwrite them between
     steps (`set_hyperparam`, or ``state.hyperparams[name] = jnp.asarray(v, dtype)``) without a
     recompile, or build a batch of states and ``jax.vmap`` many trainings at once. A callable
-    argument is a schedule ``step -> value`` (evaluated on ``state.count``; writing its entry has
-    no effect); booleans, None, strings and ``static_args`` are passed to the factory as they
-    are. Bad values are checked eagerly (schedules at step 0) by building the factory once.
+    argument is a schedule ``step -> value``, evaluated on ``state.count`` and multiplied by
+    ``state.schedule_scales[name]`` (1 unless set with `set_schedule_scale`, as the
+    `ReduceLROnPlateau` callback does: ``lr_t = scale * schedule(t)``); writing its
+    ``hyperparams`` entry has no effect. Booleans, None, strings and ``static_args`` are passed
+    to the factory as they are. Bad values are checked eagerly (schedules at step 0) by building
+    the factory once.
 
     Deliberate difference from optax: float hyperparameters are stored in float32 (float64 when
     a parameter is float64) rather than in the parameters' widest dtype, so ``b2=0.999`` does not
@@ -143,20 +147,24 @@ def inject_hyperparams(
             hyperparams = {k: _as_hyperparam(v, dtype) for k, v in numeric.items()}
             count = jnp.zeros([], jnp.int32)
             hyperparams |= {k: _as_hyperparam(s(count), dtype) for k, s in schedules.items()}
-            return InjectHyperparamsState(count, hyperparams, build(hyperparams).init(params))
+            scales = {k: jnp.ones([], jnp.float32) for k in schedules}
+            inner_state = build(hyperparams).init(params)
+            return InjectHyperparamsState(count, hyperparams, inner_state, scales)
 
         def update_fn(updates, state, params=None, **extra_args):
             dtype = hyperparam_dtype
             if dtype is None:
                 dtype = _widest_float(updates if params is None else params)
             hyperparams = {k: _as_hyperparam(v, dtype) for k, v in state.hyperparams.items()}
+            scales = dict(state.schedule_scales)
             for k, s in schedules.items():
-                hyperparams[k] = jnp.asarray(s(state.count)).astype(hyperparams[k].dtype)
+                value = jnp.asarray(s(state.count)).astype(hyperparams[k].dtype)
+                hyperparams[k] = value * scales[k].astype(value.dtype)
             updates, inner_state = build(hyperparams).update(
                 updates, state.inner_state, params, **extra_args
             )
             count = tree_lib.safe_increment(state.count)
-            return updates, InjectHyperparamsState(count, hyperparams, inner_state)
+            return updates, InjectHyperparamsState(count, hyperparams, inner_state, scales)
 
         return GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -252,6 +260,122 @@ def set_hyperparam(opt_state: Any, name: str, value: chex.Numeric) -> Any:
     return new_state
 
 
+def is_scheduled(opt_state: Any, name: str) -> bool:
+    """Whether the outermost injected state holding ``name`` drives it by a schedule (dlopt's
+    `inject_hyperparams`; optax's injected states do not say, and read as False).
+
+    Raises:
+        ValueError: naming ``name`` when no injected state holds it.
+    """
+    for node in _injected_nodes(opt_state):
+        if name in node.hyperparams:
+            return name in (getattr(node, "schedule_scales", None) or {})
+    raise _missing(opt_state, name)
+
+
+def set_schedule_scale(opt_state: Any, name: str, scale: chex.Numeric) -> Any:
+    """A copy of ``opt_state`` whose schedule ``name`` is multiplied by ``scale`` from the next
+    step on: ``h_t = scale * schedule(t)`` (float32; a scalar is broadcast to the stored shape,
+    e.g. a pmap-replicated state).
+
+    Raises:
+        ValueError: when no injected state drives ``name`` by a schedule.
+
+    Example:
+        >>> import jax.numpy as jnp, dlopt
+        >>> tx = dlopt.inject_hyperparams(dlopt.sgd)(learning_rate=lambda t: 0.1 / (1 + t))
+        >>> state = dlopt.wrappers.set_schedule_scale(tx.init(jnp.zeros(2)), "learning_rate", 0.5)
+        >>> _, state = tx.update(jnp.ones(2), state)
+        >>> float(state.hyperparams["learning_rate"])
+        0.05000000074505806
+    """
+    hits = []
+
+    def replace(node):
+        if not _is_injected(node):
+            return node
+        inner = jax.tree.map(replace, node.inner_state, is_leaf=_is_injected)
+        scales = getattr(node, "schedule_scales", None)
+        if not scales or name not in scales:
+            return node._replace(inner_state=inner)
+        hits.append(name)
+        return node._replace(
+            inner_state=inner, schedule_scales={**scales, name: _cast_like(scale, scales[name])}
+        )
+
+    new_state = jax.tree.map(replace, opt_state, is_leaf=_is_injected)
+    if not hits:
+        raise ValueError(
+            f"no injected schedule named {name!r} in the optimizer state: pass {name} to "
+            "dlopt.inject_hyperparams(factory)(...) as a schedule (step -> value), or set a "
+            "numeric one with set_hyperparam."
+        )
+    return new_state
+
+
+# --- the NaN/Inf guard and the gradient accumulator, shared with dlopt.training's steps
+
+
+def all_finite(tree: chex.ArrayTree) -> chex.Array:
+    """A bool scalar: every element of every leaf of ``tree`` is finite."""
+    finite = jnp.array(True)
+    for leaf in jax.tree.leaves(tree):
+        finite = jnp.logical_and(finite, jnp.all(jnp.isfinite(leaf)))
+    return finite
+
+
+def count_nonfinite(finite: chex.Array, count: chex.Array) -> chex.Array:
+    """``count + 1`` (saturating) when not ``finite``, else ``count``: the skipped-step counter."""
+    return jnp.where(finite, count, tree_lib.safe_increment(count))
+
+
+def guarded(pred: chex.Array, apply: Callable[[Any], Any], skip: Callable[[Any], Any], operand):
+    """``apply(operand)`` where ``pred``, else ``skip(operand)``: the one NaN/Inf guard.
+
+    One ``lax.cond``, used by `apply_if_finite`, `multi_steps` and the train steps of
+    `dlopt.training`: the update runs only when taken, and a skipped step costs no pass over
+    the state (its buffers are passed through; under ``jit`` with donation they stay aliased).
+    Under ``vmap`` both branches run and the result is selected.
+    """
+    return jax.lax.cond(pred, apply, skip, operand)
+
+
+def accumulation_dtype(x: Any, dtype: Any | None = None) -> Any:
+    """The gradient accumulator's dtype for a leaf like ``x``: ``dtype`` if given, else
+    float64 for a float64 leaf and float32 otherwise (never narrower: bf16 gradients sum in
+    float32)."""
+    if dtype is not None:
+        return dtype
+    x_dtype = x.dtype if hasattr(x, "dtype") else jnp.asarray(x).dtype
+    return jnp.float64 if x_dtype == jnp.float64 else jnp.float32
+
+
+def accumulate(
+    acc: chex.Array,
+    g: chex.Array,
+    *,
+    weight: chex.Array | None = None,
+    count: chex.Array | None = None,
+) -> chex.Array:
+    """One gradient into the accumulator ``acc``, in ``acc``'s dtype (see `accumulation_dtype`).
+
+    .. math::
+        a + w g \\ (\\text{weight } w), \\qquad a + (g - a) / (n + 1) \\ (\\text{count } n),
+        \\qquad a + g \\ (\\text{neither})
+
+    With a weight, a zero weight leaves ``a`` exactly as it is (an all-padding micro-batch's
+    NaN gradient stays out). `multi_steps` keeps the running mean; the train steps sum
+    example-weighted micro-batch gradients and divide by the total weight once.
+    """
+    g = jnp.asarray(g).astype(acc.dtype)
+    if count is not None:
+        return acc + (g - acc) / (count + 1).astype(acc.dtype)
+    if weight is None:
+        return acc + g
+    w = jnp.asarray(weight)
+    return jnp.where(w > 0, acc + g * w.astype(acc.dtype), acc)
+
+
 class ApplyIfFiniteState(NamedTuple):
     notfinite_count: chex.Array  # int32: consecutive non-finite steps so far
     last_finite: chex.Array  # bool: whether the last gradient was finite
@@ -259,18 +383,8 @@ class ApplyIfFiniteState(NamedTuple):
     inner_state: Any  # the state of the wrapped transform
 
 
-def _all_finite(tree: chex.ArrayTree) -> chex.Array:
-    finite = jnp.array(True)
-    for leaf in jax.tree.leaves(tree):
-        finite = jnp.logical_and(finite, jnp.all(jnp.isfinite(leaf)))
-    return finite
-
-
 def _update_if(pred, inner, updates, inner_state, params, extra_args) -> tuple[Any, Any]:
-    """``inner.update(...)`` where ``pred``, else zero updates and ``inner_state`` as it is.
-
-    One ``lax.cond``: the inner rule runs only when taken (both branches under ``vmap``).
-    """
+    """``inner.update(...)`` where ``pred``, else zero updates and ``inner_state`` as it is."""
 
     def run(_):
         new_updates, new_state = inner.update(updates, inner_state, params, **extra_args)
@@ -281,7 +395,7 @@ def _update_if(pred, inner, updates, inner_state, params, extra_args) -> tuple[A
     def hold(_):
         return jax.tree.map(lambda s: jnp.zeros_like(s), shapes), inner_state
 
-    return jax.lax.cond(pred, run, hold, None)
+    return guarded(pred, run, hold, None)
 
 
 def apply_if_finite(
@@ -324,11 +438,9 @@ def apply_if_finite(
         return ApplyIfFiniteState(zero, jnp.array(True), zero, inner.init(params))
 
     def update_fn(updates, state, params=None, **extra_args):
-        finite = _all_finite(updates)
-        bad = jnp.where(finite, 0, tree_lib.safe_increment(state.notfinite_count))
-        total = jnp.where(
-            finite, state.total_notfinite, tree_lib.safe_increment(state.total_notfinite)
-        )
+        finite = all_finite(updates)
+        bad = jnp.where(finite, 0, count_nonfinite(finite, state.notfinite_count))
+        total = count_nonfinite(finite, state.total_notfinite)
 
         apply = jnp.logical_or(finite, bad > max_consecutive_errors)
         new_updates, inner_state = _update_if(
@@ -388,23 +500,17 @@ def multi_steps(
     _check_int("every_k", every_k, 1)
     inner = _extra_args(tx)
 
-    def acc_dtype(p):
-        if accumulator_dtype is not None:
-            return accumulator_dtype
-        return jnp.float64 if jnp.asarray(p).dtype == jnp.float64 else jnp.float32
-
     def init_fn(params):
         tree_lib.check_float_params(params)
         zero = jnp.zeros([], jnp.int32)
-        acc = jax.tree.map(lambda p: jnp.zeros_like(p, dtype=acc_dtype(p)), params)
+        acc = jax.tree.map(
+            lambda p: jnp.zeros_like(p, dtype=accumulation_dtype(p, accumulator_dtype)), params
+        )
         return MultiStepsState(zero, zero, inner.init(params), acc)
 
-    def accumulate(g, a, n):
-        g = g.astype(a.dtype)
-        return a + (g - a) / (n + 1).astype(a.dtype) if use_grad_mean else a + g
-
     def update_fn(updates, state, params=None, **extra_args):
-        acc = jax.tree.map(lambda g, a: accumulate(g, a, state.mini_step), updates, state.acc_grads)
+        n = state.mini_step if use_grad_mean else None
+        acc = jax.tree.map(lambda g, a: accumulate(a, g, count=n), updates, state.acc_grads)
         emit = state.mini_step >= every_k - 1
 
         grads = tree_lib.cast_like(acc, updates)

@@ -110,8 +110,10 @@ def test_early_stopping_missing_monitor_warns_and_bad_args_raise():
 
 def fake_hyperparams(monkeypatch):
     """A stand-in for inject_hyperparams' accessors on a dict opt_state."""
-    monkeypatch.setattr(dlopt, "get_hyperparam", lambda s, name: s[name], raising=False)
-    monkeypatch.setattr(dlopt, "set_hyperparam", lambda s, n, v: {**s, n: v}, raising=False)
+    where = "dlopt.training.callbacks"
+    monkeypatch.setattr(f"{where}.get_hyperparam", lambda s, name: s[name])
+    monkeypatch.setattr(f"{where}.set_hyperparam", lambda s, n, v: {**s, n: v})
+    monkeypatch.setattr(f"{where}.is_scheduled", lambda s, name: False)
 
 
 PLATEAU = [
@@ -230,3 +232,80 @@ def test_lambda_callback_hooks_and_state_replacement():
 
     fit(scalar_state(), [{}], epochs=2, train_step=step, callbacks=[cb], progress=False)
     assert calls == ["begin", ("end", 42.0, 2)]
+
+
+# --- state_dict / load_state_dict ---------------------------------------------------------
+
+
+def test_early_stopping_state_round_trip_keeps_counters_and_best_weights():
+    cb = EarlyStopping(patience=3)
+    state = cb.on_train_begin(scalar_state(), None)
+    for epoch, v in enumerate([1.0, 0.5, 0.7]):
+        state = cb.on_epoch_end(
+            epoch, state.replace(params={"w": jnp.asarray(10.0 + epoch)}), None, {"val_loss": v}
+        )
+    saved = cb.state_dict()
+    assert saved["wait"] == 1 and saved["best"] == 0.5 and saved["best_epoch"] == 1
+    fresh = EarlyStopping(patience=3)
+    fresh.load_state_dict(jax.tree.map(np.asarray, saved))
+    fresh.on_train_begin(scalar_state(), None)  # a loaded state survives on_train_begin
+    assert (fresh.wait, fresh.best, fresh.best_epoch) == (1, 0.5, 1)
+    assert float(fresh.best_weights[0]["w"]) == 11.0
+    # ... and then behaves as the original: two more bad epochs stop it, best weights back
+    for cb_ in (cb, fresh):
+        s = scalar_state()
+        for epoch, v in [(3, 0.8), (4, 0.9)]:
+            s = cb_.on_epoch_end(epoch, s, None, {"val_loss": v})
+        assert cb_.stopped_epoch == 4 and float(s.params["w"]) == 11.0
+    fresh.on_train_begin(scalar_state(), None)  # without a load: a new run starts afresh
+    assert fresh.wait == 0 and fresh.best is None and fresh.best_weights is None
+
+
+def test_reduce_lr_and_terminate_on_nan_state_round_trip(monkeypatch):
+    fake_hyperparams(monkeypatch)
+    cb = ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, cooldown=1, min_lr=0.1)
+    state = cb.on_train_begin(scalar_state(opt_state={"learning_rate": jnp.float32(0.8)}), None)
+    for epoch, v in enumerate([1.0, 2.0]):
+        state = cb.on_epoch_end(epoch, state, None, {"loss": v})
+    fresh = ReduceLROnPlateau(monitor="loss", factor=0.5, patience=0, cooldown=1, min_lr=0.1)
+    fresh.load_state_dict(cb.state_dict())
+    assert fresh.on_train_begin(state, None) is state
+    assert (fresh.initial_lr, fresh.scale) == (cb.initial_lr, 0.5)
+    assert fresh.learning_rate == pytest.approx(0.4)
+    for epoch, v in [(2, 2.0), (3, 2.0), (4, 2.0)]:
+        a = cb.on_epoch_end(epoch, state, None, {"loss": v})
+        b = fresh.on_epoch_end(epoch, state, None, {"loss": v})
+        assert float(a.opt_state["learning_rate"]) == float(b.opt_state["learning_rate"])
+    jax.tree.map(np.testing.assert_array_equal, cb.plateau, fresh.plateau)
+    assert fresh.scale == 0.25  # 1.0, 2.0: halved; cooldown; 2.0: halved again; cooldown
+    nan = TerminateOnNaN()
+    nan.on_train_batch_end(3, state, {"loss": math.nan})
+    again = TerminateOnNaN()
+    again.load_state_dict(nan.state_dict())
+    again.on_train_begin(state, None)
+    assert again.stop_training and again.stopped_batch == 3
+
+
+def test_reduce_lr_on_plateau_scales_a_scheduled_learning_rate():
+    schedule = dlopt.exponential_decay(0.5, transition_steps=1, decay_rate=0.9)
+    tx = dlopt.inject_hyperparams(dlopt.sgd)(learning_rate=schedule)
+    state = TrainState.create(apply_fn=None, params={"w": jnp.zeros(())}, tx=tx, rng=0)
+
+    @jax.jit
+    def step(state, batch):
+        del batch
+        new = state.apply_gradients({"w": jnp.ones(())})
+        lr = dlopt.get_hyperparam(new.opt_state, "learning_rate")  # the rate this step used
+        one = jnp.float32(1.0)
+        return new, {"loss": one, "lr": lr.astype(jnp.float32), "num_examples": one}
+
+    cb = ReduceLROnPlateau(monitor="loss", factor=0.5, patience=1)
+    state, history = fit(state, [{}] * 2, epochs=5, train_step=step, callbacks=[cb], progress=False)
+    # flat loss: bad epochs 1, 2 -> halve after epoch 2; bad 1, 2 again -> quarter after epoch 4
+    scales = np.repeat([1.0, 1.0, 1.0, 0.5, 0.5], 2)
+    lrs = [float(schedule(t)) * s for t, s in enumerate(scales)]
+    got = history.history["lr"]  # epoch means of the per-step rates
+    np.testing.assert_allclose(got, np.mean(np.reshape(lrs, (5, 2)), axis=1), rtol=1e-6)
+    assert cb.scale == 0.25 and dlopt.wrappers.is_scheduled(state.opt_state, "learning_rate")
+    assert float(state.opt_state.schedule_scales["learning_rate"]) == 0.25
+    assert step._cache_size() == 1

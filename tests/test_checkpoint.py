@@ -398,3 +398,137 @@ def test_sharded_state_restores_with_the_target_shardings(tmp_path):
     shardings = [x.sharding for x in jax.tree.leaves(restored)]
     assert shardings == [x.sharding for x in jax.tree.leaves(target)]
     assert any(s.spec != jax.sharding.PartitionSpec() for s in shardings)
+
+
+# ------------------------------------------------- callbacks' state, errors, safe overwrite
+
+
+def test_restore_with_callbacks_resumes_early_stopping_exactly(tmp_path):
+    """EarlyStopping(patience=2), resumed from the checkpoint of the epoch before the straight
+    run stops, stops when it does (without its saved state it would wait two more epochs)."""
+    from dlopt.training import EarlyStopping
+
+    def callbacks(directory):
+        return [EarlyStopping(monitor="loss", patience=2),
+                ModelCheckpoint(directory, save_best_only=False, max_to_keep=None)]  # fmt: skip
+
+    straight_cbs = callbacks(tmp_path / "a")
+    straight, straight_history = run(make_state(), 12, straight_cbs)
+    stopped = straight_cbs[0].stopped_epoch
+    assert 3 <= stopped < 11
+    directory = tmp_path / "b"
+    half, _ = run(make_state(), stopped, callbacks(directory))  # "crashed" before the stop
+    cbs = callbacks(directory)
+    state, history = restore(directory, target=make_state(), callbacks=cbs)
+    assert cbs[0].wait > 0 and cbs[1].saved_steps == available_steps(directory)
+    state, history = run(state, 12, cbs, initial_epoch=len(history), history=history)
+    assert cbs[0].stopped_epoch == stopped and history == straight_history
+    chex.assert_trees_all_equal(as_numpy(state), as_numpy(straight))
+    chex.assert_trees_all_equal(
+        as_numpy(half), as_numpy(restore(directory, make_state(), step=5 * stopped)[0])
+    )
+
+
+def test_restore_names_the_problem(tmp_path, trained):
+    from dlopt.training.checkpoint import (
+        CheckpointDamagedError,
+        CheckpointMismatchError,
+        CheckpointNotFoundError,
+    )
+
+    state, history = trained
+    with pytest.raises(CheckpointNotFoundError, match="missing"):
+        restore(tmp_path / "nope", target=state)
+    ModelCheckpoint(tmp_path, save_best_only=False).save(0, state, history)
+    with pytest.raises(CheckpointNotFoundError, match="No checkpoint 7"):
+        restore(tmp_path, target=state, step=7)
+    wrong_shape = state.replace(params={**state.params, "Dense_1": {
+        "kernel": jnp.zeros((8, 2)), "bias": state.params["Dense_1"]["bias"]}})  # fmt: skip
+    with pytest.raises(
+        CheckpointMismatchError,
+        match=r"at 'params/Dense_1/kernel' .*float32\[8, 1\] and target float32\[8, 2\]",
+    ):
+        restore(tmp_path, target=wrong_shape)
+    wrong_dtype = state.replace(skipped_steps=jnp.zeros((), jnp.float32))
+    with pytest.raises(
+        CheckpointMismatchError, match=r"at 'skipped_steps' .* int32\[\] and target float32\[\]"
+    ):
+        restore(tmp_path, target=wrong_dtype)
+    extra = state.replace(model_state={**state.model_state, "extra": jnp.zeros(3)})
+    with pytest.raises(CheckpointMismatchError, match="target has 'model_state/extra'"):
+        restore(tmp_path, target=extra)
+    with pytest.raises(
+        CheckpointMismatchError, match="the checkpoint has 'model_state/batch_stats"
+    ):
+        restore(tmp_path, target=state.replace(model_state={}))
+    flip_data_bytes(os.path.join(tmp_path, str(int(state.step))))
+    with pytest.raises(CheckpointDamagedError):
+        restore(tmp_path, target=state)
+    assert issubclass(CheckpointDamagedError, CheckpointError)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax loop
+def test_overwriting_a_checkpoint_never_leaves_it_missing(tmp_path, monkeypatch):
+    old = {"step": jnp.asarray(1, jnp.int32), "w": jnp.zeros(2)}
+    new = {"step": jnp.asarray(1, jnp.int32), "w": jnp.ones(2)}
+    ckpt = ModelCheckpoint(tmp_path, save_best_only=False, overwrite=True)
+    ckpt.save(0, old, History([{"loss": 1.0}]))
+
+    def crash(*args, **kwargs):
+        raise OSError("killed")
+
+    with monkeypatch.context() as m:  # the replacement dies half-written: the old one stays
+        m.setattr(handlers.JsonCheckpointHandler, "async_save", crash)
+        with pytest.raises(OSError, match="killed"):
+            ckpt.save(0, new, History([{"loss": 2.0}]))
+    assert available_steps(tmp_path) == [1]
+    assert float(restore(tmp_path)[0]["w"][0]) == 0.0
+
+    real_rename = os.rename
+
+    def rename(src, dst):  # dies between moving the old one out and the new one in
+        if os.fspath(dst) == os.path.join(tmp_path, "1"):
+            raise OSError("killed")
+        real_rename(src, dst)
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "rename", rename)
+        with pytest.raises(OSError, match="killed"):
+            ModelCheckpoint(tmp_path, save_best_only=False, overwrite=True).save(0, new, History())
+    assert not os.path.exists(os.path.join(tmp_path, "1"))  # moved out, the new one staged
+    assert available_steps(tmp_path) == [1]  # the next look completes the replacement
+    state, history = restore(tmp_path)
+    assert float(state["w"][0]) == 1.0 and len(history) == 0
+    ckpt = ModelCheckpoint(tmp_path, save_best_only=False, overwrite=True)
+    ckpt.save(0, old, History([{"loss": 1.0}]))  # an uninterrupted replacement
+    assert float(restore(tmp_path)[0]["w"][0]) == 0.0 and os.listdir(tmp_path) == ["1"]
+
+
+def test_callback_states_are_saved_with_their_arrays_and_checked(tmp_path, trained):
+    from dlopt.training import Callback, EarlyStopping
+    from dlopt.training.checkpoint import CheckpointMismatchError
+
+    class Counter(Callback):
+        def __init__(self):
+            self.seen, self.table = 0, np.zeros(3, np.float32)
+
+        def state_dict(self):
+            return {"seen": self.seen, "table": self.table}
+
+        def load_state_dict(self, state):
+            self.seen, self.table = state["seen"], np.asarray(state["table"])
+
+    state, history = trained
+    counter, stop = Counter(), EarlyStopping(monitor="loss", patience=5)
+    counter.seen, counter.table = 4, np.arange(3, dtype=np.float32)
+    stop.on_epoch_end(0, state, history, {"loss": 1.0})
+    ckpt = ModelCheckpoint(tmp_path, save_best_only=False)
+    ckpt.set_callbacks([counter, stop, ckpt])
+    ckpt.save(1, state, history)
+    again, stop_again = Counter(), EarlyStopping(monitor="loss", patience=5)
+    restore(tmp_path, target=make_state(), callbacks=[again, stop_again, ModelCheckpoint(tmp_path)])
+    assert again.seen == 4 and again.table.tolist() == [0.0, 1.0, 2.0]
+    stop_again.on_train_begin(make_state(), history)  # the best weights take the state's form
+    chex.assert_trees_all_equal(stop_again.best_weights[0], state.params)
+    with pytest.raises(CheckpointMismatchError, match="0:Counter"):
+        restore(tmp_path, callbacks=[stop_again, again, ckpt])

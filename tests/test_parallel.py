@@ -164,3 +164,95 @@ def test_padded_batch_with_mask_matches_unpadded():
         training.split_batch(data, N_DEV)
     with pytest.raises(ValueError, match="pad_batch"):
         training.shard_batch(data, mesh)
+
+
+def running_mean_loss_fn(params, batch, *, model_state, rng, train):
+    """A masked mean loss and a BatchNorm-like running mean of x over the valid rows.
+
+    On a device whose rows are all padding the batch mean is 0/0 = NaN: it must weigh nothing.
+    """
+    del rng
+    mask = batch["mask"]
+    n = jnp.sum(mask)
+    losses = jnp.square(batch["x"] @ params["w"] - batch["y"])
+    if not train:
+        return jnp.sum(losses * mask) / n
+    batch_mean = jnp.sum(batch["x"] * mask[:, None], axis=0) / n
+    mean = 0.9 * model_state["stats"]["mean"] + 0.1 * batch_mean
+    return jnp.sum(losses * mask) / n, {"model_state": {"stats": {"mean": mean}}}
+
+
+def test_pmap_and_mesh_average_model_state_with_the_example_weights():
+    """18 real rows padded to 32 over 8 devices: device 4 holds 2 real rows, 5-7 none."""
+    data = make_data(18, seed=4)
+    padded = training.pad_batch({"x": data["x"], "y": data["y"]}, 32)
+    state = TrainState.create(
+        apply_fn=None,
+        params={"w": jnp.zeros(4)},
+        tx=dlopt.sgd(0.1),
+        rng=0,
+        model_state={"stats": {"mean": jnp.ones(4)}},
+    )
+    want = 0.9 * 1.0 + 0.1 * data["x"].mean(axis=0)  # the running mean over the 18 real rows
+    options = training.StepOptions(donate=False)
+    mesh = training.make_mesh(N_DEV)
+    mesh_step = training.make_mesh_train_step(running_mean_loss_fn, mesh=mesh, options=options)
+    got_mesh, _ = mesh_step(training.shard_state(state, mesh), training.shard_batch(padded, mesh))
+    pmap_step = training.make_pmap_train_step(running_mean_loss_fn, options=options)
+    got_pmap, _ = pmap_step(training.replicate(state), training.split_batch(padded, N_DEV))
+    got_pmap = training.unreplicate(got_pmap)
+    for got in (got_mesh, got_pmap):
+        np.testing.assert_allclose(got.model_state["stats"]["mean"], want, rtol=1e-6)
+    np.testing.assert_allclose(got_pmap.params["w"], got_mesh.params["w"], rtol=1e-6)
+    assert int(got_pmap.skipped_steps) == 0
+
+
+def dropout_loss_fn(params, batch, *, model_state, rng, train):
+    """loss = mean over rows of w . mask_row, a Bernoulli(1/2) mask per row: grad = mean mask.
+
+    The masks also come back as model state, to compare what each shard drew."""
+    del train
+    mask = jax.random.bernoulli(rng, 0.5, (batch["x"].shape[0], 64)).astype(jnp.float32)
+    return jnp.mean(mask @ params["w"]), {"model_state": {"mask": mask}}
+
+
+def dropout_state(rows):
+    return TrainState.create(
+        apply_fn=None,
+        params={"w": jnp.zeros(64)},
+        tx=dlopt.sgd(1.0),
+        rng=3,
+        model_state={"mask": jnp.zeros((rows, 64))},
+    )
+
+
+@pytest.mark.parametrize("per_device_rng", [True, False])
+def test_pmap_replicas_draw_independent_dropout_masks(per_device_rng):
+    # one row per device: the averaged gradient is the mean of the 8 devices' masks, all 0/1
+    # when the replicas share a mask (correlated noise), fractional when they do not.
+    step = training.make_pmap_train_step(
+        dropout_loss_fn, per_device_rng=per_device_rng, donate=False
+    )
+    batch = training.split_batch({"x": np.zeros((N_DEV, 1), np.float32)}, N_DEV)
+    new, _ = step(training.replicate(dropout_state(1)), batch)
+    mean_mask = -np.asarray(training.unreplicate(new.params)["w"])  # sgd(1): w = -grad
+    fractional = (mean_mask > 0) & (mean_mask < 1)
+    assert fractional.any() == per_device_rng
+    masks = np.asarray(new.model_state["mask"])[:, 0]  # each device's averaged mask
+    assert np.all((masks == 0) | (masks == 1)) != per_device_rng
+
+
+def test_mesh_step_masks_differ_across_the_batch_shards():
+    mesh = training.make_mesh(N_DEV)
+    rows = 2 * N_DEV
+    batch = {"x": np.zeros((rows, 1), np.float32)}
+    step = training.make_mesh_train_step(dropout_loss_fn, mesh=mesh, donate=False)
+    new, _ = step(
+        training.shard_state(dropout_state(rows), mesh), training.shard_batch(batch, mesh)
+    )
+    shards = np.asarray(new.model_state["mask"]).reshape(N_DEV, -1)  # one row per shard's rows
+    assert len({s.tobytes() for s in shards}) == N_DEV
+    one_device, _ = training.make_train_step(dropout_loss_fn, donate=False)(
+        dropout_state(rows), batch
+    )  # the mesh step draws what one device draws for the global batch
+    np.testing.assert_array_equal(new.model_state["mask"], one_device.model_state["mask"])

@@ -9,6 +9,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 import torch
 from hypothesis import given
@@ -174,20 +175,27 @@ def test_nan_value_is_a_bad_observation():
 
 def test_init_state_types():
     state = dlopt.reduce_on_plateau(mode="max").init({"w": jnp.zeros(3)})
+    f32, i32 = jnp.zeros([], jnp.float32), jnp.zeros([], jnp.int32)
     chex.assert_trees_all_equal_shapes_and_dtypes(
-        state,
-        dlopt.ReduceLROnPlateauState(
-            dlopt.PlateauState(
-                jnp.zeros([], jnp.float32),
-                jnp.zeros([], jnp.float32),
-                jnp.zeros([], jnp.int32),
-                jnp.zeros([], jnp.int32),
-            ),
-            jnp.zeros([], jnp.int32),
-            jnp.zeros([], jnp.float32),
-        ),
+        state, dlopt.ReduceLROnPlateauState(f32, f32, i32, i32, i32, f32)
     )
     assert float(state.plateau.scale) == 1.0 and float(state.plateau.best_value) == -math.inf
+    assert state.scale is state.plateau.scale  # optax's name, and the plateau view
+    assert dlopt.ReduceLROnPlateauState._fields == optax.contrib.ReduceLROnPlateauState._fields
+
+
+def torch_tx(config: PlateauConfig, **kwargs):
+    """The transform in torch's convention, from a PlateauConfig."""
+    return dlopt.reduce_on_plateau(
+        factor=config.factor,
+        patience=config.patience,
+        cooldown=config.cooldown,
+        min_scale=config.min_scale,
+        threshold=config.threshold,
+        threshold_mode=config.threshold_mode,
+        mode=config.mode,
+        **kwargs,
+    )
 
 
 def _run_transform(tx, values, grads):
@@ -203,7 +211,7 @@ def _run_transform(tx, values, grads):
 def test_accumulation_averages_values_into_one_observation():
     k, config = 3, PlateauConfig(0.5, 1, 1e-4, "rel", "min", 0, 0.0)
     values = LOSS[36:72]  # the plateau of the curve
-    tx = dlopt.reduce_on_plateau(*config, accumulation_size=k)
+    tx = torch_tx(config, accumulation_size=k)
     grads = {"w": jnp.ones(2)}
     update = jax.jit(tx.update)
     state = tx.init(grads)
@@ -212,7 +220,7 @@ def test_accumulation_averages_values_into_one_observation():
         assert float(state.plateau.best_value) == math.inf  # no observation yet
     _, state = update(grads, state, value=jnp.float32(values[2]))
     np.testing.assert_allclose(state.plateau.best_value, np.mean(values[:3]), rtol=1e-6)
-    assert int(state.count) == 0 and float(state.accumulated_value) == 0.0
+    assert int(state.count) == 0 and float(state.avg_value) == 0.0
 
     _, scales, _ = _run_transform(tx, values, grads)
     means = values.reshape(-1, k).mean(axis=1)
@@ -304,3 +312,94 @@ def test_conformance_kit(accumulation_size):
     tx = dlopt.reduce_on_plateau(factor=0.5, patience=0, accumulation_size=accumulation_size)
     # The +-inf "no best yet" sentinel is untouched by init and allowed by the kit.
     check_transformation(tx, steps=4, extra_args={"value": 1.0}, random_examples=2)
+
+
+# --- optax's calling convention ---------------------------------------------------------------
+
+OPTAX_CASES = [
+    ("patience3", LOSS, dict(factor=0.5, patience=3)),
+    ("atol-cooldown", LOSS, dict(factor=0.5, patience=2, rtol=0.0, atol=1 / 32, cooldown=3)),
+    ("rtol-min_scale", LOSS, dict(factor=0.3, patience=1, rtol=1 / 16, min_scale=0.05)),
+    ("both-cooldown", LOSS, dict(factor=0.1, patience=2, rtol=1e-3, atol=1e-3, cooldown=1)),
+    ("accumulation", LOSS, dict(factor=0.5, patience=1, accumulation_size=4)),
+]
+
+
+def _optax_trajectory(tx, values, grads):
+    """(scale, best_value, plateau_count, cooldown_count) after each update (optax or dlopt;
+    optax's rule needs standard dtype promotion)."""
+    update = jax.jit(tx.update)
+    rows = []
+    with jax.numpy_dtype_promotion("standard"):
+        state = tx.init(grads)
+        for v in values:
+            _, state = update(grads, state, value=jnp.float32(v))
+            rows.append(tuple(float(x) for x in state[:4]))
+    return np.asarray(rows)
+
+
+@pytest.mark.parametrize("name,values,kwargs", OPTAX_CASES, ids=[c[0] for c in OPTAX_CASES])
+def test_equals_optax_on_positive_sequences(name, values, kwargs):
+    grads = {"w": jnp.ones(2)}
+    want = _optax_trajectory(optax.contrib.reduce_on_plateau(**kwargs), values, grads)
+    got = _optax_trajectory(dlopt.reduce_on_plateau(**kwargs), values, grads)
+    assert len(np.unique(want[:, 0])) >= 3, "the case must reduce at least twice"
+    # scale, best_value, plateau_count, cooldown_count after every update
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+def test_optax_positional_order_and_patience_count():
+    # optax 0.2.8's order: factor, patience, rtol, atol, cooldown, accumulation_size, min_scale
+    tx = dlopt.reduce_on_plateau(0.5, 2, 0.0, 0.25, 1, 1, 0.1)
+    grads = {"w": jnp.ones(())}
+    rows = _optax_trajectory(tx, [1.0, 0.8, 0.9, 0.7, 0.7, 0.7, 0.7], grads)
+    # 0.8 does not clear atol=0.25: bad 1, bad 2 -> halve (patience-th bad one), cooldown 1
+    np.testing.assert_array_equal(rows[:, 0], [1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25])
+    np.testing.assert_array_equal(rows[:, 3], [0, 0, 1, 0, 0, 1, 0])
+
+
+def test_optax_convention_patience_zero_reduces_only_on_bad_observations():
+    values = [3.0, 2.0, 2.5, 1.0, 1.5]
+    ours = _optax_trajectory(dlopt.reduce_on_plateau(factor=0.5, patience=0), values, {"w": 1.0})
+    np.testing.assert_array_equal(ours[:, 0], [1.0, 1.0, 0.5, 0.5, 0.25])
+    # torch's patience=0 is the same rule
+    config = PlateauConfig(0.5, 0, 1e-4, "rel", "min", 0, 0.0)
+    np.testing.assert_array_equal(run_plateau(config, jnp.asarray(values)).scale, ours[:, 0])
+
+
+def test_negative_flat_value_reduces_where_optax_never_does():
+    values, grads = [-3.0] * 8, {"w": jnp.ones(2)}
+    ours = _optax_trajectory(dlopt.reduce_on_plateau(factor=0.5, patience=2), values, grads)
+    theirs = _optax_trajectory(
+        optax.contrib.reduce_on_plateau(factor=0.5, patience=2), values, grads
+    )
+    np.testing.assert_array_equal(theirs[:, 0], np.ones(8))  # (1 - rtol) * b sits above b < 0
+    np.testing.assert_array_equal(ours[:, 0], [1, 1, 0.5, 0.5, 0.25, 0.25, 0.125, 0.125])
+
+
+def test_torch_keywords_select_torch_counting():
+    values = [1.0, 1.0, 1.0, 1.0, 1.0]
+    optax_style = _optax_trajectory(dlopt.reduce_on_plateau(factor=0.5, patience=2), values, {})
+    torch_style = _optax_trajectory(
+        dlopt.reduce_on_plateau(factor=0.5, patience=2, threshold=1e-4), values, {}
+    )
+    np.testing.assert_array_equal(optax_style[:, 0], [1, 1, 0.5, 0.5, 0.25])
+    np.testing.assert_array_equal(torch_style[:, 0], [1, 1, 1, 0.5, 0.5])
+    with pytest.raises(ValueError, match="not both"):
+        dlopt.reduce_on_plateau(rtol=1e-3, threshold=1e-3)
+    with pytest.raises(ValueError, match="atol="):
+        dlopt.reduce_on_plateau(atol=-1.0)
+
+
+def test_update_accepts_optax_state():
+    tx = dlopt.reduce_on_plateau(factor=0.5, patience=1)
+    grads = {"w": jnp.ones(2)}
+    with jax.numpy_dtype_promotion("standard"):
+        state = optax.contrib.reduce_on_plateau(factor=0.5, patience=1).init(grads)
+    ours = tx.init(grads)
+    for v in (1.0, 2.0, 2.0):
+        updates, state = tx.update(grads, state, value=v)
+        _, ours = tx.update(grads, ours, value=v)
+    assert type(state) is dlopt.ReduceLROnPlateauState
+    chex.assert_trees_all_equal(state, ours)
+    chex.assert_trees_all_close(updates, {"w": jnp.full(2, 0.25)})

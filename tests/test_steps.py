@@ -3,6 +3,7 @@ and flax.nnx through nnx.split/merge and nnx.Optimizer."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import chex
@@ -10,11 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
+from flax import nnx, struct
 from test_train_state import MLP, make_data, make_loss_fn, make_state
 
 import dlopt
 from dlopt.training import TrainState, make_eval_step, make_train_step
+from dlopt.training.steps import StepOptions
 
 
 def linear_loss_fn(params, batch, *, model_state, rng, train):
@@ -210,3 +212,92 @@ def test_nnx_split_merge_matches_nnx_optimizer():
         jax.tree.leaves(state.model_state), jax.tree.leaves(want_rest), rtol=1e-5, atol=1e-6
     )
     assert float(jnp.abs(jax.tree.leaves(want_params)[0]).sum()) > 0
+
+
+# --- one update path, one guard, one accumulator, one options object ---------------------------
+
+
+@struct.dataclass
+class CountingState(TrainState):
+    """A TrainState whose apply_gradients also counts: the step must run this one."""
+
+    applied: jax.Array
+
+    def apply_gradients(self, grads, **extra_args):
+        new = super().apply_gradients(grads, **extra_args)
+        return new.replace(applied=self.applied + 1)
+
+
+def test_step_updates_through_the_states_apply_gradients():
+    base = linear_state(dlopt.sgd(0.05, momentum=0.9))
+    state = CountingState(
+        **{f.name: getattr(base, f.name) for f in dataclasses.fields(base)},
+        applied=jnp.zeros((), jnp.int32),
+    )
+    good = make_data(8)
+    poisoned = {**good, "x": good["x"].copy()}
+    poisoned["x"][0, 0] = np.nan
+    step = make_train_step(linear_loss_fn, donate=False)
+    state1, _ = step(state, good)
+    state2, _ = step(state1, poisoned)  # skipped: apply_gradients does not run
+    assert type(state1) is CountingState
+    assert (int(state1.applied), int(state2.applied)) == (1, 1)
+    assert (int(state2.step), int(state2.skipped_steps)) == (2, 1)
+    grads = jax.grad(lambda p: linear_loss_fn(p, good, model_state={}, rng=None, train=True)[0])
+    want = base.apply_gradients(grads(base.params))
+    chex.assert_trees_all_equal((state1.params, state1.opt_state), (want.params, want.opt_state))
+
+
+def test_nan_guard_is_one_cond_and_keeps_the_donated_buffers_aliased():
+    state = linear_state(dlopt.adam(0.1))
+    batch = make_data(8)
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
+    for guard in (True, False):
+        compiled = make_train_step(linear_loss_fn, skip_nonfinite=guard).lower(state, batch)
+        compiled = compiled.compile()
+        assert compiled.memory_analysis().alias_size_in_bytes == state_bytes
+        assert ("conditional(" in compiled.as_text()) == guard
+
+
+def test_accumulation_sums_bf16_gradients_in_float32():
+    # loss = mean(x @ w): the gradient is the mean row, exact in bf16 for each micro-batch of
+    # equal rows (256, 1, 1, 1 in feature 0); their sum 4 * (256 + 1 + 1 + 1) is not (bf16
+    # keeps 8 significant bits: 1024 + 4 rounds back to 1024).
+    def loss_fn(params, batch, *, model_state, rng, train):
+        del rng, train
+        return jnp.mean(batch["x"] @ params["w"]), {"model_state": model_state}
+
+    k, rows = 4, 4
+    micro_rows = np.array([[256.0, 3.0], [1.0, 5.0], [1.0, 7.0], [1.0, 9.0]])
+    x = jnp.asarray(np.repeat(micro_rows, rows, axis=0), jnp.bfloat16)
+    params = {"w": jnp.zeros(2, jnp.bfloat16)}
+    state = TrainState.create(apply_fn=None, params=params, tx=dlopt.sgd(1.0), rng=0)
+    new, _ = make_train_step(loss_fn, accumulation_steps=k, donate=False)(state, {"x": x})
+    want = np.asarray(jnp.asarray(micro_rows.mean(axis=0), jnp.bfloat16), np.float32)
+    np.testing.assert_array_equal(np.asarray(-new.params["w"], np.float32), want)  # sgd(1): -g
+    bf16_sum = functools.reduce(
+        lambda a, g: a + g * jnp.bfloat16(rows),
+        jnp.asarray(micro_rows, jnp.bfloat16),
+        jnp.zeros(2, jnp.bfloat16),
+    )
+    assert float(bf16_sum[0] / jnp.bfloat16(k * rows)) != want[0]  # a bf16 accumulator
+    # multi_steps keeps its running mean in the same float32 accumulator
+    assert dlopt.multi_steps(dlopt.sgd(1.0), k).init(params).acc_grads["w"].dtype == jnp.float32
+
+
+def test_step_options_one_object_keywords_win_and_bad_flags_name_themselves():
+    options = StepOptions(accumulation_steps=2, donate=False)
+    state = linear_state()
+    step = make_train_step(linear_loss_fn, options=options, skip_nonfinite=False)
+    new, _ = step(state, make_data(8))
+    assert not any(x.is_deleted() for x in jax.tree.leaves(state)) and int(new.step) == 1
+    assert StepOptions.merge(options, {"donate": True}) == StepOptions(accumulation_steps=2)
+    with pytest.raises(TypeError, match=r"acumulation_steps.*accumulation_steps"):
+        make_train_step(linear_loss_fn, acumulation_steps=2)
+    for kwargs, name in [
+        ({"accumulation_steps": True}, "accumulation_steps"),
+        ({"skip_nonfinite": 1}, "skip_nonfinite"),
+        ({"donate": None}, "donate"),
+    ]:
+        with pytest.raises(ValueError, match=f"{name}="):
+            StepOptions(**kwargs)

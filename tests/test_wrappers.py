@@ -216,6 +216,27 @@ def test_bad_arguments_name_themselves(build, match):
         build()
 
 
+def test_set_schedule_scale_multiplies_a_schedule_and_only_a_schedule():
+    tx = dlopt.chain(dlopt.clip(1.0), dlopt.inject_hyperparams(dlopt.sgd)(schedule, momentum=0.5))
+    state = tx.init(PARAMS)
+    assert dlopt.wrappers.is_scheduled(state, "learning_rate")
+    assert not dlopt.wrappers.is_scheduled(state, "momentum")
+    update = jax.jit(chex.assert_max_traces(tx.update, n=1))
+    grads = {"x": jnp.ones(3, jnp.float32)}
+    for t, scale in enumerate([1.0, 1.0, 0.5, 0.5, 0.25]):
+        state = dlopt.wrappers.set_schedule_scale(state, "learning_rate", scale)
+        _, state = update(grads, state)
+        used = state[1].hyperparams["learning_rate"]
+        chex.assert_trees_all_close(used, scale * schedule(jnp.asarray(t)))
+    replicated = jax.tree.map(lambda x: jnp.stack([x, x]), state)
+    scaled = dlopt.wrappers.set_schedule_scale(replicated, "learning_rate", 0.1)
+    chex.assert_trees_all_equal(scaled[1].schedule_scales["learning_rate"], jnp.full(2, 0.1))
+    with pytest.raises(ValueError, match="no injected schedule named 'momentum'"):
+        dlopt.wrappers.set_schedule_scale(state, "momentum", 0.5)
+    with pytest.raises(ValueError, match="'b1'"):
+        dlopt.wrappers.is_scheduled(state, "b1")
+
+
 # --- apply_if_finite --------------------------------------------------------------------------
 
 
@@ -282,6 +303,34 @@ def test_apply_if_finite_counters_follow_the_rule(bad, max_errors):
         chex.assert_trees_all_equal(u["x"], -g["x"] if applied else jnp.zeros(3))
         assert (int(state.notfinite_count), int(state.total_notfinite)) == (consecutive, total)
         assert bool(state.last_finite) == (not is_bad)
+
+
+def test_apply_if_finite_and_the_train_steps_guard_skip_and_count_alike():
+    """One guard: apply_if_finite around sgd equals the train step's own NaN/Inf guard."""
+    from dlopt.training import TrainState, make_train_step
+
+    def loss_fn(params, batch, *, model_state, rng, train):
+        del rng, train
+        return jnp.mean(jnp.square(batch["x"] @ params["w"] - 1.0)), {}
+
+    rng = np.random.default_rng(0)
+    batches = [{"x": rng.standard_normal((4, 3)).astype(np.float32)} for _ in range(6)]
+    for t in (1, 2, 4):
+        batches[t]["x"][0, 0] = np.nan
+    params = {"w": jnp.asarray([0.5, -0.5, 1.0], jnp.float32)}
+
+    def train(tx, skip_nonfinite):
+        state = TrainState.create(apply_fn=None, params=params, tx=tx, rng=0)
+        step = make_train_step(loss_fn, skip_nonfinite=skip_nonfinite, donate=False)
+        for batch in batches:
+            state, _ = step(state, batch)
+        return state
+
+    guarded_step = train(dlopt.sgd(0.1, momentum=0.9), True)
+    wrapped = train(dlopt.apply_if_finite(dlopt.sgd(0.1, momentum=0.9), 10), False)
+    chex.assert_trees_all_equal(guarded_step.params, wrapped.params)
+    chex.assert_trees_all_equal(guarded_step.opt_state, wrapped.opt_state.inner_state)
+    assert int(guarded_step.skipped_steps) == int(wrapped.opt_state.total_notfinite) == 3
 
 
 # --- multi_steps ------------------------------------------------------------------------------

@@ -3,12 +3,14 @@
 Importing this package imports flax; ``import dlopt`` alone does not.
 """
 
+from dlopt.training import monitor as monitor
 from dlopt.training.callbacks import Callback as Callback
 from dlopt.training.callbacks import EarlyStopping as EarlyStopping
 from dlopt.training.callbacks import LambdaCallback as LambdaCallback
 from dlopt.training.callbacks import ReduceLROnPlateau as ReduceLROnPlateau
 from dlopt.training.callbacks import TerminateOnNaN as TerminateOnNaN
 from dlopt.training.loop import History as History
+from dlopt.training.loop import Resume as Resume
 from dlopt.training.loop import evaluate as evaluate
 from dlopt.training.loop import fit as fit
 from dlopt.training.parallel import make_mesh as make_mesh
@@ -24,11 +26,20 @@ from dlopt.training.parallel import split_batch as split_batch
 from dlopt.training.parallel import state_sharding as state_sharding
 from dlopt.training.parallel import unreplicate as unreplicate
 from dlopt.training.state import TrainState as TrainState
+from dlopt.training.steps import StepOptions as StepOptions
 from dlopt.training.steps import make_eval_step as make_eval_step
 from dlopt.training.steps import make_train_step as make_train_step
 
 # Checkpoints need orbax (the "checkpoint" extra): imported on first use, not with this package.
-_CHECKPOINT_NAMES = ("CheckpointError", "ModelCheckpoint", "available_steps", "restore")
+_CHECKPOINT_NAMES = (
+    "CheckpointDamagedError",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "CheckpointNotFoundError",
+    "ModelCheckpoint",
+    "available_steps",
+    "restore",
+)
 
 
 def __getattr__(name: str):
@@ -36,4 +47,8 @@ def __getattr__(name: str):
         from dlopt.training import checkpoint
 
         return getattr(checkpoint, name)
+    if name == "BackupAndRestore":
+        from dlopt.training.backup import BackupAndRestore
+
+        return BackupAndRestore
     raise AttributeError(f"module 'dlopt.training' has no attribute {name!r}")

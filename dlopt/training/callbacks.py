@@ -3,27 +3,40 @@
 A callback sees the `TrainState`, the `History` so far and the epoch's ``logs`` (``"loss"``,
 ``"val_loss"``, metric names and their ``"val_"`` twins), and returns the (possibly new) state.
 Setting ``stop_training = True`` ends `fit` after the current batch or epoch.
+
+A callback's state (counters, best values, best weights) is ``state_dict()`` /
+``load_state_dict()``; `ModelCheckpoint` and `BackupAndRestore` save it with the training
+state, so a resumed run continues exactly where the saved one was.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dlopt import validation
-from dlopt.plateau import PlateauConfig, plateau_init, plateau_step
+from dlopt.plateau import PlateauConfig, PlateauState, plateau_init, plateau_step
+from dlopt.training.monitor import improves, monitored_value, resolve_mode
+from dlopt.wrappers import get_hyperparam, is_scheduled, set_hyperparam, set_schedule_scale
 
 
 class Callback:
     """Base class: every hook is optional and returns the (possibly replaced) state.
 
+    A callback with state to carry over a resumed run defines `state_dict` (JSON values and
+    arrays) and `load_state_dict`; after a load, the next `on_train_begin` keeps the loaded
+    state instead of starting afresh (see `fresh_start`).
+
     Attributes:
         stop_training: set to True to make `fit` stop after the current batch or epoch.
+        epoch_end_order: `fit` calls ``on_epoch_end`` in increasing order of this (stable):
+            0 for most callbacks, 1 for `ModelCheckpoint`, 2 for `BackupAndRestore`, so what
+            they save includes every other callback's update of the epoch.
 
     Example:
         >>> class PrintLoss(Callback):
@@ -33,6 +46,27 @@ class Callback:
     """
 
     stop_training: bool = False
+    epoch_end_order: int = 0
+    run_callbacks: tuple[Any, ...] = ()
+
+    def set_callbacks(self, callbacks: Sequence[Any]) -> None:
+        """Called by `fit` before anything else with all the run's callbacks (in order)."""
+        self.run_callbacks = tuple(callbacks)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs of this callback: JSON values and arrays (default none)."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Loads what `state_dict` returned; the next `on_train_begin` keeps it."""
+        del state
+        self._loaded = True
+
+    def fresh_start(self) -> bool:
+        """For `on_train_begin`: False (once) right after `load_state_dict`, else True."""
+        loaded = getattr(self, "_loaded", False)
+        self._loaded = False
+        return not loaded
 
     @property
     def uses_batch_hook(self) -> bool:
@@ -63,25 +97,6 @@ class Callback:
         """Called once after the last epoch (also after an early stop)."""
         del history
         return state
-
-
-def _resolve_mode(mode: str, monitor: str) -> str:
-    if mode == "auto":
-        return "max" if ("acc" in monitor or monitor.endswith("auc")) else "min"
-    if mode not in ("min", "max"):
-        raise ValueError(f"mode must be 'min', 'max' or 'auto', got mode={mode!r}.")
-    return mode
-
-
-def _monitored(logs: dict[str, float], monitor: str, who: str) -> float | None:
-    if monitor not in logs:
-        warnings.warn(
-            f"{who}: monitor={monitor!r} is not in the logs (available: {sorted(logs)}); "
-            "skipping this epoch. Pass val_data to fit for 'val_*' monitors.",
-            stacklevel=3,
-        )
-        return None
-    return float(logs[monitor])
 
 
 def _copy(tree: Any) -> Any:
@@ -128,42 +143,86 @@ class EarlyStopping(Callback):
         _check_count("start_from_epoch", start_from_epoch)
         validation.check_non_negative("min_delta", min_delta)
         self.monitor = monitor
-        self.mode = _resolve_mode(mode, monitor)
+        self.mode = resolve_mode(mode, monitor)
         self.patience = patience
         self.min_delta = float(min_delta)
         self.baseline = baseline
         self.start_from_epoch = start_from_epoch
         self.restore_best = restore_best
-        self.on_train_begin(None, None)
+        self._reset()
 
-    def _improves(self, value: float, reference: float | None) -> bool:
-        if reference is None:
-            return True
-        if self.mode == "min":
-            return value < reference - self.min_delta
-        return value > reference + self.min_delta
-
-    def on_train_begin(self, state: Any, history: Any) -> Any:
-        del history
+    def _reset(self) -> None:
         self.stop_training = False
         self.wait = 0
         self.stopped_epoch = 0
         self.best: float | None = None
         self.best_epoch = 0
         self.best_weights: tuple[Any, Any] | None = None
+        self._loaded_weights: list[np.ndarray] | None = None
+
+    def _improves(self, value: float, reference: float | None) -> bool:
+        return improves(value, reference, self.mode, self.min_delta)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Counters, best value and epoch, and the best weights (as a list of leaves)."""
+        weights = self._loaded_weights
+        if self.best_weights is not None:
+            weights = jax.tree.leaves(self.best_weights)
+        return {
+            "stop_training": self.stop_training,
+            "wait": self.wait,
+            "stopped_epoch": self.stopped_epoch,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "best_weights": weights,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._reset()
+        self.stop_training = bool(state["stop_training"])
+        self.wait, self.stopped_epoch = int(state["wait"]), int(state["stopped_epoch"])
+        self.best = None if state["best"] is None else float(state["best"])
+        self.best_epoch = int(state["best_epoch"])
+        weights = state["best_weights"]
+        self._loaded_weights = None if weights is None else [np.asarray(w) for w in weights]
+        super().load_state_dict(state)
+
+    def _weights_like(self, state: Any) -> None:
+        """Rebuilds loaded best weights with ``state``'s structure and array placements."""
+        if self._loaded_weights is None or state is None:
+            return
+        leaves, treedef = jax.tree.flatten((state.params, state.model_state))
+        if len(leaves) != len(self._loaded_weights):
+            raise ValueError(
+                f"EarlyStopping: the loaded best weights have {len(self._loaded_weights)} "
+                f"arrays, the state's params and model state {len(leaves)}."
+            )
+        placed = [
+            jax.device_put(w, x.sharding) if isinstance(x, jax.Array) else jnp.asarray(w)
+            for w, x in zip(self._loaded_weights, leaves, strict=True)
+        ]
+        self.best_weights = jax.tree.unflatten(treedef, placed)
+        self._loaded_weights = None
+
+    def on_train_begin(self, state: Any, history: Any) -> Any:
+        del history
+        if self.fresh_start():
+            self._reset()
+        self._weights_like(state)
         return state
 
     def on_epoch_end(self, epoch: int, state: Any, history: Any, logs: dict[str, float]) -> Any:
         del history
+        self._weights_like(state)
         if epoch < self.start_from_epoch:
             return state
-        value = _monitored(logs, self.monitor, "EarlyStopping")
+        value = monitored_value(logs, self.monitor, "EarlyStopping")
         if value is None:
             return state
         if self.restore_best and self.best_weights is None:
             self.best_weights = _copy((state.params, state.model_state))
         self.wait += 1
-        if not math.isnan(value) and self._improves(value, self.best):
+        if self._improves(value, self.best):
             self.best, self.best_epoch = value, epoch
             if self.restore_best:
                 self.best_weights = _copy((state.params, state.model_state))
@@ -184,29 +243,20 @@ def _check_count(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be an int >= 0, got {name}={value!r}.")
 
 
-def _accessors() -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """``dlopt.get_hyperparam`` and ``dlopt.set_hyperparam``, looked up at call time."""
-    import dlopt
-
-    try:
-        return dlopt.get_hyperparam, dlopt.set_hyperparam
-    except AttributeError as e:
-        raise RuntimeError(
-            "ReduceLROnPlateau needs dlopt.get_hyperparam/set_hyperparam (dlopt.wrappers), "
-            "which this dlopt build lacks."
-        ) from e
-
-
 class ReduceLROnPlateau(Callback):
     """Multiplies an injected learning rate by ``factor`` when ``monitor`` plateaus (epochs).
 
     The decision is `dlopt.plateau_step`, the same rule as the `dlopt.reduce_on_plateau`
-    transform (torch's): with ``b`` the best value, an epoch improves (mode ``"min"``) when
-    ``v < b - threshold * |b|`` (``"rel"``) or ``v < b - threshold`` (``"abs"``); after more
-    than ``patience`` bad epochs ``lr <- max(factor * lr, min_lr)`` and ``cooldown`` epochs
-    are ignored. The learning rate must be a hyperparameter injected into the optimizer state
-    with `dlopt.inject_hyperparams`; it is read and written with `dlopt.get_hyperparam` /
-    `dlopt.set_hyperparam`.
+    transform in torch's convention: with ``b`` the best value, an epoch improves (mode
+    ``"min"``) when ``v < b - threshold * |b|`` (``"rel"``) or ``v < b - threshold``
+    (``"abs"``); after more than ``patience`` bad epochs the scale ``s <- factor * s`` (never
+    below ``min_lr / lr_0``) and ``cooldown`` epochs are ignored. The learning rate must be a
+    hyperparameter injected into the optimizer state with `dlopt.inject_hyperparams`:
+
+    * a number: it is set to ``lr_0 * s`` (`dlopt.set_hyperparam`), ``lr_0`` the value read at
+      the first ``on_train_begin``;
+    * a schedule: the schedule is scaled, ``lr_t = s * schedule(t)``
+      (`dlopt.wrappers.set_schedule_scale`; ``lr_0 = schedule(0)`` for ``min_lr``).
 
     Args:
         monitor: the logs key to watch.
@@ -220,9 +270,9 @@ class ReduceLROnPlateau(Callback):
         hyperparam: the name of the injected hyperparameter to drive.
 
     Attributes:
-        initial_lr: the learning rate read at the first ``on_train_begin``; the plateau state
-            (best value, counters) lives in the callback and carries over between `fit` calls
-            made with the same callback object.
+        initial_lr: ``lr_0``; the plateau state (scale, best value, counters) lives in the
+            callback, carries over between `fit` calls made with the same callback object, and
+            is saved by `state_dict`.
 
     Example:
         >>> import dlopt
@@ -247,16 +297,17 @@ class ReduceLROnPlateau(Callback):
         self.min_lr = float(min_lr)
         self.hyperparam = hyperparam
         self._config = PlateauConfig(
-            factor, patience, threshold, threshold_mode, _resolve_mode(mode, monitor), cooldown
+            factor, patience, threshold, threshold_mode, resolve_mode(mode, monitor), cooldown
         )
         plateau_init(self._config)  # validates the fields, naming the bad one
         self.initial_lr: float | None = None
-        self.plateau = None
+        self.plateau: PlateauState | None = None
 
     def on_train_begin(self, state: Any, history: Any) -> Any:
         del history
+        self.fresh_start()  # the plateau state carries over between fits anyway
         if self.initial_lr is None:
-            lr = jnp.asarray(_accessors()[0](state.opt_state, self.hyperparam))
+            lr = jnp.asarray(get_hyperparam(state.opt_state, self.hyperparam))
             self.initial_lr = float(lr.reshape(-1)[0])
             min_scale = min(self.min_lr / self.initial_lr, 1.0) if self.initial_lr > 0 else 0.0
             self._config = self._config._replace(min_scale=min_scale)
@@ -264,20 +315,54 @@ class ReduceLROnPlateau(Callback):
         return state
 
     @property
+    def scale(self) -> float:
+        """The factor ``s`` the learning rate (or its schedule) is multiplied by."""
+        return float(self.plateau.scale)
+
+    @property
     def learning_rate(self) -> float:
-        """The learning rate the callback currently sets."""
-        return self.initial_lr * float(self.plateau.scale)
+        """The learning rate the callback currently sets (``lr_0 * s``)."""
+        return self.initial_lr * self.scale
+
+    def state_dict(self) -> dict[str, Any]:
+        """``lr_0``, the bound on the scale and the plateau state, as numbers."""
+        if self.plateau is None:
+            return {"initial_lr": None, "min_scale": None, "plateau": None}
+        return {
+            "initial_lr": self.initial_lr,
+            "min_scale": self._config.min_scale,
+            "plateau": [float(self.plateau.scale), float(self.plateau.best_value),
+                        int(self.plateau.plateau_count), int(self.plateau.cooldown_count)],
+        }  # fmt: skip
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if state["plateau"] is None:
+            self.initial_lr, self.plateau = None, None
+        else:
+            scale, best, bad, cooldown = state["plateau"]
+            self.initial_lr = float(state["initial_lr"])
+            self._config = self._config._replace(min_scale=float(state["min_scale"]))
+            self.plateau = PlateauState(
+                jnp.asarray(scale, jnp.float32),
+                jnp.asarray(best, jnp.float32),
+                jnp.asarray(bad, jnp.int32),
+                jnp.asarray(cooldown, jnp.int32),
+            )
+        super().load_state_dict(state)
 
     def on_epoch_end(self, epoch: int, state: Any, history: Any, logs: dict[str, float]) -> Any:
         del epoch, history
-        value = _monitored(logs, self.monitor, "ReduceLROnPlateau")
+        value = monitored_value(logs, self.monitor, "ReduceLROnPlateau")
         if value is None:
             return state
-        old_scale = float(self.plateau.scale)
+        old_scale = self.scale
         self.plateau = plateau_step(self.plateau, value, self._config)
-        if float(self.plateau.scale) == old_scale:
+        if self.scale == old_scale:
             return state
-        get_hyperparam, set_hyperparam = _accessors()
+        if is_scheduled(state.opt_state, self.hyperparam):
+            return state.replace(
+                opt_state=set_schedule_scale(state.opt_state, self.hyperparam, self.scale)
+            )
         old = jnp.asarray(get_hyperparam(state.opt_state, self.hyperparam))
         new = jnp.full(old.shape, self.learning_rate, old.dtype)
         if isinstance(old, jax.Array) and len(old.sharding.device_set) > 1:
@@ -301,8 +386,17 @@ class TerminateOnNaN(Callback):
 
     def on_train_begin(self, state: Any, history: Any) -> Any:
         del history
-        self.stop_training, self.stopped_batch = False, None
+        if self.fresh_start():
+            self.stop_training, self.stopped_batch = False, None
         return state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stop_training": self.stop_training, "stopped_batch": self.stopped_batch}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.stop_training = bool(state["stop_training"])
+        self.stopped_batch = state["stopped_batch"]
+        super().load_state_dict(state)
 
     def on_train_batch_end(self, batch: int, state: Any, logs: dict[str, float]) -> Any:
         if self.monitor in logs and not math.isfinite(logs[self.monitor]):

@@ -1,110 +1,145 @@
 """Checkpoints on orbax-checkpoint: the `ModelCheckpoint` callback and `restore`.
 
-A checkpoint is one directory ``<directory>/<n>`` holding three items: ``state`` (the whole
-training-state pytree: step, params, optimizer state with its schedule counts and plateau
-state, model state, RNG key data, skipped-step count), ``history`` (the `History` as JSON) and
-``meta`` (epoch, monitored value and a SHA-256 fingerprint of every array leaf). Checkpoints
-are numbered by the training step ``state.step`` (the epoch number for a state without a
-``step``), so the numbering continues across a resumed run.
+A checkpoint is one directory ``<directory>/<n>`` holding everything a run needs to continue:
+
+* ``state``: the whole training-state pytree (step, params, optimizer state with its schedule
+  counts, injected hyperparameters and plateau state, model state, RNG key data, skipped-step
+  count);
+* ``history``: the `History` up to the saved epoch, as JSON;
+* ``callbacks``: the ``state_dict()`` of every callback of the run (EarlyStopping's counters,
+  best value and best weights, ReduceLROnPlateau's plateau state, ModelCheckpoint's best
+  value, ...), as JSON, with their arrays in ``callback_arrays``;
+* ``meta``: the epoch, step, monitored value, whether a callback had stopped training, and a
+  SHA-256 fingerprint of every array (state and callbacks).
+
+Checkpoints are numbered by the training step ``state.step`` (the epoch number for a state
+without a ``step``), so the numbering continues across a resumed run.
 
 Writes are atomic: orbax writes into ``<n>.orbax-checkpoint-tmp`` and renames it to ``<n>``
-only once every item is complete, so a crash mid-save leaves the previous checkpoint as the
-latest. `restore` checks the fingerprints, so a damaged checkpoint is reported, never loaded.
+only once every item is complete; old checkpoints are renamed away (atomically) before they
+are deleted, and a checkpoint that is overwritten is first written in full next to it, so a
+kill at any moment leaves the previous checkpoint usable. `restore` checks the fingerprints
+and says which problem it met: a missing directory or checkpoint, a checkpoint that does not
+match the target (naming the first differing path), or damaged files.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import jax
-import numpy as np
 import orbax.checkpoint as ocp
-from jax.tree_util import keystr, tree_flatten_with_path
 
-from dlopt.training.callbacks import Callback, _monitored, _resolve_mode
+from dlopt.training.callbacks import Callback
 from dlopt.training.loop import History
+from dlopt.training.monitor import improves, monitored_value, resolve_mode
+from dlopt.training.store import (
+    CheckpointDamagedError,
+    CheckpointError,
+    CheckpointMismatchError,
+    CheckpointNotFoundError,
+    available_steps,
+    empty_trash,
+    fingerprint,
+    open_manager,
+    read_run,
+    replace_run,
+    state_step,
+    unfinished_saves,
+    with_epoch_logs,
+    write_run,
+)
+
+__all__ = [
+    "CheckpointDamagedError",
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "CheckpointNotFoundError",
+    "ModelCheckpoint",
+    "available_steps",
+    "fingerprint",
+    "restore",
+]
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint directory holds no usable checkpoint, or the one asked for is damaged."""
+def restore(
+    directory: str | os.PathLike,
+    target: Any = None,
+    *,
+    step: int | None = None,
+    callbacks: Sequence[Any] | None = None,
+) -> tuple[Any, History]:
+    """Loads a checkpoint written by `ModelCheckpoint`: ``(state, history)``.
 
+    To resume exactly, pass the run's callbacks (the same ones, in the same order) so that
+    their states are loaded too, then ``fit(state, ..., callbacks=callbacks,
+    initial_epoch=len(history), history=history)``.
 
-def _options(max_to_keep: int | None = None, *, read_only: bool = False):
-    return ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep,
-        enable_async_checkpointing=False,
-        create=not read_only,
-        read_only=read_only,
-        cleanup_tmp_directories=not read_only,
-    )
+    Args:
+        directory: the checkpoint directory.
+        target: a template state (e.g. a freshly created `TrainState`, or the state you were
+            training). The result then has the same pytree types, static fields and array
+            shardings. Without it, containers come back as dicts and lists of arrays.
+        step: the checkpoint number to load (see `available_steps`); default the latest. Use
+            it to fall back to an earlier checkpoint when the latest is damaged.
+        callbacks: callbacks to load the saved callback states into (`Callback.load_state_dict`).
 
+    Returns:
+        ``(state, history)``: the training state and its `History` up to that checkpoint.
 
-def _leftovers(directory: str) -> list[str]:
-    if not os.path.isdir(directory):
-        return []
-    return sorted(name for name in os.listdir(directory) if ".orbax-checkpoint-tmp" in name)
+    Raises:
+        CheckpointNotFoundError: the directory is missing, has no finished checkpoint, or
+            ``step`` is not there.
+        CheckpointMismatchError: the checkpoint does not match ``target`` (the first differing
+            path is named) or ``callbacks``.
+        CheckpointDamagedError: its files are unreadable or differ from their fingerprints.
+        All are `CheckpointError`s; the message names the directory and the good checkpoints.
 
-
-def fingerprint(state: Any) -> dict[str, list]:
-    """``{path: [dtype, shape, sha256]}`` of every array leaf of ``state`` (host copies).
-
-    Paths read ``"opt_state/0/mu/w"``, the same for a NamedTuple or dataclass and the dict it
-    restores to without a target. Leaves not fully addressable from this process (multi-host
-    sharded arrays) are left out.
+    Example:
+        >>> # state, history = restore("/tmp/run1", target=state)             # latest
+        >>> # state, history = restore("/tmp/run1", target=state, step=300)   # a given one
     """
-    out = {}
-    for path, leaf in tree_flatten_with_path(state)[0]:
-        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
-            continue
-        array = np.asarray(leaf)
-        digest = hashlib.sha256(array.tobytes(order="C")).hexdigest()
-        out[_path_name(path)] = [str(array.dtype), list(array.shape), digest]
-    return out
-
-
-def _path_name(path: tuple) -> str:
-    """``"opt_state/0/trace/w"``: the same for a NamedTuple/dataclass and its dict restore."""
-    parts = []
-    for key in path:
-        for attr in ("name", "key", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(keystr((key,)))
-    return "/".join(parts)
-
-
-def _state_step(state: Any, epoch: int) -> int:
-    step = getattr(state, "step", None)
-    if step is None and isinstance(state, Mapping):
-        step = state.get("step")
+    directory = os.path.abspath(os.fspath(directory))
+    steps = available_steps(directory)
+    if not steps:
+        leftovers = unfinished_saves(directory)
+        detail = (
+            f"it holds only unfinished saves {leftovers} (a run stopped mid-save)"
+            if leftovers
+            else ("it is missing" if not os.path.isdir(directory) else "it holds no checkpoint")
+        )
+        raise CheckpointNotFoundError(
+            f"No checkpoint to restore in {directory}: {detail}. Check the path, or train with "
+            f"ModelCheckpoint({directory!r}) first."
+        )
     if step is None:
-        return epoch + 1
-    if isinstance(step, jax.Array) and not step.is_fully_addressable:  # multi-host, replicated
-        step = step.addressable_data(0)
-    return int(np.asarray(step).reshape(-1)[0])  # a pmap-replicated step has a device axis
+        step = steps[-1]
+    elif step not in steps:
+        raise CheckpointNotFoundError(
+            f"No checkpoint {step} in {directory}; the finished ones are {steps}. Pass one of "
+            "them as step=."
+        )
+    state, history, _ = read_run(directory, step, target, callbacks, steps=steps)
+    return state, history
 
 
-def _improved(current: float, best: float, mode: str) -> bool:
-    if math.isnan(current):
-        return False
-    return current < best if mode == "min" else current > best
+# --------------------------------------------------------------------------- the callback
 
 
 class ModelCheckpoint(Callback):
-    """Saves the training state and `History` at the end of epochs, atomically (orbax).
+    """Saves the training state, `History` and callbacks' states at epoch ends (orbax).
 
     With ``save_best_only`` a checkpoint is written only when ``logs[monitor]`` improves on
     the best value so far (``mode="min"``: lower is better, ``"max"``: higher; an epoch
-    without ``monitor`` in its logs is skipped with a warning, as in Keras); the best value
-    is recovered from the `History` when training resumes. ``max_to_keep`` keeps the newest
-    checkpoints (with ``save_best_only``: the best ones); keep at least 2, so that a damaged
-    latest checkpoint still leaves a good one behind.
+    without ``monitor`` in its logs is skipped with a warning, as in Keras). ``max_to_keep``
+    keeps the newest checkpoints (with ``save_best_only``: the best ones); keep at least 2, so
+    that a damaged latest checkpoint still leaves a good one behind. What a checkpoint holds
+    is listed in `dlopt.training.checkpoint`; `fit` runs this callback's ``on_epoch_end``
+    after the others' (``epoch_end_order = 1``), so the saved callback states include the
+    epoch. Resume with ``restore(directory, target, callbacks=callbacks)`` and
+    ``fit(..., initial_epoch=len(history), history=history)``.
 
     Args:
         directory: the checkpoint directory (created if missing).
@@ -114,7 +149,8 @@ class ModelCheckpoint(Callback):
         save_best_only: save only improvements of ``monitor``; otherwise every epoch.
         max_to_keep: how many checkpoints to keep (None: all).
         overwrite: at the start of training, delete checkpoints numbered above the current
-            ``state.step`` (left by a run that is being redone) instead of raising.
+            ``state.step`` (left by a run that is being redone) instead of raising; and
+            replace a checkpoint of the same number (written in full before the old one goes).
 
     Example:
         >>> import tempfile
@@ -126,6 +162,8 @@ class ModelCheckpoint(Callback):
         ``keras.callbacks.ModelCheckpoint``; orbax-checkpoint ``CheckpointManager``.
     """
 
+    epoch_end_order = 1
+
     def __init__(
         self,
         directory: str | os.PathLike,
@@ -136,7 +174,7 @@ class ModelCheckpoint(Callback):
         *,
         overwrite: bool = False,
     ):
-        mode = _resolve_mode(mode, monitor)
+        mode = resolve_mode(mode, monitor)
         if max_to_keep is not None and max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1 or None, got {max_to_keep=}.")
         self.directory = os.path.abspath(os.fspath(directory))
@@ -152,72 +190,78 @@ class ModelCheckpoint(Callback):
     @property
     def manager(self) -> ocp.CheckpointManager:
         if self._manager is None:
-            self._manager = ocp.CheckpointManager(
-                self.directory, options=_options(self.max_to_keep)
-            )
+            self._manager = open_manager(self.directory, self.max_to_keep)
         return self._manager
 
+    def state_dict(self) -> dict[str, Any]:
+        """The best monitored value so far and the checkpoints this callback wrote."""
+        return {"best": self.best, "saved_steps": list(self.saved_steps)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.best = float(state["best"])
+        self.saved_steps = [int(s) for s in state["saved_steps"]]
+        super().load_state_dict(state)
+
     def on_train_begin(self, state: Any, history: History) -> Any:
-        self.best = math.inf if self.mode == "min" else -math.inf
-        for logs in history.epochs:  # resuming: the best so far is in the History
-            value = logs.get(self.monitor)
-            if value is not None and _improved(value, self.best, self.mode):
-                self.best = value
-        step = _state_step(state, len(history) - 1)
+        if self.fresh_start():
+            self.best = math.inf if self.mode == "min" else -math.inf
+            for logs in history.epochs:  # resuming by hand: the best so far is in the History
+                value = logs.get(self.monitor)
+                if value is not None and improves(value, self.best, self.mode):
+                    self.best = value
+        step = state_step(state, len(history) - 1)
         later = [s for s in self.manager.all_steps() if s > step]
-        if later and not self.overwrite:
+        redone = any(getattr(cb, "resumed", False) for cb in self.run_callbacks)
+        if later and not (self.overwrite or redone):
             raise CheckpointError(
                 f"{self.directory} already holds checkpoints {later} from beyond the current "
                 f"step {step}. Resume from the latest with restore({self.directory!r}, target), "
                 "use an empty directory, or pass ModelCheckpoint(..., overwrite=True) to delete "
                 "them."
             )
-        for s in later:
+        for s in later:  # a BackupAndRestore resume redoes (bitwise) the epochs they saved
             self.manager.delete(s)
+        empty_trash(self.directory)
         return state
 
     def on_epoch_end(
         self, epoch: int, state: Any, history: History, logs: Mapping[str, float]
     ) -> Any:
         if self.save_best_only:
-            current = _monitored(dict(logs), self.monitor, "ModelCheckpoint")
-            if current is None or not _improved(current, self.best, self.mode):
+            current = monitored_value(dict(logs), self.monitor, "ModelCheckpoint")
+            if current is None or not improves(current, self.best, self.mode):
                 return state
         else:
             current = logs.get(self.monitor)
-        if current is not None and _improved(float(current), self.best, self.mode):
+        if current is not None and improves(float(current), self.best, self.mode):
             self.best = float(current)
-        self.save(epoch, state, _with_epoch(history, logs), current)
+        self.save(epoch, state, with_epoch_logs(history, logs), current)
         return state
 
     def save(self, epoch: int, state: Any, history: History, value: float | None = None) -> int:
         """Writes one checkpoint (numbered by ``state.step``) and returns its number."""
-        step = _state_step(state, epoch)
-        if step in self.manager.all_steps():
-            if not self.overwrite:
-                raise CheckpointError(
-                    f"checkpoint {step} already exists in {self.directory} (the step did not "
-                    "advance since the last save). Pass overwrite=True to replace it."
-                )
-            self.manager.delete(step)
-        meta = {
-            "epoch": int(epoch),
-            "step": step,
-            "monitor": self.monitor,
-            "value": None if value is None else float(value),
-            "fingerprint": fingerprint(state),
-        }
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                history=ocp.args.JsonSave(history.to_dict()),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            force=True,
-        )
-        self.manager.wait_until_finished()
+        step = state_step(state, epoch)
         self.saved_steps.append(step)
+        callbacks = self.run_callbacks or (self,)
+
+        def write(manager, number):
+            meta = {"monitor": self.monitor, "value": None if value is None else float(value)}
+            write_run(manager, number, state, history, epoch=epoch, callbacks=callbacks, **meta)
+
+        try:
+            if step in self.manager.all_steps():
+                if not self.overwrite:
+                    raise CheckpointError(
+                        f"checkpoint {step} already exists in {self.directory} (the step did "
+                        "not advance since the last save). Pass overwrite=True to replace it."
+                    )
+                replace_run(self.directory, step, write)
+                self.manager.reload()
+            else:
+                write(self.manager, step)
+        except BaseException:
+            self.saved_steps.pop()
+            raise
         return step
 
     def on_train_end(self, state: Any, history: History) -> Any:
@@ -226,134 +270,3 @@ class ModelCheckpoint(Callback):
             self._manager.close()
             self._manager = None
         return state
-
-
-def _with_epoch(history: History, logs: Mapping[str, float]) -> History:
-    """The History including this epoch's ``logs`` (fit may append them after the callbacks)."""
-    logs = {str(k): float(v) for k, v in logs.items()}
-    last = history.epochs[-1] if history.epochs else None
-    if last is not None and History([last]) == History([logs]):
-        return history
-    return History([*history.epochs, logs])
-
-
-def available_steps(directory: str | os.PathLike) -> list[int]:
-    """The numbers of the finished checkpoints in ``directory`` (unfinished saves excluded)."""
-    directory = os.path.abspath(os.fspath(directory))
-    if not os.path.isdir(directory):
-        return []
-    manager = ocp.CheckpointManager(directory, options=_options(read_only=True))
-    try:
-        return sorted(manager.all_steps())
-    finally:
-        manager.close()
-
-
-def restore(
-    directory: str | os.PathLike, target: Any = None, *, step: int | None = None
-) -> tuple[Any, History]:
-    """Loads a checkpoint written by `ModelCheckpoint`: ``(state, history)``.
-
-    Args:
-        directory: the checkpoint directory.
-        target: a template state (e.g. a freshly created `TrainState`, or the state you were
-            training). The result then has the same pytree types, static fields and array
-            shardings. Without it, containers come back as dicts and lists of arrays.
-        step: the checkpoint number to load (see `available_steps`); default the latest. Use
-            it to fall back to an earlier checkpoint when the latest is damaged.
-
-    Returns:
-        ``(state, history)``: the training state and its `History` up to that checkpoint.
-
-    Raises:
-        CheckpointError: the directory has no finished checkpoint, ``step`` is not there, the
-            checkpoint is damaged (unreadable or fingerprint mismatch), or it does not match
-            ``target``. The message names the directory and the good checkpoints left.
-
-    Example:
-        >>> # state, history = restore("/tmp/run1", target=state)             # latest
-        >>> # state, history = restore("/tmp/run1", target=state, step=300)   # a given one
-    """
-    directory = os.path.abspath(os.fspath(directory))
-    steps = available_steps(directory)
-    if not steps:
-        leftovers = _leftovers(directory)
-        detail = (
-            f"it holds only unfinished saves {leftovers} (a run stopped mid-save)"
-            if leftovers
-            else ("it is missing" if not os.path.isdir(directory) else "it holds no checkpoint")
-        )
-        raise CheckpointError(
-            f"No checkpoint to restore in {directory}: {detail}. Check the path, or train with "
-            f"ModelCheckpoint({directory!r}) first."
-        )
-    if step is None:
-        step = steps[-1]
-    elif step not in steps:
-        raise CheckpointError(
-            f"No checkpoint {step} in {directory}; the finished ones are {steps}. Pass one of "
-            "them as step=."
-        )
-    others = [s for s in steps if s != step]
-    fix = (
-        f"Restore an earlier one with restore({directory!r}, target, step={others[-1]}) "
-        f"(finished checkpoints: {steps}), and delete {os.path.join(directory, str(step))}."
-        if others
-        else "No other checkpoint is left there; retrain from scratch."
-    )
-    meta = _read(directory, step, ocp.args.Composite(meta=ocp.args.JsonRestore()), fix)["meta"]
-    if target is not None:
-        _check_target(target, meta, step, directory)
-    state_args = ocp.args.StandardRestore(target) if target is not None else None
-    args = ocp.args.Composite(
-        state=state_args or ocp.args.StandardRestore(), history=ocp.args.JsonRestore()
-    )
-    restored = _read(directory, step, args, fix)
-    state, now_prints = restored["state"], fingerprint(restored["state"])
-    bad = [
-        path
-        for path, saved in meta["fingerprint"].items()
-        if (now := now_prints.get(path)) is not None and now[:2] == saved[:2] and now != saved
-    ]
-    if bad:
-        raise CheckpointError(
-            f"Checkpoint {step} in {directory} is damaged: the arrays at {bad[:3]} differ from "
-            f"what was saved (fingerprint mismatch). {fix}"
-        )
-    return state, History.from_dict(restored["history"])
-
-
-def _read(directory: str, step: int, args: Any, fix: str) -> Any:
-    """``manager.restore``; any failure (orbax, tensorstore, json) means a damaged checkpoint."""
-    manager = ocp.CheckpointManager(directory, options=_options(read_only=True))
-    try:
-        return manager.restore(step, args=args)
-    except Exception as error:
-        raise CheckpointError(
-            f"Checkpoint {step} in {directory} is damaged and cannot be read "
-            f"({type(error).__name__}: {str(error)[:300]}). {fix}"
-        ) from error
-    finally:
-        manager.close()
-
-
-def _check_target(target: Any, meta: Mapping[str, Any], step: int, directory: str) -> None:
-    saved = {path: tuple(v[1]) for path, v in meta["fingerprint"].items()}
-    wanted = {
-        _path_name(path): tuple(np.shape(leaf)) for path, leaf in tree_flatten_with_path(target)[0]
-    }
-    if saved.keys() == wanted.keys() and saved == wanted:
-        return
-    missing, extra = sorted(saved.keys() - wanted.keys()), sorted(wanted.keys() - saved.keys())
-    shapes = [p for p in saved.keys() & wanted.keys() if saved[p] != wanted[p]]
-    detail = (
-        f"the checkpoint has {missing[:3]} that target lacks"
-        if missing
-        else f"target has {extra[:3]} that the checkpoint lacks"
-        if extra
-        else f"shapes differ at {[(p, saved[p], wanted[p]) for p in shapes[:3]]}"
-    )
-    raise CheckpointError(
-        f"Checkpoint {step} in {directory} does not match target: {detail}. Build target with "
-        "the same model and optimizer as the run that saved it, or restore without target."
-    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -78,6 +78,15 @@ def _same(a: float, b: float) -> bool:
 
 
 Data = Iterable[Any] | Callable[[int], Iterable[Any]]
+
+
+class Resume(NamedTuple):
+    """What a callback's ``resume(state, history)`` hook (`BackupAndRestore`) hands `fit`."""
+
+    state: Any  # the restored training state
+    history: History  # the History up to the saved epoch
+    initial_epoch: int  # the first epoch to run
+    stopped: bool  # a callback had stopped training: run no more epochs
 
 
 def _epoch_batches(data: Data, epoch: int, name: str) -> Iterable[Any]:
@@ -158,8 +167,9 @@ def fit(
             when those are not given.
         train_step: ``(state, batch) -> (state, metrics)``, e.g. from `make_pmap_train_step`.
         eval_step: ``(state, batch) -> metrics``.
-        initial_epoch: the first epoch to run (to resume a run).
-        history: the `History` to append to (to resume); default a new one.
+        initial_epoch: the first epoch to run (to resume a run by hand).
+        history: the `History` to append to (to resume); default a new one. A resume by a
+            callback refills it in place with the saved epochs.
 
     Returns:
         ``(state, history)``.
@@ -182,10 +192,21 @@ def fit(
     callbacks = list(callbacks)
     batch_hooks = [cb for cb in callbacks if getattr(cb, "uses_batch_hook", False)]
     shown = EpochProgress(epochs, enabled=progress)
+    epoch_end = sorted(callbacks, key=lambda cb: getattr(cb, "epoch_end_order", 0))
 
     for cb in callbacks:
+        if callable(getattr(cb, "set_callbacks", None)):
+            cb.set_callbacks(callbacks)
+    stopped = False
+    for cb in callbacks:
+        resume = getattr(cb, "resume", None)
+        resumed = resume(state, history) if callable(resume) else None
+        if resumed is not None:
+            state, initial_epoch, stopped = resumed.state, resumed.initial_epoch, resumed.stopped
+            history.epochs[:] = resumed.history.epochs
+    for cb in callbacks:
         state = cb.on_train_begin(state, history)
-    for epoch in range(initial_epoch, epochs):
+    for epoch in range(initial_epoch, initial_epoch if stopped else epochs):
         for cb in callbacks:
             state = cb.on_epoch_begin(epoch, state, history)
         batches = _epoch_batches(train_data, epoch, "train_data")
@@ -208,7 +229,7 @@ def fit(
             logs.update({f"val_{k}": v for k, v in evaluate(state, val, eval_step).items()})
         history.append(logs)
         shown.epoch_end(epoch, logs)
-        for cb in callbacks:
+        for cb in epoch_end:
             state = cb.on_epoch_end(epoch, state, history, logs)
         if _stop(callbacks):
             break

@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec as P
 
 from dlopt.base import GradientTransformation
 from dlopt.training.state import TrainState
-from dlopt.training.steps import LossFn, eval_step_fn, train_step_fn
+from dlopt.training.steps import LossFn, StepOptions, eval_step_fn, train_step_fn
 
 # --- pmap
 
@@ -91,21 +91,20 @@ def make_pmap_train_step(
     *,
     axis_name: str = "batch",
     per_device_rng: bool = True,
-    accumulation_steps: int = 1,
-    skip_nonfinite: bool = True,
-    loss_as_value: bool = False,
-    donate: bool = True,
+    options: StepOptions | None = None,
+    **flags: Any,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """A ``pmap`` train step ``(replicated_state, split_batch) -> (state, metrics)``.
 
     Gradients are ``psum(w_d * g_d) / psum(w_d)`` over the devices ``d`` of ``axis_name``
-    (``w_d`` the valid rows; the ``lax.pmean`` of gradients for equal shards), float model
-    state is ``lax.pmean``-ed, and metrics come back once (not per device). BatchNorm layers
-    should name the same ``axis_name`` so their batch statistics are global.
+    (``w_d`` the valid rows; the ``lax.pmean`` of gradients for equal shards), summed in
+    float32; float model state (BatchNorm statistics) is averaged with the same weights
+    ``w_d`` (a device holding only padding counts for nothing, as in the mesh step), and
+    metrics come back once (not per device). BatchNorm layers should name the same
+    ``axis_name`` so their batch statistics are global.
 
     Args:
-        loss_fn, tx, accumulation_steps, skip_nonfinite, loss_as_value, donate: as in
-            `make_train_step`.
+        loss_fn, tx, options, **flags: as in `make_train_step` (the `StepOptions`).
         axis_name: the pmap axis name.
         per_device_rng: fold the device index into the step RNG (independent dropout masks
             per device). With False every device gets the same key: a loss that draws its
@@ -114,17 +113,10 @@ def make_pmap_train_step(
     Returns:
         The pmapped step; use `replicate` for the state and `split_batch` for the batch.
     """
-    fn = train_step_fn(
-        loss_fn,
-        tx,
-        axis_name=axis_name,
-        per_device_rng=per_device_rng,
-        accumulation_steps=accumulation_steps,
-        skip_nonfinite=skip_nonfinite,
-        loss_as_value=loss_as_value,
-    )
+    options = StepOptions.merge(options, flags)
+    fn = train_step_fn(loss_fn, tx, options, axis_name=axis_name, per_device_rng=per_device_rng)
     return jax.pmap(
-        fn, axis_name=axis_name, out_axes=(0, None), donate_argnums=(0,) if donate else ()
+        fn, axis_name=axis_name, out_axes=(0, None), donate_argnums=(0,) if options.donate else ()
     )
 
 
@@ -218,21 +210,19 @@ def make_mesh_train_step(
     mesh: Mesh,
     data_axis: str = "data",
     shard_opt_state: bool = False,
-    accumulation_steps: int = 1,
-    skip_nonfinite: bool = True,
-    loss_as_value: bool = False,
-    donate: bool = True,
+    options: StepOptions | None = None,
+    **flags: Any,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """A ``jit`` train step over ``mesh``: batch sharded on ``data_axis``, params replicated.
 
     The step is the one-device step (`make_train_step`) compiled for the global arrays, so
     its numbers match one device; XLA inserts the gradient all-reduce. With
     ``shard_opt_state=True`` (ZeRO-1) the optimizer state stays sharded between steps.
-    Place the state with `shard_state` (same flags) and batches with `shard_batch`.
+    Place the state with `shard_state` (same flags) and batches with `shard_batch`. Dropout
+    masks are drawn for the global batch from one key, so every shard's rows get their own.
 
     Args:
-        loss_fn, tx, accumulation_steps, skip_nonfinite, loss_as_value, donate: as in
-            `make_train_step`.
+        loss_fn, tx, options, **flags: as in `make_train_step` (the `StepOptions`).
         mesh: the device mesh (`make_mesh`).
         data_axis: the mesh axis the batch is split over.
         shard_opt_state: shard optimizer-state leaves over ``data_axis``.
@@ -240,13 +230,8 @@ def make_mesh_train_step(
     Returns:
         The step ``(state, batch, **extra_args) -> (state, metrics)``; metrics are replicated.
     """
-    fn = train_step_fn(
-        loss_fn,
-        tx,
-        accumulation_steps=accumulation_steps,
-        skip_nonfinite=skip_nonfinite,
-        loss_as_value=loss_as_value,
-    )
+    options = StepOptions.merge(options, flags)
+    fn = train_step_fn(loss_fn, tx, options)
     compiled: dict[Any, Callable] = {}
     replicated = NamedSharding(mesh, P())
     batch_sharding = NamedSharding(mesh, P(data_axis))
@@ -261,7 +246,7 @@ def make_mesh_train_step(
                 lambda s, b, extra: fn(s, b, **extra),
                 in_shardings=(shardings, batch_sharding, replicated),
                 out_shardings=(shardings, replicated),
-                donate_argnums=(0,) if donate else (),
+                donate_argnums=(0,) if options.donate else (),
             )
         return compiled[key](state, batch, extra_args)
 

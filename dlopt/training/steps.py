@@ -15,10 +15,15 @@ holds ``"loss"``, the loss function's metrics, and ``"num_examples"`` (the count
 used to weight batch means into exact epoch means). Metrics must be scalar per-example means
 (loss, accuracy); ratio metrics such as precision or F1 are not means of batch values: sum a
 `dlopt.metrics.ConfusionMatrix` over the data instead.
+
+Every builder shares one step (`train_step_fn`): gradients (`gradients`, micro-batches summed
+in a float32 accumulator), the update through `TrainState.apply_gradients`, and the NaN/Inf
+guard `dlopt.wrappers.guarded` (a ``lax.cond``); its flags are one `StepOptions`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -26,11 +31,57 @@ import jax
 import jax.numpy as jnp
 
 from dlopt import tree as tree_lib
-from dlopt.base import GradientTransformation, apply_updates, with_extra_args_support
+from dlopt.base import GradientTransformation
 from dlopt.training.state import TrainState
+from dlopt.wrappers import accumulate, accumulation_dtype, all_finite, count_nonfinite, guarded
 
 LossFn = Callable[..., Any]
 NUM_EXAMPLES = "num_examples"
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """The flags every train-step builder takes (`make_train_step`, the pmap and mesh steps).
+
+    Pass them as keywords to a builder (``make_train_step(loss_fn, accumulation_steps=4)``)
+    or as one object (``make_train_step(loss_fn, options=StepOptions(...))``; keywords win).
+
+    Attributes:
+        accumulation_steps: micro-batches per update (must divide the batch size); their
+            example-weighted gradients are summed in float32 (float64 for float64 params).
+        skip_nonfinite: the NaN/Inf guard: when the gradients or the metrics are not finite,
+            params, opt_state and model state stay, ``skipped_steps`` and ``step`` count up.
+        loss_as_value: pass the batch loss as ``value=`` to ``tx.update`` (plateau
+            transforms); an explicit ``value=`` keyword to the step wins.
+        donate: donate the input state's buffers (the old state is unusable after a call).
+    """
+
+    accumulation_steps: int = 1
+    skip_nonfinite: bool = True
+    loss_as_value: bool = False
+    donate: bool = True
+
+    def __post_init__(self):
+        k = self.accumulation_steps
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(
+                f"accumulation_steps must be an int >= 1, got accumulation_steps={k!r}."
+            )
+        for name in ("skip_nonfinite", "loss_as_value", "donate"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False, got {name}={value!r}.")
+
+    @classmethod
+    def merge(cls, options: StepOptions | None, flags: Mapping[str, Any]) -> StepOptions:
+        """``options`` (default: the defaults) with the keyword ``flags`` replaced."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(flags) - set(names))
+        if unknown:
+            raise TypeError(f"unexpected step option(s) {unknown}; the options are {names}.")
+        if options is not None and not isinstance(options, cls):
+            raise TypeError(f"options must be a StepOptions, got {type(options).__name__}.")
+        return dataclasses.replace(options or cls(), **flags)
 
 
 def batch_weight(batch: Any) -> jax.Array:
@@ -60,21 +111,19 @@ def _split_micro(batch, k):
     return jax.tree.map(split, batch)
 
 
-def _scaled(tree, w):
-    """``x * w``, and exactly 0 where ``w == 0`` (an all-padding shard may have a NaN loss)."""
-    return jax.tree.map(lambda x: jnp.where(w > 0, x * w.astype(x.dtype), jnp.zeros_like(x)), tree)
-
-
-def _divided(tree, w):
-    safe = jnp.where(w > 0, w, jnp.ones_like(w))
-    return jax.tree.map(lambda x: x / safe.astype(x.dtype), tree)
-
-
-def _float_mean(tree, reduce_mean):
-    """Averages the float leaves of ``tree`` over the device axis (integer leaves untouched)."""
+def _weighted(tree, w):
+    """``w * x`` in the accumulator dtype (exactly 0 where ``w == 0``: an all-padding shard may
+    have a NaN loss)."""
     return jax.tree.map(
-        lambda x: reduce_mean(x) if jnp.issubdtype(x.dtype, jnp.inexact) else x, tree
+        lambda x: accumulate(jnp.zeros(jnp.shape(x), accumulation_dtype(x)), x, weight=w), tree
     )
+
+
+def _divided(tree, w, like=None):
+    """``x / w`` (``w == 0`` divides by 1), cast to the dtypes of ``like`` when given."""
+    safe = jnp.where(w > 0, w, jnp.ones_like(w))
+    out = jax.tree.map(lambda x: x / safe.astype(x.dtype), tree)
+    return out if like is None else tree_lib.cast_like(out, like)
 
 
 def gradients(
@@ -85,12 +134,17 @@ def gradients(
     rng: jax.Array,
     *,
     accumulation_steps: int = 1,
+    weighted: bool = False,
 ) -> tuple[Any, Any, dict[str, jax.Array], jax.Array]:
-    """Example-weighted mean gradients over ``accumulation_steps`` micro-batches.
+    """Gradients, new model state, metric sums and the valid-row count of one batch.
 
-    Returns ``(grads, new_model_state, metrics_sums, weight)`` where ``metrics_sums`` are the
-    metrics times the valid-row count and ``weight`` the count (so sums over devices divide
-    into exact means). The model state is threaded through the micro-batches in order.
+    Returns ``(grads, new_model_state, metric_sums, weight)``: ``metric_sums`` are the
+    metrics times the valid-row count ``weight``. With ``accumulation_steps = k > 1`` the
+    batch is split into ``k`` micro-batches whose example-weighted gradients are summed in
+    float32 (`dlopt.wrappers.accumulate`, float64 for float64 params), and ``grads`` is that
+    sum; with ``weighted=True`` (a device of a data-parallel step) ``grads`` is the weighted
+    sum too, so sums over devices divide into exact means; otherwise ``grads`` is the plain
+    gradient of the loss. The model state is threaded through the micro-batches in order.
     """
 
     def one(model_state, micro, rng):
@@ -100,11 +154,11 @@ def gradients(
 
         w = batch_weight(micro)
         (_, (new_ms, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        return new_ms, _scaled(grads, w), _scaled(metrics, w), w
+        return new_ms, grads, _weighted(metrics, w), w
 
     if accumulation_steps == 1:
         new_ms, grads, metrics, w = one(model_state, batch, rng)
-        return grads, new_ms, metrics, w
+        return (_weighted(grads, w) if weighted else grads), new_ms, metrics, w
 
     micro = _split_micro(batch, accumulation_steps)
 
@@ -112,81 +166,98 @@ def gradients(
         ms, g_sum, m_sum, w_sum = carry
         micro_batch, i = xs
         ms, g, m, w = one(ms, micro_batch, jax.random.fold_in(rng, i))
-        add = lambda a, b: jax.tree.map(jnp.add, a, b)  # noqa: E731
-        return (ms, add(g_sum, g), add(m_sum, m), w_sum + w), None
+        g_sum = jax.tree.map(lambda a, x: accumulate(a, x, weight=w), g_sum, g)
+        m_sum = jax.tree.map(jnp.add, m_sum, m)
+        return (ms, g_sum, m_sum, w_sum + w), None
 
     first = jax.tree.map(lambda x: x[0], micro)
-    shapes = jax.eval_shape(lambda: one(model_state, first, rng))
-    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[1:])
+    _, g_shape, m_shape, _ = jax.eval_shape(lambda: one(model_state, first, rng))
+    g_zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, accumulation_dtype(s)), g_shape)
+    m_zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), m_shape)
     (new_ms, grads, metrics, w), _ = jax.lax.scan(
         body,
-        (model_state, *zeros),
+        (model_state, g_zeros, m_zeros, jnp.zeros((), jnp.float32)),
         (micro, jnp.arange(accumulation_steps, dtype=jnp.uint32)),
     )
     return grads, new_ms, metrics, w
 
 
+def _weighted_mean(tree, w, w_total, axis_name):
+    """The example-weighted mean over the devices of ``axis_name`` of the float leaves of
+    ``tree`` (model state: BatchNorm statistics), integer leaves untouched."""
+
+    def mean(x):
+        if not jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact):
+            return x
+        total = jax.lax.psum(_weighted(x, w), axis_name)
+        return _divided(total, w_total, like=x)
+
+    return jax.tree.map(mean, tree)
+
+
 def train_step_fn(
     loss_fn: LossFn,
     tx: GradientTransformation | None = None,
+    options: StepOptions | None = None,
     *,
     axis_name: str | None = None,
     per_device_rng: bool = True,
-    accumulation_steps: int = 1,
-    skip_nonfinite: bool = True,
-    loss_as_value: bool = False,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """The un-jitted train step; `make_train_step` and the parallel builders wrap it.
 
     With ``axis_name`` (inside ``pmap``), gradients, metrics and float model state are
     example-weighted means over the devices of that axis.
     """
-    if not isinstance(accumulation_steps, int) or accumulation_steps < 1:
-        raise ValueError(f"accumulation_steps must be an int >= 1, got {accumulation_steps=}.")
-
-    def total(x):
-        return x if axis_name is None else jax.lax.psum(x, axis_name)
+    options = options if options is not None else StepOptions()
+    k = options.accumulation_steps
 
     def step(state: TrainState, batch: Any, **extra_args: Any):
         step_key = jax.random.fold_in(state.key, state.step)
         if axis_name is not None and per_device_rng:
             step_key = jax.random.fold_in(step_key, jax.lax.axis_index(axis_name))
+        parallel = axis_name is not None
         grads, model_state, metrics, w = gradients(
             loss_fn,
             state.params,
             batch,
             state.model_state,
             step_key,
-            accumulation_steps=accumulation_steps,
+            accumulation_steps=k,
+            weighted=parallel,
         )
-        w = total(w)
-        grads = _divided(jax.tree.map(total, grads), w)
-        metrics = _divided(jax.tree.map(total, metrics), w)
-        if axis_name is not None:
-            model_state = _float_mean(model_state, lambda x: jax.lax.pmean(x, axis_name))
-        if loss_as_value:
+        if parallel:
+            w_total = jax.lax.psum(w, axis_name)
+            grads = jax.lax.psum(grads, axis_name)
+            metrics = jax.lax.psum(metrics, axis_name)
+            model_state = _weighted_mean(model_state, w, w_total, axis_name)
+        else:
+            w_total = w
+        if parallel or k > 1:  # example-weighted sums -> means, in the params' dtypes
+            grads = _divided(grads, w_total, like=state.params)
+        metrics = _divided(metrics, w_total)
+        if options.loss_as_value:
             extra_args = {"value": metrics["loss"], **extra_args}
-        update = with_extra_args_support(tx if tx is not None else state.tx).update
-        updates, opt_state = update(grads, state.opt_state, state.params, **extra_args)
-        new = state.replace(
-            params=apply_updates(state.params, updates),
-            opt_state=opt_state,
-            model_state=model_state,
-        )
-        skipped = state.skipped_steps
-        if skip_nonfinite:
-            finite = jnp.all(
-                jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves((grads, metrics))])
+
+        def apply(s: TrainState) -> TrainState:
+            return s.apply_gradients(grads, **extra_args).replace(model_state=model_state)
+
+        def apply_alike(s: TrainState) -> TrainState:  # both lax.cond branches: one type
+            new = apply(s)
+            return new.replace(
+                opt_state=tree_lib.cast_like(new.opt_state, s.opt_state),
+                model_state=tree_lib.cast_like(new.model_state, s.model_state),
             )
-            keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(finite, x, y), a, b)  # noqa: E731
-            new = new.replace(
-                params=keep(new.params, state.params),
-                opt_state=keep(new.opt_state, state.opt_state),
-                model_state=keep(new.model_state, state.model_state),
-            )
-            skipped = jnp.where(finite, skipped, tree_lib.safe_increment(skipped))
-        new = new.replace(step=tree_lib.safe_increment(state.step), skipped_steps=skipped)
-        return new, {**metrics, NUM_EXAMPLES: w}
+
+        def skip(s: TrainState) -> TrainState:
+            skipped = count_nonfinite(False, s.skipped_steps)
+            return s.replace(step=tree_lib.safe_increment(s.step), skipped_steps=skipped)
+
+        current = state if tx is None else state.replace(tx=tx)
+        if options.skip_nonfinite:
+            new = guarded(all_finite((grads, metrics)), apply_alike, skip, current)
+        else:
+            new = apply(current)
+        return new.replace(tx=state.tx), {**metrics, NUM_EXAMPLES: w_total}
 
     return step
 
@@ -204,7 +275,7 @@ def eval_step_fn(
         _, _, metrics = _call_loss(loss_fn, state.params, batch, state.model_state, key, False)
         w = batch_weight(batch)
         w_total = total(w)
-        metrics = _divided(jax.tree.map(total, _scaled(metrics, w)), w_total)
+        metrics = _divided(jax.tree.map(total, _weighted(metrics, w)), w_total)
         return {**metrics, NUM_EXAMPLES: w_total}
 
     return step
@@ -214,10 +285,8 @@ def make_train_step(
     loss_fn: LossFn,
     tx: GradientTransformation | None = None,
     *,
-    accumulation_steps: int = 1,
-    skip_nonfinite: bool = True,
-    loss_as_value: bool = False,
-    donate: bool = True,
+    options: StepOptions | None = None,
+    **flags: Any,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """One jit-compiled train step ``(state, batch, **extra_args) -> (state, metrics)``.
 
@@ -226,19 +295,18 @@ def make_train_step(
         (u, s) = tx.update(g, s, \\theta, **extra),\\quad \\theta \\leftarrow \\theta + u
 
     over ``accumulation_steps`` micro-batches ``i`` with ``w_i`` valid rows each (one
-    optimizer update per call; BatchNorm state threads through the micro-batches). The RNG
-    given to ``loss_fn`` is ``fold_in(state.rng, state.step)`` (then the micro-batch index).
-    When the gradients or the loss are not finite the step is skipped: params, opt_state and
+    optimizer update per call, through `TrainState.apply_gradients`; BatchNorm state threads
+    through the micro-batches). The RNG given to ``loss_fn`` is ``fold_in(state.rng,
+    state.step)`` (then the micro-batch index). When the gradients or the loss are not finite
+    the step is skipped (one ``lax.cond``, `dlopt.wrappers.guarded`): params, opt_state and
     model state stay, ``skipped_steps`` and ``step`` count up.
 
     Args:
         loss_fn: ``loss_fn(params, batch, *, model_state, rng, train)``, see the module doc.
         tx: the optimizer; default ``state.tx`` (it must match the one that built opt_state).
-        accumulation_steps: micro-batches per update (must divide the batch size).
-        skip_nonfinite: the NaN/Inf guard above.
-        loss_as_value: pass the batch loss as ``value=`` to ``tx.update`` (plateau
-            transforms); an explicit ``value=`` keyword to the step wins.
-        donate: donate the input state's buffers (the old state is unusable after a call).
+        options: a `StepOptions`.
+        **flags: `StepOptions` fields as keywords (``accumulation_steps``,
+            ``skip_nonfinite``, ``loss_as_value``, ``donate``), overriding ``options``.
 
     Returns:
         The jitted step. Extra keyword arguments (``value=``) are forwarded to ``tx.update``.
@@ -247,14 +315,9 @@ def make_train_step(
         >>> step = make_train_step(loss_fn)            # doctest: +SKIP
         >>> state, metrics = step(state, {"x": x, "y": y})  # doctest: +SKIP
     """
-    fn = train_step_fn(
-        loss_fn,
-        tx,
-        accumulation_steps=accumulation_steps,
-        skip_nonfinite=skip_nonfinite,
-        loss_as_value=loss_as_value,
-    )
-    return jax.jit(fn, donate_argnums=(0,) if donate else ())
+    options = StepOptions.merge(options, flags)
+    fn = train_step_fn(loss_fn, tx, options)
+    return jax.jit(fn, donate_argnums=(0,) if options.donate else ())
 
 
 def make_eval_step(loss_fn: LossFn) -> Callable[[TrainState, Any], dict[str, jax.Array]]:
