@@ -36,9 +36,11 @@ def _ftrl_leaf(g, n, c, w, leaf, out_dtype, *, rates, power, l1, l2, shrink, bet
     g = g + tree_lib.scalar_like(2 * shrink, g) * w
     h = c_prev + lr * g + 2 * l2_ * (lr - lr_prev) * w
     q = n_pow + tree_lib.scalar_like(beta, g) + 2 * l2_ * lr
-    c = writer.put(jnp.clip(h - q * w, -lr * l1_, lr * l1_), c, leaf, 1)
+    y, bound = h - q * w, lr * l1_
+    c = writer.put(jnp.clip(y, -bound, bound), c, leaf, 1)
     safe_q = jnp.where(q > 0, q, jnp.ones_like(q))
-    update = jnp.where(q > 0, (c.astype(f) - h) / safe_q, jnp.zeros_like(q))
+    step = jnp.where(q > 0, (c.astype(f) - h) / safe_q, jnp.zeros_like(q))
+    update = jnp.where(jnp.abs(y) <= bound, -w, step)  # |y| <= lr * l1: w becomes exactly 0
     return update.astype(out_dtype), n, c
 
 
