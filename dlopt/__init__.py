@@ -52,6 +52,31 @@ from dlopt.optimizers.sgd import sgd as sgd
 from dlopt.optimizers.sgd import trace as trace
 
 # --- optimizers: Adam relatives, torch's and Keras's (radam ... novograd, rprop, asgd, ftrl)
+from dlopt.optimizers.adabelief import ScaleByBeliefState as ScaleByBeliefState
+from dlopt.optimizers.adabelief import adabelief as adabelief
+from dlopt.optimizers.adabelief import scale_by_belief as scale_by_belief
+from dlopt.optimizers.adamax import adamaxw as adamaxw
+from dlopt.optimizers.adan import ScaleByAdanState as ScaleByAdanState
+from dlopt.optimizers.adan import adan as adan
+from dlopt.optimizers.adan import scale_by_adan as scale_by_adan
+from dlopt.optimizers.amsgrad import ScaleByAmsgradState as ScaleByAmsgradState
+from dlopt.optimizers.amsgrad import amsgrad as amsgrad
+from dlopt.optimizers.amsgrad import scale_by_amsgrad as scale_by_amsgrad
+from dlopt.optimizers.asgd import AsgdState as AsgdState
+from dlopt.optimizers.asgd import asgd as asgd
+from dlopt.optimizers.asgd import asgd_averaged_params as asgd_averaged_params
+from dlopt.optimizers.ftrl import FtrlState as FtrlState
+from dlopt.optimizers.ftrl import ftrl as ftrl
+from dlopt.optimizers.novograd import ScaleByNovogradState as ScaleByNovogradState
+from dlopt.optimizers.novograd import novograd as novograd
+from dlopt.optimizers.novograd import scale_by_novograd as scale_by_novograd
+from dlopt.optimizers.radam import radam as radam
+from dlopt.optimizers.radam import scale_by_radam as scale_by_radam
+from dlopt.optimizers.rprop import ScaleByRpropState as ScaleByRpropState
+from dlopt.optimizers.rprop import rprop as rprop
+from dlopt.optimizers.rprop import scale_by_rprop as scale_by_rprop
+from dlopt.optimizers.yogi import scale_by_yogi as scale_by_yogi
+from dlopt.optimizers.yogi import yogi as yogi
 
 # --- optimizers: memory-lean, large-batch, sign and game (adafactor ... polyak_sgd)
 

@@ -150,7 +150,10 @@ def test_bfloat16_params_get_bfloat16_updates_and_moments(case):
     chex.assert_tree_all_finite((updates, state))
     for buffers in moment_buffers(state).values():
         for buffer in buffers:
-            chex.assert_trees_all_equal_shapes_and_dtypes(buffer, params)
+            chex.assert_trees_all_equal_dtypes(buffer, params)
+            # full-size buffers, or one statistic per leaf (novograd's layer-wise nu)
+            for b, p in zip(jax.tree.leaves(buffer), jax.tree.leaves(params), strict=True):
+                assert b.shape in (p.shape, ()), (b.shape, p.shape)
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "nadam", "nadamw", "lion"])
@@ -351,4 +354,5 @@ def test_complex_params_match_optax_where_optax_supports_them(case):
         theirs = complex_run(case, "optax")
     ours = complex_run(case, "dlopt")
     assert ours["z"].dtype == jnp.complex64
-    chex.assert_trees_all_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    rtol, atol = max(1e-5, case.rtol), max(1e-6, case.rtol)  # a row's looser parity tolerance
+    chex.assert_trees_all_close(ours, theirs, rtol=rtol, atol=atol)

@@ -1,4 +1,5 @@
-"""Adamax: Adam with the infinity norm in place of the second moment."""
+"""Adamax: Adam with the infinity norm in place of the second moment; AdamaxW adds decoupled
+weight decay."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import jax.numpy as jnp
 from dlopt import numerics, validation
 from dlopt import tree as tree_lib
 from dlopt.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule
-from dlopt.combine import chain
+from dlopt.combine import Mask, chain
 from dlopt.optimizers.scaling import scale_by_learning_rate
+from dlopt.regularizers import add_decayed_weights
 
 
 def _adamax_leaf(g, mu, nu, leaf, out_dtype, *, b1, b2, eps, writer):
@@ -140,5 +142,53 @@ def adamax(
             b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
             state_rounding=state_rounding,
         ),
+        scale_by_learning_rate(learning_rate),
+    )  # fmt: skip
+
+
+def adamaxw(
+    learning_rate: ScalarOrSchedule,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.999,
+    eps: chex.Numeric = 1e-8,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    mask: Mask | None = None,
+    *,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
+    state_rounding: str = "stochastic",
+) -> GradientTransformationExtraArgs:
+    """AdamaxW: `adamax` with weight decay decoupled from the scaling (as AdamW is to Adam).
+
+    .. math::
+        w \\leftarrow w - \\eta \\left(\\frac{m}{(1 - \\beta_1^t)\\, u} + \\lambda w\\right)
+
+    with :math:`m, u` as in `adamax`; the decay is scaled by :math:`\\eta` as in optax and
+    torch. Deliberate difference from optax: ``eps`` must be > 0 (see `adamax`).
+
+    Args:
+        learning_rate, b1, b2, eps, mu_dtype, nu_dtype, state_rounding: as in `adamax`.
+        weight_decay: :math:`\\lambda` >= 0, or a schedule.
+        mask: pytree of bools (or ``params -> pytree``) choosing the decayed leaves.
+
+    Returns:
+        ``chain(scale_by_adamax(b1, b2, eps), add_decayed_weights(weight_decay, mask),
+        scale_by_learning_rate(learning_rate))``; ``update`` needs ``params``.
+
+    Example:
+        >>> import jax.numpy as jnp, dlopt
+        >>> tx = dlopt.adamaxw(2e-3, weight_decay=1e-2)
+        >>> state = tx.init({"w": jnp.zeros(3)})
+
+    References:
+        Kingma and Ba, 2015, section 7.1; Loshchilov and Hutter, 2019, "Decoupled Weight
+        Decay Regularization", ICLR.
+    """
+    return chain(
+        scale_by_adamax(
+            b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
+            state_rounding=state_rounding,
+        ),
+        add_decayed_weights(weight_decay, mask),
         scale_by_learning_rate(learning_rate),
     )  # fmt: skip
