@@ -23,7 +23,8 @@ def _cautious_leaf(u, g, *, eps, updates_are_steps):
     alignment = jnp.real(u_f * jnp.conj(g_f))  # Re(u * conj(g)): the per-component slope
     agree = alignment < 0 if updates_are_steps else alignment > 0
     mask = agree.astype(jnp.finfo(f).dtype)
-    scale = mask / (jnp.mean(mask) + tree_lib.scalar_like(eps, mask))
+    kept = jnp.mean(mask) + tree_lib.scalar_like(eps, mask)
+    scale = mask / jnp.where(kept > 0, kept, jnp.ones_like(kept))  # all dropped, eps = 0: 0
     return (u_f * scale.astype(f)).astype(u.dtype)
 
 

@@ -84,8 +84,9 @@ def normalize_by_update_norm(
     Example:
         >>> import jax.numpy as jnp, dlopt
         >>> tx = dlopt.normalize_by_update_norm(scale_factor=-0.1)
-        >>> tx.update(jnp.array([3.0, 4.0]), tx.init(None))[0]
-        Array([-0.06, -0.08], dtype=float32)
+        >>> updates, _ = tx.update(jnp.array([3.0, 4.0]), tx.init(None))
+        >>> [round(float(u), 4) for u in updates]
+        [-0.06, -0.08]
     """
     validation.check_finite("scale_factor", scale_factor)
     validation.check_non_negative("eps", eps)
