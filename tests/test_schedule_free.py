@@ -34,6 +34,9 @@ BUILDS = {
     "sf_wrapper_schedule": lambda lib: from_lib(lib, "schedule_free")(
         lib.sgd(lib.linear_schedule(0.0, 0.2, 10)), lib.linear_schedule(0.0, 0.2, 10), b1=0.8
     ),
+    "sf_around_optax_adam": lambda lib: from_lib(lib, "schedule_free")(
+        optax.adam(0.05, b1=0.0), 0.05, b1=0.95
+    ),
     "prodigy": lambda lib: from_lib(lib, "prodigy")(0.5, weight_decay=1e-2),
     "prodigy_safeguard": lambda lib: from_lib(lib, "prodigy")(
         lib.linear_schedule(0.1, 1.0, 20),
@@ -73,13 +76,15 @@ def runner(name: str, library: str):
 
 def run(name, library, params=None):
     params = random_tree(0, SHAPES) if params is None else params
-    if library == "optax":
+    if library == "optax" or "optax" in name:  # optax's transforms need standard promotion
         with jax.numpy_dtype_promotion("standard"):
             return runner(name, library)(params)
     return runner(name, library)(params)
 
 
-SCHEDULE_FREE = ["sf_sgd", "sf_sgd_warmup", "sf_adamw_warmup", "sf_wrapper_schedule"]
+SCHEDULE_FREE = [
+    "sf_sgd", "sf_sgd_warmup", "sf_adamw_warmup", "sf_wrapper_schedule", "sf_around_optax_adam"
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", SCHEDULE_FREE)

@@ -96,7 +96,9 @@ def schedule_free(
             the averaging weights.
         b1: :math:`\\beta_1` in (0, 1]: interpolation between :math:`x` and :math:`z`.
         weight_lr_power: :math:`p` >= 0.
-        state_dtype: dtype of :math:`z` (default: each parameter's dtype).
+        state_dtype: dtype of :math:`z` (default: each parameter's dtype). Narrower than
+            the params (bfloat16 ``z`` for float32 params), :math:`z_1` is the rounded
+            params, so :math:`x` and :math:`y` move by that rounding even at zero gradients.
         state_rounding: ``"stochastic"`` or ``"nearest"`` rounding of :math:`z` into a
             narrower ``state_dtype`` (dlopt only).
 
