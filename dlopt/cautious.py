@@ -50,10 +50,10 @@ def cautious(
     params use :math:`\\mathrm{Re}(u \\bar g)`. The inner state is returned unchanged (the
     mask acts on the output, not on ``tx``'s moments).
 
-    The paper's C-AdamW masks the Adam direction but not the decoupled weight decay; to get
-    exactly that, make the masked part ``cautious(chain(scale_by_adam(), scale_by_learning_rate(
-    lr)))`` and chain ``add_decayed_weights`` with its own scaling after it (or use
-    ``updates_are_steps=False`` on a direction). Wrapping ``adamw`` masks the decay too.
+    The paper's C-AdamW masks the Adam direction but not the decoupled weight decay:
+    ``chain(cautious(scale_by_adam(), updates_are_steps=False), add_decayed_weights(wd),
+    scale_by_learning_rate(lr))``. ``cautious(adamw(lr, weight_decay=wd))`` masks the decay
+    too.
 
     Args:
         tx: the transform whose updates are masked (dlopt's or optax's).
