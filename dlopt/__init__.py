@@ -85,6 +85,15 @@ from dlopt.optimizers.yogi import yogi as yogi
 # --- optimizers: modern (muon, soap, adopt, ademamix)
 
 # --- optimizers: schedule-free and parameter-free (schedule_free_*, prodigy, dadapt_adamw)
+from dlopt.optimizers.dadapt import DAdaptAdamWState as DAdaptAdamWState
+from dlopt.optimizers.dadapt import ProdigyState as ProdigyState
+from dlopt.optimizers.dadapt import dadapt_adamw as dadapt_adamw
+from dlopt.optimizers.dadapt import prodigy as prodigy
+from dlopt.optimizers.schedule_free import ScheduleFreeState as ScheduleFreeState
+from dlopt.optimizers.schedule_free import schedule_free as schedule_free
+from dlopt.optimizers.schedule_free import schedule_free_adamw as schedule_free_adamw
+from dlopt.optimizers.schedule_free import schedule_free_eval_params as schedule_free_eval_params
+from dlopt.optimizers.schedule_free import schedule_free_sgd as schedule_free_sgd
 
 # --- regularizers
 from dlopt.regularizers import add_decayed_weights as add_decayed_weights
@@ -136,6 +145,22 @@ from dlopt.wrappers import set_hyperparam as set_hyperparam
 from dlopt.fused import fused as fused
 
 # --- wrappers and elementwise transforms (cautious, lookahead, ema, sam, freeze, ...)
+from dlopt.cautious import cautious as cautious
+from dlopt.constraints import NonNegativeParamsState as NonNegativeParamsState
+from dlopt.constraints import ZeroNansState as ZeroNansState
+from dlopt.constraints import freeze as freeze
+from dlopt.constraints import keep_params_nonnegative as keep_params_nonnegative
+from dlopt.constraints import zero_nans as zero_nans
+from dlopt.ema import EmaState as EmaState
+from dlopt.ema import ema as ema
+from dlopt.lookahead import LookaheadParams as LookaheadParams
+from dlopt.lookahead import LookaheadState as LookaheadState
+from dlopt.lookahead import lookahead as lookahead
+from dlopt.normalization import centralize as centralize
+from dlopt.normalization import normalize as normalize
+from dlopt.normalization import normalize_by_update_norm as normalize_by_update_norm
+from dlopt.sam import SAMState as SAMState
+from dlopt.sam import sam as sam
 
 # --- memory (quantized optimizer state)
 

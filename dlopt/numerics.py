@@ -50,6 +50,15 @@ def compute_dtype(*dtypes: Any) -> Any:
     return jnp.dtype(jnp.float64 if wide else jnp.float32)
 
 
+def scalar_dtype(params: chex.ArrayTree) -> Any:
+    """The real dtype of an optimizer's scalar state (step sizes, weight sums, distance
+    estimates): float32, float64 when a parameter is float64 or complex128. Never the
+    parameters' narrowest dtype: a bfloat16 running sum stops growing after a few hundred
+    steps."""
+    dtypes = [dtype_of(p) for p in jax.tree.leaves(params)]
+    return jnp.finfo(compute_dtype(jnp.float32, *dtypes)).dtype
+
+
 def check_betas(b1: chex.Numeric, b2: chex.Numeric) -> None:
     """``b1`` and ``b2`` in [0, 1), naming the bad one."""
     validation.check_in_range("b1", b1, 0.0, 1.0)

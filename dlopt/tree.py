@@ -49,6 +49,21 @@ def full_like(params: chex.ArrayTree, value: float, dtype: Any | None = None) ->
     return jax.tree.map(lambda p: jnp.full_like(p, value, dtype=dtype or dtype_of(p)), params)
 
 
+def copy(params: chex.ArrayTree, dtype: Any | None = None) -> chex.ArrayTree:
+    """A fresh copy of each leaf, in ``dtype`` or the leaf's own: state that starts as the
+    params (schedule-free's ``z``, Prodigy's ``x_0``) gets its own buffer, so params and state
+    can both be donated to a jitted step. Keeps each leaf's sharding; a
+    ``jax.ShapeDtypeStruct`` leaf gives a ``ShapeDtypeStruct`` (for planning state shapes)."""
+
+    def one(p):
+        d = dtype or dtype_of(p)
+        if isinstance(p, jax.ShapeDtypeStruct):
+            return jax.ShapeDtypeStruct(p.shape, d, sharding=p.sharding)
+        return jnp.array(p, dtype=d, copy=True)
+
+    return jax.tree.map(one, params)
+
+
 def cast(tree: chex.ArrayTree, dtype: Any | None) -> chex.ArrayTree:
     """Casts every leaf to ``dtype``; ``None`` leaves the tree as it is."""
     if dtype is None:

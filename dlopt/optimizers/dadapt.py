@@ -1,0 +1,351 @@
+"""D-Adaptation: AdamW whose step size is a running estimate of the distance to the solution.
+
+`dadapt_adamw` (D-Adapt Adam) and `prodigy` (its faster-adapting variant) estimate
+:math:`d \\approx \\|x_0 - x_*\\|` from the gradients seen so far and step with it, so the
+``learning_rate`` is only a schedule multiplier around 1.0.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from dlopt import numerics, validation
+from dlopt import tree as tree_lib
+from dlopt.base import GradientTransformationExtraArgs, ScalarOrSchedule
+
+
+def _check_betas(betas: Any) -> tuple[Any, Any]:
+    """``betas`` as ``(b1, b2)``, each in [0, 1), naming ``betas`` when it is not a pair."""
+    if not isinstance(betas, tuple | list) or len(betas) != 2:
+        raise TypeError(f"betas must be a pair (b1, b2), got betas={betas!r}.")
+    for name, value in zip(("betas[0]", "betas[1]"), betas, strict=True):
+        validation.check_in_range(name, value, 0.0, 1.0)
+    return betas[0], betas[1]
+
+
+def _real_vdot(a: chex.Array, b: chex.Array) -> chex.Array:
+    """``Re <a, b> = Re sum(conj(a) * b)`` (the real inner product of complex arrays)."""
+    product = jnp.conj(a) * b if jnp.iscomplexobj(a) else a * b
+    return jnp.sum(jnp.real(product))
+
+
+def _total(values: chex.ArrayTree, dtype: Any) -> chex.Array:
+    """The sum of a tree of scalars, in ``dtype`` (0 for an empty tree)."""
+    total = jnp.zeros([], dtype)
+    for v in jax.tree.leaves(values):
+        total = total + v.astype(dtype)
+    return total
+
+
+class ProdigyState(NamedTuple):
+    exp_avg: chex.ArrayTree  # m, the EMA of d * g (mu_dtype)
+    exp_avg_sq: chex.ArrayTree  # v, the EMA of (d * g)^2 (nu_dtype)
+    grad_sum: chex.ArrayTree  # s, the weighted sum of d * g (mu_dtype)
+    params0: chex.ArrayTree  # x_0, the initial params
+    estim_lr: chex.Array  # d, the distance estimate (float32)
+    numerator_weighted: chex.Array  # r, the weighted sum of <g, x_0 - x>
+    count: chex.Array  # int32 step, saturating
+
+
+def _prodigy_moments_leaf(g, p, p0, m, v, s, leaf, *, b1, b2, b3, d, s_step, d0, writer):
+    f = numerics.compute_dtype(g.dtype, p.dtype, p0.dtype, m.dtype, v.dtype, s.dtype)
+    g = g.astype(f)
+    dg = tree_lib.scalar_like(d, g) * g
+    numerator = _real_vdot(g, p0.astype(f) - p.astype(f))
+    m = writer.put(numerics.ema(m.astype(f), dg, b1), m, leaf, 1)
+    v = writer.put(numerics.ema(v.astype(f), numerics.abs_sq(dg), b2), v, leaf, 2)
+    s_step, d0 = tree_lib.scalar_like(s_step, g), tree_lib.scalar_like(d0, g)
+    s_new = tree_lib.scalar_like(b3, g) * s.astype(f) + s_step * dg / d0
+    s = writer.put(s_new, s, leaf, 3)
+    return m, v, s, numerator, jnp.sum(jnp.abs(s.astype(f)))
+
+
+def _prodigy_update_leaf(m, v, p, out_dtype, *, dlr, d_eps, weight_decay):
+    f = numerics.compute_dtype(m.dtype, v.dtype, p.dtype)
+    m, v, p = m.astype(f), v.astype(f), p.astype(f)
+    dlr, d_eps = tree_lib.scalar_like(dlr, m), tree_lib.scalar_like(d_eps, v)
+    step = dlr * m / (jnp.sqrt(v) + d_eps)
+    return (-tree_lib.scalar_like(weight_decay, p) * dlr * p - step).astype(out_dtype)
+
+
+def prodigy(
+    learning_rate: ScalarOrSchedule = 1.0,
+    betas: tuple[chex.Numeric, chex.Numeric] = (0.9, 0.999),
+    beta3: chex.Numeric | None = None,
+    eps: chex.Numeric = 1e-8,
+    estim_lr0: chex.Numeric = 1e-6,
+    estim_lr_coef: chex.Numeric = 1.0,
+    weight_decay: chex.Numeric = 0.0,
+    safeguard_warmup: bool = False,
+    *,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
+    state_rounding: str = "stochastic",
+) -> GradientTransformationExtraArgs:
+    """Prodigy: AdamW with its step size :math:`d` estimated from the gradients (parameter-free).
+
+    With the schedule multiplier :math:`\\eta_t` (``learning_rate``), the step
+    :math:`d_t \\eta_t \\sqrt{1 - \\beta_2^t} / (1 - \\beta_1^t) =: \\lambda_t` and
+    :math:`\\beta_3` (default :math:`\\sqrt{\\beta_2}`):
+
+    .. math::
+        m_t &= \\beta_1 m_{t-1} + (1 - \\beta_1) d_t g_t, \\quad
+        v_t = \\beta_2 v_{t-1} + (1 - \\beta_2) d_t^2 g_t^2, \\\\
+        r_t &= \\beta_3 r_{t-1} + \\frac{d_t}{d_0} \\lambda_t \\langle g_t, x_0 - x_t \\rangle,
+        \\quad s_t = \\beta_3 s_{t-1} + \\frac{\\lambda_t}{d_0} d_t g_t, \\\\
+        d_{t+1} &= \\max\\left(d_t, \\frac{c\\, r_t}{\\|s_t\\|_1}\\right), \\quad
+        x_{t+1} = x_t - \\lambda_t \\left(\\frac{m_t}{\\sqrt{v_t} + d_{t+1} \\epsilon} +
+        \\lambda x_t\\right)
+
+    (with ``safeguard_warmup`` the :math:`\\lambda_t` in :math:`s_t` becomes :math:`d_t`:
+    a warmup's small :math:`\\eta_t` then cannot inflate :math:`d`). :math:`d_0` =
+    ``estim_lr0`` is an under-estimate; :math:`c` = ``estim_lr_coef``. A single update rule
+    (not a chain): the learning rate and the weight decay enter the estimate of :math:`d`.
+
+    Moments are stored in ``mu_dtype`` / ``nu_dtype`` (stochastic rounding when narrower),
+    arithmetic runs in float32 (or wider); :math:`d, r` are float32 scalars.
+
+    Deliberate differences from optax: when :math:`\\|s_t\\|_1 = 0` (all gradients zero so
+    far) :math:`d` is kept (optax's 0/0 makes every later step NaN); :math:`d, r` are float32
+    (float64 with float64 params), not the params' lowest dtype; complex params use
+    :math:`|d g|^2` and :math:`\\mathrm{Re}\\langle g, x_0 - x \\rangle` (optax mixes in
+    complex squares).
+
+    Args:
+        learning_rate: :math:`\\eta_t`, a multiplier of the estimated step (1.0, or a schedule
+            with 1.0 as its peak, e.g. warmup then linear decay to 0).
+        betas: :math:`(\\beta_1, \\beta_2)`, each in [0, 1).
+        beta3: :math:`\\beta_3` in [0, 1), or None for :math:`\\sqrt{\\beta_2}`.
+        eps: :math:`\\epsilon` >= 0.
+        estim_lr0: :math:`d_0` > 0.
+        estim_lr_coef: :math:`c` > 0, multiplies every estimate of :math:`d`.
+        weight_decay: :math:`\\lambda` >= 0, decoupled (AdamW-style), scaled by
+            :math:`\\lambda_t`.
+        safeguard_warmup: leave :math:`\\eta_t` out of :math:`s_t`.
+        mu_dtype: dtype of :math:`m` and :math:`s` (dlopt only).
+        nu_dtype: dtype of :math:`v` (dlopt only).
+        state_rounding: ``"stochastic"`` or ``"nearest"`` (dlopt only).
+
+    Returns:
+        A `GradientTransformationExtraArgs` with state `ProdigyState`; ``update`` needs
+        ``params``.
+
+    Example:
+        >>> import dlopt
+        >>> tx = dlopt.prodigy(dlopt.cosine_decay_schedule(1.0, 10_000), weight_decay=1e-2)
+
+    References:
+        Mishchenko and Defazio, 2024, "Prodigy: An Expeditiously Adaptive Parameter-Free
+        Learner", ICML.
+    """
+    validation.check_learning_rate(learning_rate)
+    b1, b2 = _check_betas(betas)
+    if beta3 is None:
+        beta3 = b2**0.5
+    else:
+        validation.check_in_range("beta3", beta3, 0.0, 1.0)
+    validation.check_non_negative("eps", eps)
+    validation.check_positive("estim_lr0", estim_lr0)
+    validation.check_positive("estim_lr_coef", estim_lr_coef)
+    validation.check_non_negative("weight_decay", weight_decay)
+    numerics.check_rounding(state_rounding)
+    mu_dtype, nu_dtype = numerics.canonical_dtype(mu_dtype), numerics.canonical_dtype(nu_dtype)
+
+    def init_fn(params):
+        dtype = numerics.scalar_dtype(params)
+        return ProdigyState(
+            exp_avg=tree_lib.moments_like(params, mu_dtype),
+            exp_avg_sq=tree_lib.moments_like(params, nu_dtype),
+            grad_sum=tree_lib.moments_like(params, mu_dtype),
+            params0=tree_lib.copy(params),
+            estim_lr=jnp.asarray(estim_lr0).astype(dtype),
+            numerator_weighted=jnp.zeros([], dtype),
+            count=jnp.zeros([], jnp.int32),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError("prodigy needs params: call update(grads, state, params).")
+        tree_lib.check_matching_trees(params, updates, "params", "updates")
+        d, dtype = state.estim_lr, state.estim_lr.dtype
+        count = tree_lib.safe_increment(state.count)
+        sched = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        bc = numerics.bias_correction(b2, count) ** 0.5 / numerics.bias_correction(b1, count)
+        dlr = (d * jnp.asarray(sched).astype(dtype) * bc.astype(dtype)).astype(dtype)
+        d0 = jnp.asarray(estim_lr0).astype(dtype)
+        writer = numerics.StateWriter(count, state_rounding)
+        m, v, s, numerators, s_norms = tree_lib.map_unzip(
+            functools.partial(
+                _prodigy_moments_leaf,
+                b1=b1,
+                b2=b2,
+                b3=beta3,
+                d=d,
+                d0=d0,
+                s_step=d if safeguard_warmup else dlr,
+                writer=writer,
+            ),
+            updates,
+            params,
+            state.params0,
+            state.exp_avg,
+            state.exp_avg_sq,
+            state.grad_sum,
+            numerics.leaf_indices(updates),
+        )
+        b3 = jnp.asarray(beta3).astype(dtype)
+        r = b3 * state.numerator_weighted
+        r = r + (d / d0) * dlr * _total(numerators, dtype)
+        denominator = _total(s_norms, dtype)
+        safe = jnp.where(denominator > 0, denominator, jnp.ones_like(denominator))
+        estimate = jnp.where(denominator > 0, estim_lr_coef * r / safe, d)
+        d_next = jnp.maximum(d, estimate.astype(dtype))
+        new_updates = jax.tree.map(
+            functools.partial(
+                _prodigy_update_leaf, dlr=dlr, d_eps=d_next * eps, weight_decay=weight_decay
+            ),
+            m,
+            v,
+            params,
+            numerics.out_dtypes(updates, params),
+        )
+        return new_updates, ProdigyState(m, v, s, state.params0, d_next, r, count)
+
+    return GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class DAdaptAdamWState(NamedTuple):
+    exp_avg: chex.ArrayTree  # m, the EMA of lambda * g (mu_dtype)
+    exp_avg_sq: chex.ArrayTree  # v, the EMA of g^2 (nu_dtype)
+    grad_sum: chex.ArrayTree  # s, the EMA of lambda * g (mu_dtype)
+    estim_lr: chex.Array  # d, the distance estimate (float32)
+    numerator_weighted: chex.Array  # r, the EMA of lambda <g, s / (sqrt(v) + eps)>
+    count: chex.Array  # int32 step, saturating
+
+
+def _dadapt_leaf(g, p, m, v, s, leaf, out_dtype, *, b1, b2, sb2, eps, dlr, weight_decay, writer):
+    f = numerics.compute_dtype(g.dtype, p.dtype, m.dtype, v.dtype, s.dtype)
+    g, p = g.astype(f), p.astype(f)
+    eps_, dlr_ = tree_lib.scalar_like(eps, g), tree_lib.scalar_like(dlr, g)
+    numerator = _real_vdot(g, s.astype(f) / (jnp.sqrt(v.astype(f)) + eps_))  # old s and v
+    m = writer.put(numerics.ema(m.astype(f), dlr_ * g, b1), m, leaf, 1)
+    v = writer.put(numerics.ema(v.astype(f), numerics.abs_sq(g), b2), v, leaf, 2)
+    s = writer.put(numerics.ema(s.astype(f), dlr_ * g, sb2), s, leaf, 3)
+    m_, v_ = m.astype(f), v.astype(f)
+    update = -tree_lib.scalar_like(weight_decay, p) * dlr_ * p - m_ / (jnp.sqrt(v_) + eps_)
+    return update.astype(out_dtype), m, v, s, numerator, jnp.sum(jnp.abs(s.astype(f)))
+
+
+def dadapt_adamw(
+    learning_rate: ScalarOrSchedule = 1.0,
+    betas: tuple[chex.Numeric, chex.Numeric] = (0.9, 0.999),
+    eps: chex.Numeric = 1e-8,
+    estim_lr0: chex.Numeric = 1e-6,
+    weight_decay: chex.Numeric = 0.0,
+    *,
+    mu_dtype: Any | None = None,
+    nu_dtype: Any | None = None,
+    state_rounding: str = "stochastic",
+) -> GradientTransformationExtraArgs:
+    """D-Adapt AdamW: AdamW with its step size :math:`d` estimated from the gradients.
+
+    With the schedule multiplier :math:`\\eta_t` (``learning_rate``), the step
+    :math:`\\lambda_t = d_t \\eta_t \\sqrt{1 - \\beta_2^t} / (1 - \\beta_1^t)` and
+    :math:`\\beta = \\sqrt{\\beta_2}`:
+
+    .. math::
+        r_t &= \\beta r_{t-1} + (1 - \\beta) \\lambda_t \\left\\langle g_t,
+        \\frac{s_{t-1}}{\\sqrt{v_{t-1}} + \\epsilon} \\right\\rangle, \\quad
+        s_t = \\beta s_{t-1} + (1 - \\beta) \\lambda_t g_t, \\\\
+        m_t &= \\beta_1 m_{t-1} + (1 - \\beta_1) \\lambda_t g_t, \\quad
+        v_t = \\beta_2 v_{t-1} + (1 - \\beta_2) g_t^2, \\\\
+        d_{t+1} &= \\max\\left(d_t, \\frac{r_t}{(1 - \\beta) \\|s_t\\|_1}\\right), \\quad
+        x_{t+1} = x_t - \\frac{m_t}{\\sqrt{v_t} + \\epsilon} - \\lambda_t \\lambda x_t
+
+    (:math:`\\lambda` the weight decay), from :math:`d_0` = ``estim_lr0``, an under-estimate
+    of :math:`\\|x_0 - x_*\\|_\\infty`. A single update rule (not a chain): the step size
+    lives inside :math:`m`. Moments are stored in ``mu_dtype`` / ``nu_dtype`` (stochastic
+    rounding when narrower), arithmetic runs in float32 (or wider).
+
+    Deliberate differences from optax: as in `prodigy` (:math:`d` is kept while
+    :math:`\\|s\\|_1 = 0`, float32 scalars, real inner products for complex params).
+
+    Args:
+        learning_rate: :math:`\\eta_t`, a multiplier of the estimated step (1.0, or a schedule
+            peaking at 1.0).
+        betas: :math:`(\\beta_1, \\beta_2)`, each in [0, 1).
+        eps: :math:`\\epsilon` >= 0.
+        estim_lr0: :math:`d_0` > 0.
+        weight_decay: :math:`\\lambda` >= 0, decoupled, scaled by :math:`\\lambda_t`.
+        mu_dtype: dtype of :math:`m` and :math:`s` (dlopt only).
+        nu_dtype: dtype of :math:`v` (dlopt only).
+        state_rounding: ``"stochastic"`` or ``"nearest"`` (dlopt only).
+
+    Returns:
+        A `GradientTransformationExtraArgs` with state `DAdaptAdamWState`; ``update`` needs
+        ``params``.
+
+    Example:
+        >>> import dlopt
+        >>> tx = dlopt.dadapt_adamw(dlopt.linear_schedule(1.0, 0.0, 10_000))
+
+    References:
+        Defazio and Mishchenko, 2023, "Learning-Rate-Free Learning by D-Adaptation", ICML.
+    """
+    validation.check_learning_rate(learning_rate)
+    b1, b2 = _check_betas(betas)
+    validation.check_non_negative("eps", eps)
+    validation.check_positive("estim_lr0", estim_lr0)
+    validation.check_non_negative("weight_decay", weight_decay)
+    numerics.check_rounding(state_rounding)
+    mu_dtype, nu_dtype = numerics.canonical_dtype(mu_dtype), numerics.canonical_dtype(nu_dtype)
+    sb2 = b2**0.5
+
+    def init_fn(params):
+        dtype = numerics.scalar_dtype(params)
+        return DAdaptAdamWState(
+            exp_avg=tree_lib.moments_like(params, mu_dtype),
+            exp_avg_sq=tree_lib.moments_like(params, nu_dtype),
+            grad_sum=tree_lib.moments_like(params, mu_dtype),
+            estim_lr=jnp.asarray(estim_lr0).astype(dtype),
+            numerator_weighted=jnp.zeros([], dtype),
+            count=jnp.zeros([], jnp.int32),
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError("dadapt_adamw needs params: call update(grads, state, params).")
+        tree_lib.check_matching_trees(params, updates, "params", "updates")
+        d, dtype = state.estim_lr, state.estim_lr.dtype
+        count = tree_lib.safe_increment(state.count)
+        sched = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        bc = numerics.bias_correction(b2, count) ** 0.5 / numerics.bias_correction(b1, count)
+        dlr = (d * jnp.asarray(sched).astype(dtype) * bc.astype(dtype)).astype(dtype)
+        leaf_fn = functools.partial(
+            _dadapt_leaf, b1=b1, b2=b2, sb2=sb2, eps=eps, dlr=dlr, weight_decay=weight_decay,
+            writer=numerics.StateWriter(count, state_rounding),
+        )  # fmt: skip
+        new_updates, m, v, s, numerators, s_norms = tree_lib.map_unzip(
+            leaf_fn,
+            updates,
+            params,
+            state.exp_avg,
+            state.exp_avg_sq,
+            state.grad_sum,
+            numerics.leaf_indices(updates),
+            numerics.out_dtypes(updates, params),
+        )
+        r = sb2 * state.numerator_weighted + (1 - sb2) * dlr * _total(numerators, dtype)
+        denominator = (1 - sb2) * _total(s_norms, dtype)
+        safe = jnp.where(denominator > 0, denominator, jnp.ones_like(denominator))
+        d_next = jnp.maximum(d, jnp.where(denominator > 0, r / safe, d))
+        return new_updates, DAdaptAdamWState(m, v, s, d_next, r, count)
+
+    return GradientTransformationExtraArgs(init_fn, update_fn)
