@@ -52,6 +52,31 @@ from dlopt.optimizers.sgd import trace as trace
 # --- optimizers: Adam relatives, torch's and Keras's (radam ... novograd, rprop, asgd, ftrl)
 
 # --- optimizers: memory-lean, large-batch, sign and game (adafactor ... polyak_sgd)
+from dlopt.optimizers.adafactor import FactoredState as FactoredState
+from dlopt.optimizers.adafactor import adafactor as adafactor
+from dlopt.optimizers.adafactor import scale_by_factored_rms as scale_by_factored_rms
+from dlopt.optimizers.adafactor import scale_by_param_block_rms as scale_by_param_block_rms
+from dlopt.optimizers.noisy_sgd import AddNoiseState as AddNoiseState
+from dlopt.optimizers.noisy_sgd import add_noise as add_noise
+from dlopt.optimizers.noisy_sgd import noisy_sgd as noisy_sgd
+from dlopt.optimizers.optimistic import (
+    ScaleByOptimisticGradientState as ScaleByOptimisticGradientState,
+)
+from dlopt.optimizers.optimistic import optimistic_adam_v2 as optimistic_adam_v2
+from dlopt.optimizers.optimistic import optimistic_gradient_descent as optimistic_gradient_descent
+from dlopt.optimizers.optimistic import scale_by_optimistic_gradient as scale_by_optimistic_gradient
+from dlopt.optimizers.polyak import polyak_sgd as polyak_sgd
+from dlopt.optimizers.polyak import scale_by_polyak as scale_by_polyak
+from dlopt.optimizers.sign import scale_by_sign as scale_by_sign
+from dlopt.optimizers.sign import sign_sgd as sign_sgd
+from dlopt.optimizers.sign import signum as signum
+from dlopt.optimizers.sm3 import ScaleBySM3State as ScaleBySM3State
+from dlopt.optimizers.sm3 import scale_by_sm3 as scale_by_sm3
+from dlopt.optimizers.sm3 import sm3 as sm3
+from dlopt.optimizers.trust_ratio import fromage as fromage
+from dlopt.optimizers.trust_ratio import lamb as lamb
+from dlopt.optimizers.trust_ratio import lars as lars
+from dlopt.optimizers.trust_ratio import scale_by_trust_ratio as scale_by_trust_ratio
 
 # --- optimizers: second order (lbfgs and the line searches)
 
