@@ -60,9 +60,8 @@ CASES: list[Case] = [
         0.01,
     ),
     Case("sm3", lambda lib, lr: lib.sm3(lr), 0.1, 1.0, 1.0, reference=None, complex_ok=False),
-    Case("lamb", lambda lib, lr: lib.lamb(lr), 1e-2, 0.05, 0.01),
-    Case("lamb_decay", lambda lib, lr: lib.lamb(lr, weight_decay=1e-4), 1e-2, 0.05, 0.01),
-    Case("lars", lambda lib, lr: lib.lars(lr), 1.0, 1.0, 1.0),
+    Case("lamb", lambda lib, lr: lib.lamb(lr, weight_decay=1e-4), 1e-2, 0.05, 0.01),
+    Case("lars", lambda lib, lr: lib.lars(lr, weight_decay=1e-4), 1.0, 1.0, 1.0),
     Case(
         "lars_nesterov_masked",
         lambda lib, lr: lib.lars(lr, nesterov=True, trust_ratio_mask=_matrices),

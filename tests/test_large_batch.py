@@ -26,6 +26,7 @@ from helpers import (
     random_tree,
     rosenbrock,
 )
+from test_optimizer_properties import _map_counts, counts
 from test_optimizers import (
     CASES,
     optax_signature_prefix,
@@ -567,3 +568,77 @@ def test_every_row_is_in_the_table():
     assert {"adafactor", "sm3", "lamb", "lars", "fromage", "sign_sgd", "signum"} <= names
     assert {"optimistic_gradient_descent", "optimistic_adam_v2", "noisy_sgd"} <= names
     assert all(name in CASES for name in names)
+
+
+# --- numerics: counts saturate, mu_dtype / nu_dtype set the buffers' dtypes
+
+COUNTED = {
+    "adafactor": lambda: dlopt.adafactor(1e-2, min_dim_size_to_factor=2, momentum=0.9),
+    "sm3": lambda: dlopt.sm3(0.1),
+    "lamb": lambda: dlopt.lamb(1e-2),
+    "signum": lambda: dlopt.signum(1e-2),
+    "optimistic_adam_v2": lambda: dlopt.optimistic_adam_v2(1e-2),
+    "noisy_sgd": lambda: dlopt.noisy_sgd(1e-2),
+    "fromage_schedule": lambda: dlopt.fromage(dlopt.cosine_decay_schedule(1e-2, 10)),
+}
+
+
+@pytest.mark.parametrize("name", COUNTED)
+def test_step_counts_saturate_at_int32_max(name):
+    tx = COUNTED[name]()
+    params = random_tree(0, {"w": (3, 2), "b": (2,)})
+    top = jnp.iinfo(jnp.int32).max
+    state = _map_counts(lambda c: jnp.full_like(c, top), tx.init(params))
+    for _ in range(2):
+        updates, state = tx.update(params, state, params)
+        seen = counts(state)
+        assert seen and all(c.dtype == jnp.int32 and int(c) == top for c in seen)
+        chex.assert_tree_all_finite(updates)
+
+
+BUFFERS = {  # (factory with mu_dtype/nu_dtype, state field -> which dtype it follows)
+    "sm3": (lambda **kw: dlopt.sm3(0.1, **kw), {"nu": "mu_dtype", "mu": "nu_dtype"}),
+    "lamb": (lambda **kw: dlopt.lamb(1e-2, **kw), {"mu": "mu_dtype", "nu": "nu_dtype"}),
+    "lars": (lambda **kw: dlopt.lars(0.1, mu_dtype=kw["mu_dtype"]), {"trace": "mu_dtype"}),
+    "optimistic_adam_v2": (
+        lambda **kw: dlopt.optimistic_adam_v2(1e-2, **kw),
+        {"mu": "mu_dtype", "nu": "nu_dtype", "previous_gradient": "mu_dtype"},
+    ),
+    "optimistic_gradient_descent": (
+        lambda **kw: dlopt.optimistic_gradient_descent(1e-2, mu_dtype=kw["mu_dtype"]),
+        {"previous_gradient": "mu_dtype"},
+    ),
+}
+
+
+def _field_dtypes(state, field) -> set:
+    found = set()
+
+    def visit(node):
+        if hasattr(node, "_fields"):
+            for name in node._fields:
+                value = getattr(node, name)
+                if name == field:
+                    found.update(x.dtype for x in jax.tree.leaves(value))
+                else:
+                    visit(value)
+        elif isinstance(node, tuple | list):
+            for child in node:
+                visit(child)
+
+    visit(state)
+    return found
+
+
+@pytest.mark.parametrize("name", BUFFERS)
+def test_mu_dtype_and_nu_dtype_set_their_buffers(name):
+    build, fields = BUFFERS[name]
+    dtypes = {"mu_dtype": jnp.dtype(jnp.bfloat16), "nu_dtype": jnp.dtype(jnp.float16)}
+    tx = build(**dtypes)
+    params = random_tree(0, {"w": (3, 2), "b": (2,)})
+    state = tx.init(params)
+    updates, state = tx.update(params, state, params)
+    for field, which in fields.items():
+        assert _field_dtypes(state, field) == {dtypes[which]}, (field, which)
+    chex.assert_trees_all_equal_shapes_and_dtypes(updates, params)
+    chex.assert_tree_all_finite(updates)

@@ -27,8 +27,10 @@ from dlopt.regularizers import add_decayed_weights
 
 
 def _decay_rate_pow(i: chex.Numeric, exponent: chex.Numeric = 0.8) -> chex.Array:
-    """Adafactor's second-moment decay :math:`\\hat\\beta_{2,t} = 1 - t^{-c}`, ``t = i + 1``."""
-    t = jnp.asarray(i + 1).astype(jnp.float32)
+    """Adafactor's second-moment decay :math:`\\hat\\beta_{2,t} = 1 - t^{-c}`, ``t = i + 1``
+    (added in float32: optax's int32 ``i + 1`` wraps to a negative ``t`` at the saturated
+    count)."""
+    t = jnp.asarray(i).astype(jnp.float32) + 1.0
     return 1.0 - t ** (-jnp.asarray(exponent).astype(jnp.float32))
 
 
@@ -126,8 +128,9 @@ def scale_by_factored_rms(
     :math:`c` = ``decay_rate``. Complex gradients use :math:`|g|^2`.
 
     Deliberate difference from optax: steps before ``step_offset`` use the schedule's first
-    value (optax raises :math:`t \\le 0` to a negative power: NaN); ``params`` may be omitted
-    (only the gradients' shapes are used).
+    value (optax raises :math:`t \\le 0` to a negative power: NaN), and so does the saturated
+    int32 count (optax's ``count + 1`` wraps); ``params`` may be omitted (only the
+    gradients' shapes are used).
 
     Args:
         factored: factor the second moment of leaves with two large enough dims.

@@ -88,11 +88,12 @@ def add_noise(
     validation.check_non_negative("gamma", gamma)
     initial_key = _key(key, seed)
     impl = jax.random.key_impl(initial_key)
-    key_data = np.asarray(jax.random.key_data(initial_key))  # made an array in init (mesh)
 
     def init_fn(params):
         tree_lib.check_float_params(params)
-        return AddNoiseState(count=jnp.zeros([], jnp.int32), rng_key=jnp.asarray(key_data))
+        # a copy made in init: the state's type follows the current mesh, like the count's
+        key_data = jnp.copy(jax.random.key_data(initial_key))
+        return AddNoiseState(count=jnp.zeros([], jnp.int32), rng_key=key_data)
 
     def noisy_leaf(u, key, out_dtype, std):
         f = numerics.compute_dtype(u.dtype)
