@@ -79,6 +79,31 @@ from dlopt.optimizers.yogi import scale_by_yogi as scale_by_yogi
 from dlopt.optimizers.yogi import yogi as yogi
 
 # --- optimizers: memory-lean, large-batch, sign and game (adafactor ... polyak_sgd)
+from dlopt.optimizers.adafactor import FactoredState as FactoredState
+from dlopt.optimizers.adafactor import adafactor as adafactor
+from dlopt.optimizers.adafactor import scale_by_factored_rms as scale_by_factored_rms
+from dlopt.optimizers.adafactor import scale_by_param_block_rms as scale_by_param_block_rms
+from dlopt.optimizers.noisy_sgd import AddNoiseState as AddNoiseState
+from dlopt.optimizers.noisy_sgd import add_noise as add_noise
+from dlopt.optimizers.noisy_sgd import noisy_sgd as noisy_sgd
+from dlopt.optimizers.optimistic import (
+    ScaleByOptimisticGradientState as ScaleByOptimisticGradientState,
+)
+from dlopt.optimizers.optimistic import optimistic_adam_v2 as optimistic_adam_v2
+from dlopt.optimizers.optimistic import optimistic_gradient_descent as optimistic_gradient_descent
+from dlopt.optimizers.optimistic import scale_by_optimistic_gradient as scale_by_optimistic_gradient
+from dlopt.optimizers.polyak import polyak_sgd as polyak_sgd
+from dlopt.optimizers.polyak import scale_by_polyak as scale_by_polyak
+from dlopt.optimizers.sign import scale_by_sign as scale_by_sign
+from dlopt.optimizers.sign import sign_sgd as sign_sgd
+from dlopt.optimizers.sign import signum as signum
+from dlopt.optimizers.sm3 import ScaleBySM3State as ScaleBySM3State
+from dlopt.optimizers.sm3 import scale_by_sm3 as scale_by_sm3
+from dlopt.optimizers.sm3 import sm3 as sm3
+from dlopt.optimizers.trust_ratio import fromage as fromage
+from dlopt.optimizers.trust_ratio import lamb as lamb
+from dlopt.optimizers.trust_ratio import lars as lars
+from dlopt.optimizers.trust_ratio import scale_by_trust_ratio as scale_by_trust_ratio
 
 # --- optimizers: second order (lbfgs and the line searches)
 
@@ -151,8 +176,8 @@ from dlopt.constraints import ZeroNansState as ZeroNansState
 from dlopt.constraints import freeze as freeze
 from dlopt.constraints import keep_params_nonnegative as keep_params_nonnegative
 from dlopt.constraints import zero_nans as zero_nans
-from dlopt.ema import EmaState as EmaState
-from dlopt.ema import ema as ema
+from dlopt.optimizers.ema import EmaState as EmaState
+from dlopt.optimizers.ema import ema as ema
 from dlopt.lookahead import LookaheadParams as LookaheadParams
 from dlopt.lookahead import LookaheadState as LookaheadState
 from dlopt.lookahead import lookahead as lookahead

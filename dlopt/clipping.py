@@ -13,8 +13,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from dlopt import numerics, validation
 from dlopt import tree as tree_lib
-from dlopt import validation
 from dlopt.base import GradientTransformation, init_empty_state
 
 
@@ -122,10 +122,10 @@ def clip_by_block_rms(threshold: chex.Numeric) -> GradientTransformation:
     def clip_leaf(u):
         if jnp.size(u) == 0:
             return u
-        wide = _wide(u)
-        rms = jnp.sqrt(jnp.mean(jnp.square(jnp.abs(wide))))
+        wide = u.astype(numerics.compute_dtype(u.dtype))  # complex stays complex
+        rms = jnp.sqrt(jnp.mean(numerics.abs_sq(wide)))
         denom = jnp.maximum(jnp.ones_like(rms), rms / jnp.asarray(threshold).astype(rms.dtype))
-        return (wide / denom).astype(u.dtype)
+        return (wide / denom.astype(wide.dtype)).astype(u.dtype)
 
     def update_fn(updates, state, params=None):
         del params

@@ -59,6 +59,33 @@ def scalar_dtype(params: chex.ArrayTree) -> Any:
     return jnp.finfo(compute_dtype(jnp.float32, *dtypes)).dtype
 
 
+def moment_dtype(
+    name: str, optax_dtype: Any | None, mu_dtype: Any | None, optax_default: Any | None = None
+) -> Any | None:
+    """The storage dtype of a first-moment buffer that optax names ``name`` (e.g. sgd's
+    ``accumulator_dtype``, adafactor's ``dtype_momentum``) and dlopt ``mu_dtype``.
+
+    ``mu_dtype`` wins over an ``optax_dtype`` left at its default ``optax_default``; two
+    different explicit dtypes raise, naming both arguments; a non-dtype raises naming its own.
+    """
+    resolved = {}
+    for arg, value in ((name, optax_dtype), ("mu_dtype", mu_dtype)):
+        try:
+            resolved[arg] = canonical_dtype(value)
+        except TypeError as error:
+            raise TypeError(f"{arg} must be a dtype or None, got {arg}={value!r}.") from error
+    optax_value, mu = resolved[name], resolved["mu_dtype"]
+    if mu is None:
+        return optax_value
+    default = canonical_dtype(optax_default)
+    if optax_value is not None and optax_value != default and optax_value != mu:
+        raise ValueError(
+            f"{name} and mu_dtype name the same buffer; pass one of them, got "
+            f"{name}={optax_dtype!r} and mu_dtype={mu_dtype!r}."
+        )
+    return mu
+
+
 def check_betas(b1: chex.Numeric, b2: chex.Numeric) -> None:
     """``b1`` and ``b2`` in [0, 1), naming the bad one."""
     validation.check_in_range("b1", b1, 0.0, 1.0)

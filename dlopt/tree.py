@@ -38,10 +38,25 @@ def zeros_like(params: chex.ArrayTree, dtype: Any | None = None) -> chex.ArrayTr
     return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=dtype or dtype_of(p)), params)
 
 
+def moment_dtype_for(dtype: Any | None, p: Any) -> Any:
+    """The storage dtype of ``p``'s moment: ``dtype`` (default ``p``'s), made complex of the
+    same precision for a complex ``p`` (a real buffer would drop the imaginary part)."""
+    param_dtype = dtype_of(p)
+    if dtype is None:
+        return param_dtype
+    dtype = jnp.dtype(dtype)
+    if jnp.issubdtype(param_dtype, jnp.complexfloating) and not jnp.issubdtype(
+        dtype, jnp.complexfloating
+    ):
+        return jnp.dtype(jnp.complex128 if dtype.itemsize >= 8 else jnp.complex64)
+    return dtype
+
+
 def moments_like(params: chex.ArrayTree, dtype: Any | None = None) -> chex.ArrayTree:
-    """Zero-initialised optimizer moments for ``params``; rejects non-floating params."""
+    """Zero-initialised optimizer moments for ``params`` in ``dtype`` (complex for complex
+    params), sharded like them; rejects non-floating params."""
     check_float_params(params)
-    return zeros_like(params, dtype)
+    return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=moment_dtype_for(dtype, p)), params)
 
 
 def full_like(params: chex.ArrayTree, value: float, dtype: Any | None = None) -> chex.ArrayTree:

@@ -88,7 +88,9 @@ def _probes(param: inspect.Parameter) -> list[tuple[str, Any, bool]]:
     magnitude = abs(float(base)) if isinstance(base, int | float) and base else 1.0
     probes = [("string", str(magnitude), True), ("nan", math.nan, True)]
     if param.default is not None:
-        probes.append(("None", None, True))
+        # None is a documented value when the annotation names it (optax's
+        # adafactor(clipping_threshold=None) turns clipping off): then it must only be valid.
+        probes.append(("None", None, "None" not in str(param.annotation)))
     probes += [("inf", math.inf, False), ("negative", -magnitude, False)]
     return probes
 

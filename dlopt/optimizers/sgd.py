@@ -38,17 +38,6 @@ def _zero_count() -> chex.Array:
     return jnp.zeros([], jnp.int32)
 
 
-def _moment_dtype(accumulator_dtype: Any | None, mu_dtype: Any | None) -> Any | None:
-    """optax's ``accumulator_dtype`` and dlopt's uniform ``mu_dtype`` name one thing."""
-    a, m = numerics.canonical_dtype(accumulator_dtype), numerics.canonical_dtype(mu_dtype)
-    if a is not None and m is not None and a != m:
-        raise ValueError(
-            f"accumulator_dtype and mu_dtype name the same buffer; pass one of them, got "
-            f"accumulator_dtype={accumulator_dtype!r} and mu_dtype={mu_dtype!r}."
-        )
-    return a if a is not None else m
-
-
 def trace(
     decay: chex.Numeric,
     nesterov: bool = False,
@@ -81,7 +70,7 @@ def trace(
     """
     validation.check_in_range("decay", decay, 0.0, 1.0, high_closed=True)
     numerics.check_rounding(state_rounding)
-    dtype = _moment_dtype(accumulator_dtype, mu_dtype)
+    dtype = numerics.moment_dtype("accumulator_dtype", accumulator_dtype, mu_dtype)
 
     def init_fn(params):
         return TraceState(trace=tree_lib.moments_like(params, dtype), count=_zero_count())

@@ -27,16 +27,6 @@ def _ema_leaf(u, e, leaf, out_dtype, *, decay, debias, writer):
     return average.astype(out_dtype), e
 
 
-def _accumulator_dtype(accumulator_dtype: Any | None, mu_dtype: Any | None) -> Any | None:
-    a, m = numerics.canonical_dtype(accumulator_dtype), numerics.canonical_dtype(mu_dtype)
-    if a is not None and m is not None and a != m:
-        raise ValueError(
-            f"accumulator_dtype and mu_dtype name the same buffer; pass one of them, got "
-            f"accumulator_dtype={accumulator_dtype!r} and mu_dtype={mu_dtype!r}."
-        )
-    return a if a is not None else m
-
-
 def ema(
     decay: chex.Numeric,
     debias: bool = True,
@@ -72,7 +62,7 @@ def ema(
     """
     validation.check_in_range("decay", decay, 0.0, 1.0, high_closed=not debias)
     numerics.check_rounding(state_rounding)
-    dtype = _accumulator_dtype(accumulator_dtype, mu_dtype)
+    dtype = numerics.moment_dtype("accumulator_dtype", accumulator_dtype, mu_dtype)
 
     def init_fn(params):
         return EmaState(count=jnp.zeros([], jnp.int32), ema=tree_lib.moments_like(params, dtype))

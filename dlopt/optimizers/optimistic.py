@@ -1,0 +1,201 @@
+"""Optimistic methods for games (min-max problems): optimistic gradient descent and Adam."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import chex
+import jax.numpy as jnp
+
+from dlopt import numerics, validation
+from dlopt import tree as tree_lib
+from dlopt.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule
+from dlopt.combine import chain
+from dlopt.optimizers.adam import scale_by_adam
+from dlopt.optimizers.scaling import scale_by_learning_rate
+
+
+def _optimistic_leaf(g, prev, leaf, out_dtype, *, alpha, beta, is_initial_step, writer):
+    f = numerics.compute_dtype(g.dtype, prev.dtype)
+    g = g.astype(f)
+    # at the first step there is no previous gradient: use the current one (optax #1082)
+    previous = jnp.where(is_initial_step, g, prev.astype(f))
+    update = tree_lib.scalar_like(alpha + beta, g) * g - tree_lib.scalar_like(beta, g) * previous
+    return update.astype(out_dtype), writer.put(g, prev, leaf, 1)
+
+
+class ScaleByOptimisticGradientState(NamedTuple):
+    is_initial_step: chex.Array  # bool: no previous gradient yet
+    previous_gradient: chex.ArrayTree  # g_{t-1} (in mu_dtype)
+    count: chex.Array | None = None  # int32 step (dlopt only): schedules, rounding seeds
+
+
+def scale_by_optimistic_gradient(
+    alpha: ScalarOrSchedule = 1.0,
+    beta: ScalarOrSchedule = 1.0,
+    *,
+    mu_dtype: Any | None = None,
+    state_rounding: str = "stochastic",
+) -> GradientTransformation:
+    """Generalized optimistic gradients: the current gradient plus a negative momentum.
+
+    .. math:: u_t = (\\alpha_t + \\beta_t)\\, g_t - \\beta_t\\, g_{t-1}, \\qquad g_0 := g_1
+
+    :math:`\\alpha = \\beta = 1` is optimistic gradient descent :math:`2 g_t - g_{t-1}`, a
+    one-gradient approximation of the extra-gradient method.
+
+    Args:
+        alpha: :math:`\\alpha` (finite), or a schedule ``step -> alpha`` (dlopt only: optax
+            takes numbers).
+        beta: :math:`\\beta` (finite), or a schedule; the weight of the negative momentum.
+        mu_dtype: dtype of the stored previous gradient (default: each parameter's); dlopt
+            only.
+        state_rounding: ``"stochastic"`` or ``"nearest"`` rounding into a narrower
+            ``mu_dtype`` (dlopt only).
+
+    Returns:
+        A `GradientTransformation` with state `ScaleByOptimisticGradientState`.
+
+    Example:
+        >>> import dlopt
+        >>> tx = dlopt.chain(dlopt.scale_by_optimistic_gradient(),
+        ...                  dlopt.scale_by_learning_rate(1e-2))
+    """
+    for name, value in (("alpha", alpha), ("beta", beta)):
+        if not callable(value):
+            validation.check_finite(name, value)
+    numerics.check_rounding(state_rounding)
+    mu_dtype = numerics.canonical_dtype(mu_dtype)
+
+    def init_fn(params):
+        return ScaleByOptimisticGradientState(
+            is_initial_step=jnp.array(True),
+            previous_gradient=tree_lib.moments_like(params, mu_dtype),
+            count=jnp.zeros([], jnp.int32),
+        )
+
+    def update_fn(updates, state, params=None):
+        step = jnp.zeros([], jnp.int32) if state.count is None else state.count
+        count = tree_lib.safe_increment(step)
+        leaf_fn = functools.partial(
+            _optimistic_leaf,
+            alpha=alpha(step) if callable(alpha) else alpha,
+            beta=beta(step) if callable(beta) else beta,
+            is_initial_step=state.is_initial_step,
+            writer=numerics.StateWriter(count, state_rounding),
+        )
+        like = state.previous_gradient if mu_dtype is None else None
+        updates, previous = tree_lib.map_unzip(
+            leaf_fn,
+            updates,
+            state.previous_gradient,
+            numerics.leaf_indices(updates),
+            numerics.out_dtypes(updates, params, like),
+        ) or (updates, state.previous_gradient)
+        return updates, ScaleByOptimisticGradientState(
+            is_initial_step=jnp.zeros_like(state.is_initial_step),
+            previous_gradient=previous,
+            count=count,
+        )
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def optimistic_gradient_descent(
+    learning_rate: ScalarOrSchedule,
+    alpha: ScalarOrSchedule = 1.0,
+    beta: ScalarOrSchedule = 1.0,
+    *,
+    mu_dtype: Any | None = None,
+    state_rounding: str = "stochastic",
+) -> GradientTransformationExtraArgs:
+    """Optimistic gradient descent (OGD): last-iterate convergence in min-max games.
+
+    .. math:: w_{t+1} = w_t - \\eta_t \\left((\\alpha_t + \\beta_t) g_t - \\beta_t
+        g_{t-1}\\right)
+
+    On a bilinear game :math:`\\min_x \\max_y xy` simultaneous gradient descent-ascent
+    spirals outwards; the correction :math:`-\\beta (g_t - g_{t-1})` makes it converge.
+    (For a game, pass the ascent player's gradient negated.)
+
+    Args:
+        learning_rate: :math:`\\eta` >= 0, or a schedule.
+        alpha, beta: as in `scale_by_optimistic_gradient`.
+        mu_dtype, state_rounding: as in `scale_by_optimistic_gradient` (dlopt only).
+
+    Returns:
+        ``chain(scale_by_optimistic_gradient(alpha, beta),
+        scale_by_learning_rate(learning_rate))``.
+
+    Example:
+        >>> import jax.numpy as jnp, dlopt
+        >>> tx = dlopt.optimistic_gradient_descent(1e-2)
+        >>> state = tx.init({"x": jnp.zeros(2)})
+
+    References:
+        Mokhtari, Ozdaglar and Pattathil, 2020, "A Unified Analysis of Extra-gradient and
+        Optimistic Gradient Methods for Saddle Point Problems: Proximal Point Approach",
+        AISTATS.
+    """
+    return chain(
+        scale_by_optimistic_gradient(
+            alpha=alpha, beta=beta, mu_dtype=mu_dtype, state_rounding=state_rounding
+        ),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def optimistic_adam_v2(
+    learning_rate: ScalarOrSchedule,
+    *,
+    alpha: chex.Numeric = 1.0,
+    beta: chex.Numeric = 1.0,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.999,
+    eps: chex.Numeric = 1e-08,
+    eps_root: chex.Numeric = 0.0,
+    mu_dtype: Any | None = None,
+    nesterov: bool = True,
+    nu_dtype: Any | None = None,
+    state_rounding: str = "stochastic",
+) -> GradientTransformationExtraArgs:
+    """Optimistic Adam: optimistic gradient steps on Adam's normalized direction.
+
+    .. math::
+        r_t = \\frac{\\hat m_t}{\\sqrt{\\hat v_t + \\epsilon_{root}} + \\epsilon}, \\qquad
+        w_{t+1} = w_t - \\eta_t \\left((\\alpha + \\beta) r_t - \\beta r_{t-1}\\right)
+
+    with :math:`\\hat m_t, \\hat v_t` Adam's bias-corrected moments (Nesterov's
+    :math:`\\hat m_t` by default, as in optax). Built for GANs and other saddle-point
+    problems, where Adam cycles.
+
+    Args:
+        learning_rate: :math:`\\eta` >= 0, or a schedule.
+        alpha, beta: the optimism weights, as in `scale_by_optimistic_gradient`.
+        b1, b2, eps, eps_root, nesterov: as in `scale_by_adam`.
+        mu_dtype: dtype of Adam's first moment and of the stored :math:`r_{t-1}`.
+        nu_dtype, state_rounding: as in `scale_by_adam` (dlopt only).
+
+    Returns:
+        ``chain(scale_by_adam(...), scale_by_optimistic_gradient(alpha, beta),
+        scale_by_learning_rate(learning_rate))``.
+
+    Example:
+        >>> import jax.numpy as jnp, dlopt
+        >>> tx = dlopt.optimistic_adam_v2(1e-3)
+        >>> state = tx.init({"x": jnp.zeros(2)})
+
+    References:
+        Daskalakis, Ilyas, Syrgkanis and Zeng, 2018, "Training GANs with Optimism", ICLR.
+    """
+    return chain(
+        scale_by_adam(
+            b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov, nu_dtype=nu_dtype,
+            state_rounding=state_rounding,
+        ),
+        scale_by_optimistic_gradient(
+            alpha=alpha, beta=beta, mu_dtype=mu_dtype, state_rounding=state_rounding
+        ),
+        scale_by_learning_rate(learning_rate),
+    )  # fmt: skip
