@@ -8,6 +8,7 @@ from dlopt.base import EmptyState as EmptyState
 from dlopt.base import GradientTransformation as GradientTransformation
 from dlopt.base import GradientTransformationExtraArgs as GradientTransformationExtraArgs
 from dlopt.base import Schedule as Schedule
+from dlopt.base import StatefulSchedule as StatefulSchedule
 from dlopt.base import apply_updates as apply_updates
 from dlopt.base import identity as identity
 from dlopt.base import set_to_zero as set_to_zero
@@ -159,14 +160,16 @@ from dlopt.clipping import clip_by_global_norm as clip_by_global_norm
 from dlopt import initializers as initializers
 
 # --- wrappers
+from dlopt.inject import InjectHyperparamsState as InjectHyperparamsState
+from dlopt.inject import get_hyperparam as get_hyperparam
+from dlopt.inject import inject_hyperparams as inject_hyperparams
+from dlopt.inject import inject_stateful_hyperparams as inject_stateful_hyperparams
+from dlopt.inject import set_hyperparam as set_hyperparam
+from dlopt.inject import set_schedule_scale as set_schedule_scale
 from dlopt.wrappers import ApplyIfFiniteState as ApplyIfFiniteState
-from dlopt.wrappers import InjectHyperparamsState as InjectHyperparamsState
 from dlopt.wrappers import MultiStepsState as MultiStepsState
 from dlopt.wrappers import apply_if_finite as apply_if_finite
-from dlopt.wrappers import get_hyperparam as get_hyperparam
-from dlopt.wrappers import inject_hyperparams as inject_hyperparams
 from dlopt.wrappers import multi_steps as multi_steps
-from dlopt.wrappers import set_hyperparam as set_hyperparam
 from dlopt.fused import fused as fused
 
 # --- wrappers and elementwise transforms (cautious, lookahead, ema, sam, freeze, ...)

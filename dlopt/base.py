@@ -8,7 +8,7 @@ vmap, pmap and scan. The NamedTuples here are duck-compatible with optax's in bo
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import chex
 import jax
@@ -22,6 +22,19 @@ OptState = chex.ArrayTree
 Numeric = chex.Numeric
 Schedule = Callable[[chex.Numeric], chex.Numeric]
 ScalarOrSchedule = float | jax.Array | Schedule
+
+
+@runtime_checkable
+class StatefulSchedule(Protocol):
+    """A schedule with state (optax's protocol): ``init() -> state``, ``update(state,
+    **extra_args) -> state`` and ``__call__(state, **extra_args) -> value``; e.g. a learning
+    rate driven by the loss passed as ``value=``. `dlopt.inject_hyperparams` accepts it."""
+
+    def init(self) -> Any: ...
+
+    def update(self, state: Any, **extra_args: Any) -> Any: ...
+
+    def __call__(self, state: Any, **extra_args: Any) -> chex.Numeric: ...
 
 
 class TransformInitFn(Protocol):

@@ -26,7 +26,7 @@ import numpy as np
 
 from dlopt import validation
 from dlopt.base import GradientTransformation, apply_updates
-from dlopt.wrappers import inject_hyperparams, set_hyperparam
+from dlopt.inject import inject_hyperparams, set_hyperparam
 
 # ----------------------------------------------------------------------------- search spaces
 

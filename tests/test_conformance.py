@@ -119,6 +119,11 @@ TRANSFORMS = [
     # wrappers and the fused path
     Entry("inject_hyperparams", "adam", lambda: dlopt.inject_hyperparams(dlopt.adam)(1e-2)),
     Entry(
+        "inject_stateful_hyperparams",
+        "sgd",
+        lambda: dlopt.inject_stateful_hyperparams(dlopt.sgd)(learning_rate=0.1, momentum=0.9),
+    ),
+    Entry(
         "inject_hyperparams",
         "sgd_schedule",
         lambda: dlopt.inject_hyperparams(dlopt.sgd)(learning_rate=_schedule, momentum=0.9),

@@ -61,6 +61,7 @@ NO_HYPERPARAMETERS = {
     "masked",
     "partition",
     "inject_hyperparams",
+    "inject_stateful_hyperparams",
     "fused",
 }.union(*(group.NO_HYPERPARAMETERS for group in GROUPS))
 NUMERIC_HINTS = ("Numeric", "float", "int", "Schedule", "Array")

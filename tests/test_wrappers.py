@@ -219,22 +219,22 @@ def test_bad_arguments_name_themselves(build, match):
 def test_set_schedule_scale_multiplies_a_schedule_and_only_a_schedule():
     tx = dlopt.chain(dlopt.clip(1.0), dlopt.inject_hyperparams(dlopt.sgd)(schedule, momentum=0.5))
     state = tx.init(PARAMS)
-    assert dlopt.wrappers.is_scheduled(state, "learning_rate")
-    assert not dlopt.wrappers.is_scheduled(state, "momentum")
+    assert dlopt.inject.is_scheduled(state, "learning_rate")
+    assert not dlopt.inject.is_scheduled(state, "momentum")
     update = jax.jit(chex.assert_max_traces(tx.update, n=1))
     grads = {"x": jnp.ones(3, jnp.float32)}
     for t, scale in enumerate([1.0, 1.0, 0.5, 0.5, 0.25]):
-        state = dlopt.wrappers.set_schedule_scale(state, "learning_rate", scale)
+        state = dlopt.set_schedule_scale(state, "learning_rate", scale)
         _, state = update(grads, state)
         used = state[1].hyperparams["learning_rate"]
         chex.assert_trees_all_close(used, scale * schedule(jnp.asarray(t)))
     replicated = jax.tree.map(lambda x: jnp.stack([x, x]), state)
-    scaled = dlopt.wrappers.set_schedule_scale(replicated, "learning_rate", 0.1)
+    scaled = dlopt.set_schedule_scale(replicated, "learning_rate", 0.1)
     chex.assert_trees_all_equal(scaled[1].schedule_scales["learning_rate"], jnp.full(2, 0.1))
     with pytest.raises(ValueError, match="no injected schedule named 'momentum'"):
-        dlopt.wrappers.set_schedule_scale(state, "momentum", 0.5)
+        dlopt.set_schedule_scale(state, "momentum", 0.5)
     with pytest.raises(ValueError, match="'b1'"):
-        dlopt.wrappers.is_scheduled(state, "b1")
+        dlopt.inject.is_scheduled(state, "b1")
 
 
 # --- apply_if_finite --------------------------------------------------------------------------

@@ -20,9 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlopt import validation
+from dlopt.inject import get_hyperparam, is_scheduled, set_hyperparam, set_schedule_scale
 from dlopt.plateau import PlateauConfig, PlateauState, plateau_init, plateau_step
 from dlopt.training.monitor import improves, monitored_value, resolve_mode
-from dlopt.wrappers import get_hyperparam, is_scheduled, set_hyperparam, set_schedule_scale
 
 
 class Callback:
@@ -256,7 +256,7 @@ class ReduceLROnPlateau(Callback):
     * a number: it is set to ``lr_0 * s`` (`dlopt.set_hyperparam`), ``lr_0`` the value read at
       the first ``on_train_begin``;
     * a schedule: the schedule is scaled, ``lr_t = s * schedule(t)``
-      (`dlopt.wrappers.set_schedule_scale`; ``lr_0 = schedule(0)`` for ``min_lr``).
+      (`dlopt.set_schedule_scale`; ``lr_0 = schedule(0)`` for ``min_lr``).
 
     Args:
         monitor: the logs key to watch.

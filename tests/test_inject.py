@@ -1,0 +1,69 @@
+"""inject_hyperparams with stateful schedules (optax's StatefulSchedule protocol)."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import optax
+
+import dlopt
+
+
+class TotalState(NamedTuple):
+    total: jax.Array
+
+
+class RunningTotal:
+    """A stateful schedule: the value is the running total of the ``addendum`` extra arg."""
+
+    def init(self):
+        return TotalState(jnp.zeros([], jnp.float32))
+
+    def update(self, state, **extra_args):
+        return TotalState(state.total + extra_args["addendum"])
+
+    def __call__(self, state, **extra_args):
+        return state.total + extra_args.get("addendum", 0.0)
+
+
+PARAMS = (jnp.ones(3), jnp.ones(2))
+
+
+def test_a_stateful_schedule_is_recognized_by_the_protocol():
+    assert isinstance(RunningTotal(), dlopt.StatefulSchedule)
+    assert not isinstance(lambda count: count, dlopt.StatefulSchedule)
+
+
+def test_stateful_schedule_sees_the_extra_args_and_keeps_its_state():
+    tx = dlopt.inject_hyperparams(dlopt.scale)(step_size=RunningTotal())
+    state = jax.jit(tx.init)(PARAMS)
+    extra = {"addendum": 0.3 * jnp.ones((), jnp.float32)}
+    update = jax.jit(tx.update)
+    for _ in range(2):
+        updates, state = update(PARAMS, state, PARAMS, **extra)
+    # the value used by the second step: total after one step (0.3) plus this step's 0.3
+    chex.assert_trees_all_close(state.hyperparams["step_size"], 0.6)
+    chex.assert_trees_all_close(state.hyperparams_states["step_size"].total, 0.6)
+    chex.assert_trees_all_close(updates, jax.tree.map(lambda p: 0.6 * p, PARAMS))
+
+
+def test_stateful_schedule_matches_optax():
+    ours = dlopt.inject_stateful_hyperparams(dlopt.sgd)(learning_rate=RunningTotal())
+    theirs = optax.inject_hyperparams(optax.sgd)(learning_rate=RunningTotal())
+    s1, s2 = ours.init(PARAMS), theirs.init(PARAMS)
+    extra = {"addendum": jnp.asarray(0.05, jnp.float32)}
+    for _ in range(3):
+        u1, s1 = ours.update(PARAMS, s1, PARAMS, **extra)
+        u2, s2 = theirs.update(PARAMS, s2, PARAMS, **extra)
+    chex.assert_trees_all_close(u1, u2)
+    chex.assert_trees_all_close(s1.hyperparams_states, s2.hyperparams_states)
+
+
+def test_a_stateful_schedule_can_be_scaled_like_a_schedule():
+    tx = dlopt.inject_hyperparams(dlopt.scale)(step_size=RunningTotal())
+    state = dlopt.set_schedule_scale(tx.init(PARAMS), "step_size", 0.5)
+    updates, _ = tx.update(PARAMS, state, PARAMS, addendum=jnp.asarray(1.0, jnp.float32))
+    chex.assert_trees_all_close(updates, jax.tree.map(lambda p: 0.5 * p, PARAMS))
