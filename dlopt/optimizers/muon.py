@@ -215,6 +215,18 @@ def scale_by_muon(
     return GradientTransformation(init_fn, update_fn)
 
 
+def _unless_empty(tx: GradientTransformation) -> GradientTransformationExtraArgs:
+    """``tx``, except that a group with no leaves (a model of matrices only: nothing for
+    Adam) passes through with its state unchanged."""
+
+    def update_fn(updates, state, params=None, **extra_args):
+        if not jax.tree.leaves(updates):
+            return updates, state
+        return tx.update(updates, state, params, **extra_args)
+
+    return GradientTransformationExtraArgs(tx.init, update_fn)
+
+
 def muon(
     learning_rate: ScalarOrSchedule,
     ns_coeffs: Any = DEFAULT_NS_COEFFS,
@@ -341,7 +353,7 @@ def muon(
             add_decayed_weights(weight_decay, weight_decay_mask),
             scale_by_learning_rate(learning_rate),
         )
-        return partition({"muon": orthogonalized, "adam": adam}, labels)
+        return partition({"muon": orthogonalized, "adam": _unless_empty(adam)}, labels)
 
     def init_fn(params):
         return build(params).init(params)

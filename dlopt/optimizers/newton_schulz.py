@@ -15,6 +15,7 @@ from jax.tree_util import DictKey, GetAttrKey
 
 from dlopt import tree as tree_lib
 from dlopt import validation
+from dlopt.regularizers import NOT_WEIGHTS
 
 PRECONDITIONINGS = ("frobenius", "spectral", "aol", "schatten")
 DEFAULT_NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -213,8 +214,11 @@ def infer_muon_dimension_numbers(params: chex.ArrayTree) -> chex.ArrayTree:
       (fan-in): a Conv kernel (kh, kw, in, out) becomes a (kh*kw*in, out) matrix.
     * ``embedding`` (``Embed``, ``nnx.Embed``; also ``embeddings``, ``embed``, ``wte``,
       ``wpe``): Adam, as the Muon authors do (a lookup table is not a linear map of inputs).
-    * Any other 2-D leaf: Muon with axes (0, 1) (optax's rule). Everything else (biases,
-      norm scales, scalars, n-D leaves not named ``kernel``): Adam.
+    * Leaves named like biases and norm parameters (``bias``, ``scale``, ``b``, ``offset``,
+      ``beta``, ``gamma``: `dlopt.regularizers.NOT_WEIGHTS`), even 2-D ones such as
+      DenseGeneral's (heads, head_dim) bias: Adam.
+    * Any other 2-D leaf: Muon with axes (0, 1) (optax's rule). Everything else (scalars,
+      vectors, n-D leaves not named ``kernel``): Adam.
 
     A bias-free ``DenseGeneral`` with several output axes cannot be told apart from a conv
     kernel by shape: pass ``muon_weight_dimension_numbers`` for it.
@@ -240,7 +244,7 @@ def infer_muon_dimension_numbers(params: chex.ArrayTree) -> chex.ArrayTree:
         ndim = len(jnp.shape(leaf))
         if name == "kernel" and ndim >= 2:
             return kernel_dims(leaf, by_name.get((container, "bias")))
-        if name in EMBEDDING_NAMES or ndim != 2:
+        if name in EMBEDDING_NAMES or name in NOT_WEIGHTS or ndim != 2:
             return None
         return MuonDimensionNumbers(0, 1)
 
