@@ -109,6 +109,29 @@ from dlopt.optimizers.trust_ratio import scale_by_trust_ratio as scale_by_trust_
 # --- optimizers: second order (lbfgs and the line searches)
 
 # --- optimizers: modern (muon, soap, adopt, ademamix)
+from dlopt.optimizers.ademamix import ScaleByAdemamixState as ScaleByAdemamixState
+from dlopt.optimizers.ademamix import (
+    ScaleBySimplifiedAdEMAMixState as ScaleBySimplifiedAdEMAMixState,
+)
+from dlopt.optimizers.ademamix import ademamix as ademamix
+from dlopt.optimizers.ademamix import scale_by_ademamix as scale_by_ademamix
+from dlopt.optimizers.ademamix import scale_by_simplified_ademamix as scale_by_simplified_ademamix
+from dlopt.optimizers.ademamix import simplified_ademamix as simplified_ademamix
+from dlopt.optimizers.adopt import adopt as adopt
+from dlopt.optimizers.adopt import scale_by_adopt as scale_by_adopt
+from dlopt.optimizers.muon import MuonState as MuonState
+from dlopt.optimizers.muon import muon as muon
+from dlopt.optimizers.muon import scale_by_muon as scale_by_muon
+from dlopt.optimizers.newton_schulz import MuonDimensionNumbers as MuonDimensionNumbers
+from dlopt.optimizers.newton_schulz import (
+    infer_muon_dimension_numbers as infer_muon_dimension_numbers,
+)
+from dlopt.optimizers.newton_schulz import (
+    orthogonalize_via_newton_schulz as orthogonalize_via_newton_schulz,
+)
+from dlopt.optimizers.soap import ScaleBySoapState as ScaleBySoapState
+from dlopt.optimizers.soap import scale_by_soap as scale_by_soap
+from dlopt.optimizers.soap import soap as soap
 
 # --- optimizers: schedule-free and parameter-free (schedule_free_*, prodigy, dadapt_adamw)
 from dlopt.optimizers.dadapt import DAdaptAdamWState as DAdaptAdamWState

@@ -164,3 +164,20 @@ def check_float_params(params: chex.ArrayTree) -> None:
                 "Cast it (e.g. jax.tree.map(lambda x: x.astype(jnp.float32), params)) or keep "
                 "integer leaves out of the optimized tree."
             )
+
+
+def unshard(x: chex.Array) -> tuple[chex.Array, Callable[[chex.Array], chex.Array]]:
+    """``x`` replicated, and the function that gives a result ``x``'s sharding back.
+
+    Under JAX's explicit sharding a contraction over a sharded axis (``x @ x.T``, a
+    ``tensordot``) has no unambiguous output sharding and raises; matrix rules (Muon's
+    Newton-Schulz, SOAP's rotations) gather the leaf first and reshard what they return, so
+    state and updates keep the parameters' sharding types. Without explicit sharding (no
+    mesh, or ``Auto`` axes) both are the identity.
+    """
+    spec = jax.typeof(x).sharding.spec
+    if all(axis is None for axis in spec):
+        return x, lambda y: y
+    return jax.sharding.reshard(x, jax.sharding.PartitionSpec()), (
+        lambda y: jax.sharding.reshard(y, spec)
+    )

@@ -152,14 +152,23 @@ def test_bfloat16_params_get_bfloat16_updates_and_moments(case):
         for buffer in buffers:
             # one array per parameter, of its shape or one statistic per leaf (novograd's
             # layer-wise nu); SM3 keeps a list of per-axis accumulators instead
+            like = _like(buffer, params)
             for p, own in zip(
-                jax.tree.leaves(params),
-                jax.tree.structure(params).flatten_up_to(buffer),
+                jax.tree.leaves(like),
+                jax.tree.structure(like).flatten_up_to(buffer),
                 strict=True,
             ):
                 if not isinstance(own, list):
                     assert jnp.shape(own) in (p.shape, ()), (jnp.shape(own), p.shape)
                 assert all(b.dtype == p.dtype for b in jax.tree.leaves(own)), (own, p)
+
+
+def _like(buffer, params):
+    """``params`` with the leaves a partitioned buffer (muon's) masks out set to None."""
+    treedef = jax.tree.structure(params)
+    owned = treedef.flatten_up_to(buffer)
+    leaves = jax.tree.leaves(params)
+    return treedef.unflatten([None if o is None else p for p, o in zip(leaves, owned, strict=True)])
 
 
 @pytest.mark.parametrize("name", ["adam", "adamw", "nadam", "nadamw", "lion"])

@@ -118,7 +118,17 @@ def moment_buffers(state) -> dict[str, list]:
                 visit(child)
 
     visit(state)
-    return found
+    return {field: [_unmasked(b) for b in buffers] for field, buffers in found.items()}
+
+
+def _unmasked(tree):
+    """``tree`` with masked-out leaves (dlopt's or optax's ``MaskedNode``) as None, so that
+    partitioned states (muon) of the two libraries compare."""
+    return jax.tree.map(
+        lambda x: None if type(x).__name__ == "MaskedNode" else x,
+        tree,
+        is_leaf=lambda x: type(x).__name__ == "MaskedNode",
+    )
 
 
 # --- parity with optax: 100 steps on a tree with a 130x140 matrix, a 3-D leaf, vectors and
