@@ -111,6 +111,9 @@ from dlopt.fused import fused as fused
 # --- wrappers and elementwise transforms (cautious, lookahead, ema, sam, freeze, ...)
 
 # --- memory (quantized optimizer state)
+from dlopt.quantized import QuantizedArray as QuantizedArray
+from dlopt.quantized import QuantizedState as QuantizedState
+from dlopt.quantized import quantized as quantized
 
 # --- submodules
 from dlopt import metrics as metrics
