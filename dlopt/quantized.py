@@ -354,7 +354,9 @@ def quantized(
         return None if state_rounding == "nearest" else numerics.state_seed(count, leaf, 3)
 
     def init_fn(params):
-        leaves, treedef = jax.tree.flatten(inner.init(params))
+        # The barrier keeps XLA from constant-folding the encoding of a zero-initialised
+        # state (its host-side evaluator takes minutes and the memory of the whole tree).
+        leaves, treedef = jax.tree.flatten(jax.lax.optimization_barrier(inner.init(params)))
         count = jnp.zeros([], jnp.int32)
         stored = [
             quantize(x, block_size, code=code, seed=seed(count, i)) if quantizable(x) else x
