@@ -9,7 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import report, roofline, train_step, update_step
+from benchmarks import memory, report, roofline, train_step, update_step
 
 TREES = ("tiny1000", "resnet50", "transformer12", "large", "tiny500")
 
@@ -32,6 +32,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--trees", nargs="+", choices=TREES, default=None)
     p.add_argument("--optimizers", nargs="+", choices=list(update_step.OPTIMIZERS), default=None)
     p.add_argument("--no-train", action="store_true", help="skip the train-step benchmark")
+    p.add_argument("--no-memory", action="store_true", help="skip the optimizer-memory table")
+    p.add_argument(
+        "--memory-cap-gb",
+        type=float,
+        default=8.0,
+        help="memory cap of the largest-model-that-fits search (default 8; quick: 1)",
+    )
     return p
 
 
@@ -70,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     if models:
         print("train step (time ratio to optax):", flush=True)
     data["train"] = train_step.run(models, reps=reps) if models else []
+    if not args.no_memory:
+        data["memory"] = memory.run(quick=quick, reps=reps, cap_gb=args.memory_cap_gb)
     data["load_end"] = os.getloadavg()[0]
     data["wall_s"] = time.perf_counter() - start
     paths = report.write(data, out, args.name or ("quick" if quick else "latest"))

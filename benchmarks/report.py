@@ -11,6 +11,8 @@ from typing import Any
 
 import jax
 
+from benchmarks import memory
+
 CONTENDERS = ("dlopt", "fused", "fused_flat")
 TARGET_TINY = ("adam", "adamw", "momentum", "rmsprop")
 
@@ -86,6 +88,8 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     for row in data.get("train", []):
         r = row["results"]["dlopt"]["ratio"]
         add(f"train {row['model']}: dlopt no slower than optax", f"time ratio {r:.3f}", r <= 1.0)
+    for target in memory.targets(data["memory"]) if data.get("memory") else []:
+        add(*target)
     return out
 
 
@@ -168,6 +172,8 @@ def markdown(data: dict[str, Any]) -> str:
                 + " | ".join(f"{1 / res[k]['ratio']:.3f}" for k in list(res)[1:])
                 + " |"
             )
+    if data.get("memory"):
+        lines += ["", *memory.markdown(data["memory"])]
     lines += ["", "**Targets**", "", "| target | measured | met |", "|---|---|---|"]
     for t in data["targets"]:
         lines.append(f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else '**no**'} |")
