@@ -57,6 +57,13 @@ def parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     p.add_argument("--trees", nargs="+", choices=TREES, default=None)
     p.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=None)
     p.add_argument("--no-train", action="store_true", help="skip the train-step benchmark")
+    p.add_argument("--no-memory", action="store_true", help="skip the optimizer-memory table")
+    p.add_argument(
+        "--memory-cap-gb",
+        type=float,
+        default=8.0,
+        help="memory cap of the largest-model-that-fits search (default 8; quick: 1)",
+    )
     return p
 
 
@@ -78,7 +85,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m benchmarks
     if args.name is not None and (not args.name.strip() or os.sep in args.name):
         p.error(f"--name must be a plain file stem, got {args.name!r}")
 
-    from benchmarks import report, roofline, train_step, update_step
+    from benchmarks import memory, report, roofline, train_step, update_step
 
     reps = args.reps or (5 if quick else 25)
     large_size = args.large_size or (2**20 if quick else 16 * 2**20)
@@ -110,6 +117,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m benchmarks
     if models:
         print("train step (speed-up over optax, > 1 is faster):", flush=True)
     data["train"] = train_step.run(models, reps=reps, log=log) if models else []
+    if not args.no_memory:
+        data["memory"] = memory.run(quick=quick, reps=reps, cap_gb=args.memory_cap_gb)
     data["load_end"] = os.getloadavg()[0]
     data["wall_s"] = time.perf_counter() - start
     paths = report.write(data, out, args.name or ("quick" if quick else "latest"))

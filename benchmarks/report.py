@@ -170,6 +170,11 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     for row in data.get("train", []):
         s = speedup(row["results"]["dlopt"])
         add(f"train {row['model']}: dlopt no slower than optax", f"speed-up {s:.3f}x", s >= 1.0)
+    if data.get("memory"):
+        from benchmarks import memory  # memory imports update_step, which imports this module
+
+        for target in memory.targets(data["memory"]):
+            add(*target)
     return out
 
 
@@ -284,6 +289,10 @@ def markdown(data: dict[str, Any]) -> str:
     for extra in data.get("sections", []):
         lines += ["", f"**{extra['title']}** {extra['intro']}".rstrip(), ""]
         lines += _table(extra["columns"], extra["rows"])
+    if data.get("memory"):
+        from benchmarks import memory
+
+        lines += ["", *memory.markdown(data["memory"])]
     lines += ["", "**Targets**", ""]
     lines += _table(
         ["target", "measured", "met"],

@@ -214,6 +214,9 @@ from dlopt.sam import SAMState as SAMState
 from dlopt.sam import sam as sam
 
 # --- memory (quantized optimizer state)
+from dlopt.quantized import QuantizedArray as QuantizedArray
+from dlopt.quantized import QuantizedState as QuantizedState
+from dlopt.quantized import quantized as quantized
 
 # --- submodules
 from dlopt import metrics as metrics

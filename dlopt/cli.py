@@ -41,6 +41,7 @@ DEMO_OPTIMIZERS: dict[str, tuple[str, float, dict[str, Any]]] = {
     "Adam": ("adam", 1e-3, {}),
     "Nadam": ("nadam", 1e-3, {}),
     "AdamW": ("adamw", 1e-3, {"weight_decay": 1e-2}),
+    "Adam 8-bit": ("adam", 1e-3, {"quantized": True}),  # dlopt.quantized(adam): 8-bit state
 }
 
 
@@ -61,9 +62,12 @@ def build_optimizer(name: str, learning_rate: Any = None) -> Any:
     import dlopt
 
     factory, lr, kwargs = DEMO_OPTIMIZERS[name]
+    kwargs = dict(kwargs)
+    eight_bit = kwargs.pop("quantized", False)
     if factory == "adamw":
-        kwargs = {**kwargs, "mask": dlopt.weights_only}
-    return getattr(dlopt, factory)(lr if learning_rate is None else learning_rate, **kwargs)
+        kwargs["mask"] = dlopt.weights_only
+    tx = getattr(dlopt, factory)(lr if learning_rate is None else learning_rate, **kwargs)
+    return dlopt.quantized(tx) if eight_bit else tx
 
 
 def _load(name: str, *, limit: int | None, seed: int) -> dict:

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -71,9 +72,12 @@ def test_demo_covers_the_issue_optimizers():
         "Adam",
         "Nadam",
         "AdamW",
+        "Adam 8-bit",
     ]
-    for factory, lr, kwargs in DEMO_OPTIMIZERS.values():
-        getattr(dlopt, factory)(lr, **kwargs)  # each entry builds
+    for name in DEMO_OPTIMIZERS:
+        cli.build_optimizer(name)  # each entry builds
+    state = cli.build_optimizer("Adam 8-bit").init({"w": jnp.zeros((64, 128))})
+    assert isinstance(state, dlopt.QuantizedState)
 
 
 def test_schedule_prints_the_schedule_values_and_draws_it(tmp_path, capsys):

@@ -130,6 +130,11 @@ TRANSFORMS = [
     ),
     Entry("apply_if_finite", "", lambda: dlopt.apply_if_finite(dlopt.sgd(0.1, momentum=0.9), 3)),
     Entry("multi_steps", "", lambda: dlopt.multi_steps(dlopt.adam(1e-2), 2)),
+    Entry(
+        "quantized",
+        "adam",  # tiny blocks and leaves, so the default params' matrices are quantized
+        lambda: dlopt.quantized(dlopt.adam(1e-2), block_size=4, min_size=4),
+    ),
     Entry("fused", "adamw", lambda: dlopt.fused(dlopt.adamw(1e-2)), DECAYS),
     Entry(
         "fused",
