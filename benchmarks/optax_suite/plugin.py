@@ -25,6 +25,12 @@ def _is_function(value: Any) -> bool:
     return inspect.isfunction(value) or isinstance(value, functools.partial)
 
 
+def _tree_module(module: types.ModuleType) -> bool:
+    """optax's pytree utilities (``optax.tree.scale`` is not a transform): never swapped."""
+    name = module.__name__
+    return name.startswith(("optax.tree", "optax.tree_utils")) or name == "optax._src.utils"
+
+
 class Proxy(types.ModuleType):
     """A module that answers with dlopt's function wherever dlopt exports the same name."""
 
@@ -41,7 +47,7 @@ class Proxy(types.ModuleType):
         value = getattr(real, name)
         if isinstance(value, types.ModuleType) and value.__name__.startswith("optax"):
             return sys.modules.get(value.__name__, value)
-        if not name.startswith("_") and _is_function(value):
+        if not name.startswith("_") and _is_function(value) and not _tree_module(real):
             ours = getattr(dlopt, name, None)
             if ours is not None and _is_function(ours):
                 SWAPPED.setdefault(real.__name__, set()).add(name)
