@@ -28,7 +28,7 @@ def _is_function(value: Any) -> bool:
 def _tree_module(module: types.ModuleType) -> bool:
     """optax's pytree utilities (``optax.tree.scale`` is not a transform): never swapped."""
     name = module.__name__
-    return name.startswith(("optax.tree", "optax.tree_utils")) or name == "optax._src.utils"
+    return name.startswith(("optax.tree", "optax.tree_utils"))
 
 
 class Proxy(types.ModuleType):
