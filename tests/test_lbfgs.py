@@ -424,3 +424,37 @@ def test_documented_special_values_are_accepted():
     dlopt.scale_by_backtracking_linesearch(5, increase_factor=float("inf"), slope_rtol=0.0)
     dlopt.scale_by_backtracking_linesearch(0, decrease_factor=1.0, max_learning_rate=np.inf)
     dlopt.lbfgs(learning_rate=optax.constant_schedule(0.5), memory_size=1, linesearch=None)
+
+
+def test_a_low_precision_value_fn_can_be_reused_from_state():
+    fn = lambda w: jnp.sum(w**2).astype(jnp.bfloat16)  # noqa: E731
+    w = jnp.array([1.0, 2.0])
+    state = dlopt.lbfgs().init(w)  # value = inf stored in float32: the cond recomputes
+    value, grad = jax.jit(dlopt.value_and_grad_from_state(fn))(w, state=state)
+    assert value.dtype == jnp.float32 and float(value) == 5.0
+    chex.assert_trees_all_close(grad, 2 * w)
+
+
+def test_memory_is_sharded_like_the_params():
+    mesh = jax.make_mesh((8,), ("d",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("d"))
+    params = {"w": jax.device_put(jnp.ones((16, 2)), sharding), "b": jnp.zeros(2)}
+    tx = dlopt.scale_by_lbfgs(memory_size=3)
+    state = tx.init(params)
+    spec = (None, "d")
+    assert tuple(state.diff_params_memory["w"].sharding.spec[:2]) == spec
+    assert tuple(state.diff_updates_memory["w"].sharding.spec[:2]) == spec
+    # one jitted L-BFGS + zoom step on an explicitly sharded mesh (inner products replicated)
+    fn = lambda p: jnp.sum((p["w"] - 2.0) ** 2) + jnp.sum(p["b"] ** 2)  # noqa: E731
+    opt = dlopt.lbfgs(memory_size=3)
+
+    @jax.jit
+    def step(p, s):
+        v, g = jax.value_and_grad(fn)(p)
+        return opt.update(g, s, p, value=v, grad=g, value_fn=fn)
+
+    updates, opt_state = step(params, opt.init(params))
+    assert tuple(opt_state[0].diff_params_memory["w"].sharding.spec[:2]) == spec
+    assert float(fn(dlopt.apply_updates(params, updates))) < float(fn(params))
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    assert tx.init(abstract).diff_params_memory["w"].shape == (3, 16, 2)

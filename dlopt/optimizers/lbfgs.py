@@ -98,6 +98,12 @@ def scale_by_lbfgs(
     the params); the recursion runs in float32 or wider. Updates come back in each
     parameter's dtype.
 
+    Deliberate difference from optax: for low-precision parameters the two loops run in
+    float32 (optax rounds every step to the parameters' dtype) and ``weights_memory`` is in
+    that real compute dtype; the memory rings keep the parameters' sharding (optax allocates
+    them unsharded); every argument is validated. Identical to optax for float32, float64
+    and complex parameters.
+
     Args:
         memory_size: m, the number of pairs kept, an int >= 1.
         scale_init_precond: use the scaled identity :math:`\\gamma_k I` above (else I).
@@ -210,6 +216,9 @@ def lbfgs(
     ``update`` takes ``value=``, ``grad=`` and ``value_fn=`` (`value_and_grad_from_state`
     reuses what the search computed). With ``linesearch=None`` the step is
     ``learning_rate`` (or 1).
+
+    Deliberate difference from optax: those of `scale_by_lbfgs` and of the line search, and
+    a ``linesearch`` that is not a transform is refused when the optimizer is built.
 
     Args:
         learning_rate: None (default: the line search alone sets the step) or a fixed

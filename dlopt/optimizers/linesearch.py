@@ -19,6 +19,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from dlopt import numerics, validation
 from dlopt import tree as tree_lib
@@ -73,7 +74,9 @@ def vdot_real(x: chex.ArrayTree, y: chex.ArrayTree, dtype: Any) -> jax.Array:
         f = numerics.compute_dtype(a.dtype, b.dtype)
         a, b = a.astype(f), b.astype(f)
         a = jnp.conj(a) if jnp.iscomplexobj(a) else a
-        dot = jnp.tensordot(a, b, a.ndim, precision=jax.lax.Precision.HIGHEST)
+        mesh = jax.typeof(a).sharding.mesh  # explicit sharding: say the scalar is replicated
+        out = NamedSharding(mesh, PartitionSpec()) if mesh.are_all_axes_explicit else None
+        dot = jnp.tensordot(a, b, a.ndim, precision=jax.lax.Precision.HIGHEST, out_sharding=out)
         total = total + jnp.real(dot).astype(dtype)
     return total
 
@@ -195,6 +198,10 @@ def scale_by_backtracking_linesearch(
     ``max_backtracking_steps`` are spent. A NaN or infinite value at every tried step gives
     :math:`\\eta = 0`. ``u`` must be a descent direction (:math:`\\langle u, \\nabla
     f\\rangle < 0`, e.g. ``-g`` from ``sgd`` without momentum).
+
+    Deliberate difference from optax: as in `scale_by_zoom_linesearch` (float32 scalars,
+    ``**kwargs`` value functions, validation), and ``increase_factor=inf`` after a step of 0
+    restarts at ``max_learning_rate``, its documented meaning (optax: NaN from inf * 0).
 
     Args:
         max_backtracking_steps: int >= 0, extra evaluations after the first.
@@ -365,6 +372,10 @@ def value_and_grad_from_state(
     ``jax.value_and_grad(value_fn)(params, *args, **kwargs)``, cast to the stored dtypes.
     Only for deterministic objectives: with a new batch each step, call
     ``jax.value_and_grad`` yourself.
+
+    Deliberate difference from optax: a fresh value and gradient are cast to the stored
+    dtypes, so a ``value_fn`` returning another dtype (a bfloat16 loss, say) works; in optax
+    the two branches of its ``lax.cond`` then disagree and it raises.
 
     Args:
         value_fn: the objective, ``params -> scalar`` (plus any extra arguments).

@@ -15,13 +15,13 @@ import jax.numpy as jnp
 from dlopt import tree as tree_lib
 from dlopt import validation
 from dlopt.base import GradientTransformationExtraArgs
+from dlopt.optimizers import zoom_diagnostics
 from dlopt.optimizers.linesearch import (
     add_scale,
     as_real,
     check_flag,
     check_non_negative_or_inf,
     check_positive_or_inf,
-    cond_print,
     real_dtype,
     require_objective,
     scale_updates,
@@ -29,19 +29,6 @@ from dlopt.optimizers.linesearch import (
     vdot_real,
 )
 
-# The diagnostics printed with verbose=True (optax's words: tests look for them).
-FLAG_INTERVAL_NOT_FOUND = (
-    "No interval satisfying curvature condition. "
-    "Consider increasing maximal possible stepsize of the linesearch."
-)
-FLAG_INTERVAL_TOO_SMALL = "Length of searched interval has been reduced below threshold."
-FLAG_CURVATURE_COND_NOT_SATISFIED = (
-    "Returning stepsize with sufficient decrease but curvature condition not satisfied."
-)
-FLAG_NO_STEPSIZE_FOUND = "Linesearch failed, no stepsize satisfying sufficient decrease found."
-FLAG_NOT_A_DESCENT_DIRECTION = (
-    "The linesearch failed because the provided direction is not a descent direction. "
-)
 GUESSES = ("one", "keep")
 
 
@@ -183,14 +170,9 @@ def _search_interval(c: ZoomLinesearchState, line: _Line, hp: _Hyper) -> ZoomLin
     interval_found = high_is_new | low_is_new | (error <= s(hp.tol))
     done = (error <= s(hp.tol)) | (reached & ~interval_found)
     if hp.verbose:
-        cond_print(
-            reached & ~interval_found,
-            "INFO: dlopt.scale_by_zoom_linesearch:\nValue at current params: {v0}\n"
-            "Slope along update direction: {d0}\nStepsize reached: {stepsize}\n"
-            "Decrease Error: {decrease}\nCurvature Error: {curvature}"
-            + FLAG_INTERVAL_NOT_FOUND + "\n" + FLAG_CURVATURE_COND_NOT_SATISFIED,
-            v0=line.value_init, d0=line.slope_init, stepsize=stepsize, decrease=decrease,
-            curvature=curvature,
+        zoom_diagnostics.report_interval_not_found(
+            reached & ~interval_found, line.value_init, line.slope_init, stepsize, decrease,
+            curvature,
         )  # fmt: skip
     return ZoomLinesearchState(
         tree_lib.safe_increment(c.count), stepsize, value, grad, slope, decrease, curvature,
@@ -239,37 +221,6 @@ def _zoom(c: ZoomLinesearchState, line: _Line, hp: _Hyper) -> ZoomLinesearchStat
     )  # fmt: skip
 
 
-def _failure_diagnostic(c: ZoomLinesearchState, line: _Line) -> None:
-    jax.debug.print(FLAG_NO_STEPSIZE_FOUND, ordered=True)
-    descent = line.slope_init < 0.0
-    cond_print(~descent, FLAG_NOT_A_DESCENT_DIRECTION + "The slope (={slope}) at stepsize=0 "
-               "should be negative", slope=line.slope_init)  # fmt: skip
-    cond_print(descent, "Consider augmenting the maximal number of linesearch iterations.")
-    eps = float(jnp.finfo(jnp.float32).eps)
-    cond_print(
-        descent & (c.stepsize < eps),
-        "Computed stepsize (={stepsize}) is below machine precision (={eps}), consider "
-        "passing to higher precision like x64, using jax.config.update('jax_enable_x64', "
-        "True).",
-        stepsize=c.stepsize, eps=eps,
-    )  # fmt: skip
-    cond_print(
-        descent & (jnp.abs(line.slope_init) > 1e16),
-        "Very large absolute slope at stepsize=0. (|slope|={slope}). The objective is badly "
-        "conditioned. Consider reparameterizing objective (e.g., normalizing parameters) or "
-        "finding a better guess for the initial parameters for the solver.",
-        slope=jnp.abs(line.slope_init),
-    )
-    outside = jnp.isinf(c.decrease_error)
-    cond_print(outside, "Cannot even make a step without getting Inf or Nan. The linesearch "
-               "won't make a step and the optimizer is stuck.")  # fmt: skip
-    cond_print(
-        ~outside,
-        "Making an unsafe step, not decreasing enough the objective. Convergence of the "
-        "solver is compromised as it does not reduce values.",
-    )
-
-
 def _try_safe_step(c: ZoomLinesearchState, line: _Line, hp: _Hyper) -> ZoomLinesearchState:
     """After a failure: the best step with sufficient decrease if any, else the last trial
     (or no step at all when the values are not finite)."""
@@ -277,26 +228,8 @@ def _try_safe_step(c: ZoomLinesearchState, line: _Line, hp: _Hyper) -> ZoomLines
     stepsize, value, grad = _where(use_safe, (c.safe_stepsize, c.safe_value, c.safe_grad),
                                    (c.stepsize, c.value, c.grad))  # fmt: skip
     if hp.verbose:
-        jax.debug.print(
-            "INFO: dlopt.scale_by_zoom_linesearch:\nValue at current params: {v0}\nSlope "
-            "along update direction: {d0}\nStepsize reached: {stepsize}\nDecrease Error: "
-            "{decrease}\nCurvature Error: {curvature}",
-            v0=line.value_init, d0=line.slope_init, stepsize=c.stepsize,
-            decrease=c.decrease_error, curvature=c.curvature_error, ordered=True,
-        )  # fmt: skip
-        length = jnp.abs(c.low - c.high)
-        cond_print(
-            length <= as_real(hp.interval_threshold, line.dtype),
-            FLAG_INTERVAL_TOO_SMALL + " Interval length: {length}.",
-            length=length,
-        )
-        jax.lax.cond(
-            c.safe_stepsize > 0.0,
-            lambda: jax.debug.print(FLAG_CURVATURE_COND_NOT_SATISFIED + " Stepsize ensuring "
-                                    "sufficient decrease: {s}.", s=c.safe_stepsize,
-                                    ordered=True),
-            lambda: _failure_diagnostic(c, line),
-        )  # fmt: skip
+        zoom_diagnostics.report_failure(c, line.value_init, line.slope_init,
+                                        as_real(hp.interval_threshold, line.dtype))  # fmt: skip
     return c._replace(stepsize=stepsize, value=value, grad=grad)
 
 
@@ -329,6 +262,15 @@ def scale_by_zoom_linesearch(
     \\langle \\nabla f(w), u\\rangle` is accepted instead once :math:`f(w + \\eta u) \\le
     f(w) + c_3 |f(w)|` (:math:`c_3` = ``approx_dec_rtol``; None turns it off). When the
     steps run out, the best step with sufficient decrease is taken.
+
+    Deliberate difference from optax (also in `scale_by_backtracking_linesearch`): step
+    sizes, values, slopes and errors are float32 (float64 with 64-bit params) whatever the
+    parameters' precision (optax: the first leaf's real dtype, e.g. bfloat16), trial points
+    are formed at that precision and cast to each parameter's dtype, and the state keeps
+    those dtypes (int32 step counts); a ``value_fn`` taking ``**kwargs`` receives every extra
+    argument (optax passes only its named parameters and raises on the rest); a missing
+    ``value=``, ``grad=`` or ``value_fn=`` raises a ``TypeError`` saying how to call it;
+    every argument is validated. Identical to optax for float32/float64/complex params.
 
     Args:
         max_linesearch_steps: int >= 1, evaluations of ``value_fn`` per search.
