@@ -262,7 +262,9 @@ def scale_by_backtracking_linesearch(
         dtype = real_dtype(params)
         s = functools.partial(as_real, dtype=dtype)
         value = as_real(value, dtype)
-        # the slope of eta -> f(w + eta u) at 0, written as optax does (conj on grad)
+        # the slope of eta -> f(w + eta u) at 0, written as optax does: Re sum(conj(u)
+        # conj(g)); for complex params that is the slope when grad is jax.grad's raw output
+        # (the zoom search, like optax's, expects the conjugate: Re sum(conj(u) g))
         slope = vdot_real(updates, jax.tree.map(jnp.conj, grad), dtype)
         max_steps = max_backtracking_steps
 
