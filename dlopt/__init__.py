@@ -107,6 +107,22 @@ from dlopt.optimizers.trust_ratio import lars as lars
 from dlopt.optimizers.trust_ratio import scale_by_trust_ratio as scale_by_trust_ratio
 
 # --- optimizers: second order (lbfgs and the line searches)
+from dlopt.optimizers.lbfgs import ScaleByLBFGSState as ScaleByLBFGSState
+from dlopt.optimizers.lbfgs import lbfgs as lbfgs
+from dlopt.optimizers.lbfgs import scale_by_lbfgs as scale_by_lbfgs
+from dlopt.optimizers.linesearch import BacktrackingLinesearchInfo as BacktrackingLinesearchInfo
+from dlopt.optimizers.linesearch import (
+    ScaleByBacktrackingLinesearchState as ScaleByBacktrackingLinesearchState,
+)
+from dlopt.optimizers.linesearch import (
+    scale_by_backtracking_linesearch as scale_by_backtracking_linesearch,
+)
+from dlopt.optimizers.linesearch import value_and_grad_from_state as value_and_grad_from_state
+from dlopt.optimizers.zoom_linesearch import (
+    ScaleByZoomLinesearchState as ScaleByZoomLinesearchState,
+)
+from dlopt.optimizers.zoom_linesearch import ZoomLinesearchInfo as ZoomLinesearchInfo
+from dlopt.optimizers.zoom_linesearch import scale_by_zoom_linesearch as scale_by_zoom_linesearch
 
 # --- optimizers: modern (muon, soap, adopt, ademamix)
 from dlopt.optimizers.ademamix import ScaleByAdemamixState as ScaleByAdemamixState

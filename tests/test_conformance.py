@@ -13,6 +13,7 @@ import cases_adam_family
 import cases_large_batch
 import cases_modern
 import cases_schedule_free
+import cases_second_order
 import jax
 import jax.numpy as jnp
 import pytest
@@ -175,6 +176,7 @@ TRANSFORMS = [
     *cases_large_batch.CONFORMANCE,
     *cases_modern.CONFORMANCE,
     *cases_schedule_free.CONFORMANCE,
+    *cases_second_order.CONFORMANCE,
 ]
 
 

@@ -24,6 +24,7 @@ import cases_adam_family
 import cases_large_batch
 import cases_modern
 import cases_schedule_free
+import cases_second_order
 import jax
 import jax.numpy as jnp
 import pytest
@@ -48,7 +49,9 @@ REQUIRED: dict[str, Any] = {
     "max_consecutive_errors": 3,
     "every_k": 2,
 }
-GROUPS = (cases_adam_family, cases_large_batch, cases_modern, cases_schedule_free)
+GROUPS = (
+    cases_adam_family, cases_large_batch, cases_modern, cases_schedule_free, cases_second_order,
+)  # fmt: skip
 for group in GROUPS:
     REQUIRED |= group.REQUIRED
 # Factories whose arguments are all transforms, trees or callables: nothing numeric to probe.
@@ -66,6 +69,10 @@ NO_HYPERPARAMETERS = {
 }.union(*(group.NO_HYPERPARAMETERS for group in GROUPS))
 NUMERIC_HINTS = ("Numeric", "float", "int", "Schedule", "Array")
 EXTRA_ARGS = {"value": jnp.asarray(1.0, jnp.float32)}
+# Per factory, a function of the params giving more extra arguments (value_fn=, grad=, ...),
+# and the (factory, argument) pairs where None is a documented value (accepted, not raised).
+FACTORY_EXTRA_ARGS = {k: v for group in GROUPS for k, v in getattr(group, "EXTRA_ARGS", {}).items()}
+NONE_IS_VALID = set().union(*(getattr(group, "NONE_IS_VALID", set()) for group in GROUPS))
 PARAMS = {"w": jnp.linspace(-1.0, 1.0, 6, dtype=jnp.float32).reshape(3, 2), "b": jnp.ones(2)}
 GRADS = jax.tree.map(lambda p: 0.3 * p + 0.1, PARAMS)
 
@@ -79,8 +86,8 @@ def _is_numeric(param: inspect.Parameter) -> bool:
     return any(h in hint for h in NUMERIC_HINTS) and "bool" not in hint.split("|")[0]
 
 
-def _probes(param: inspect.Parameter) -> list[tuple[str, Any, bool]]:
-    """``(label, value, must_raise)`` for one parameter."""
+def _probes(factory: str, param: inspect.Parameter) -> list[tuple[str, Any, bool]]:
+    """``(label, value, must_raise)`` for one parameter of ``factory``."""
     if isinstance(param.default, str):
         return [("bogus string", "no-such-option", True)]
     if not _is_numeric(param):
@@ -90,8 +97,9 @@ def _probes(param: inspect.Parameter) -> list[tuple[str, Any, bool]]:
     probes = [("string", str(magnitude), True), ("nan", math.nan, True)]
     if param.default is not None:
         # None is a documented value when the annotation names it (optax's
-        # adafactor(clipping_threshold=None) turns clipping off): then it must only be valid.
-        probes.append(("None", None, "None" not in str(param.annotation)))
+        # adafactor(clipping_threshold=None) turns clipping off), or NONE_IS_VALID says so
+        none_valid = "None" in str(param.annotation) or (factory, param.name) in NONE_IS_VALID
+        probes.append(("None", None, not none_valid))
     probes += [("inf", math.inf, False), ("negative", -magnitude, False)]
     return probes
 
@@ -100,7 +108,7 @@ def _cases() -> list[tuple[str, str, str, Any, bool]]:
     cases = []
     for name in sorted(exported_transform_factories() - NO_HYPERPARAMETERS):
         for param in inspect.signature(getattr(dlopt, name)).parameters.values():
-            for label, value, must_raise in _probes(param):
+            for label, value, must_raise in _probes(name, param):
                 cases.append((name, param.name, label, value, must_raise))
     return cases
 
@@ -121,9 +129,10 @@ def _build(factory_name: str, **override: Any):
     return factory(**{**kwargs, **override})
 
 
-def _first_step_is_finite(tx) -> bool:
+def _first_step_is_finite(tx, factory: str) -> bool:
     tx = dlopt.with_extra_args_support(tx)
-    updates, state = tx.update(GRADS, tx.init(PARAMS), PARAMS, **EXTRA_ARGS)
+    extra = EXTRA_ARGS | FACTORY_EXTRA_ARGS.get(factory, lambda params: {})(PARAMS)
+    updates, state = tx.update(GRADS, tx.init(PARAMS), PARAMS, **extra)
     leaves = jax.tree.leaves((updates, state))
     return all(
         bool(jnp.all(jnp.isfinite(x))) for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)
@@ -132,7 +141,7 @@ def _first_step_is_finite(tx) -> bool:
 
 def test_every_factory_builds_with_its_defaults_and_steps():
     for name in sorted(exported_transform_factories() - NO_HYPERPARAMETERS):
-        assert _first_step_is_finite(_build(name)), name
+        assert _first_step_is_finite(_build(name), name), name
 
 
 def test_the_probe_table_is_not_empty():
@@ -153,7 +162,7 @@ def test_bad_hyperparameters_fail_at_construction_naming_the_argument(
         assert argument in str(error), f"{factory}({argument}={value!r}) raised: {error}"
         return
     assert not must_raise, f"{factory}({argument}={value!r}) was accepted"
-    assert _first_step_is_finite(tx), (
+    assert _first_step_is_finite(tx, factory), (
         f"{factory}({argument}={value!r}) was accepted but its first step is not finite; "
         "reject it at construction, naming the argument"
     )

@@ -15,6 +15,7 @@ import cases_adam_family
 import cases_large_batch
 import cases_modern
 import cases_schedule_free
+import cases_second_order
 import cases_seed
 import chex
 import jax
@@ -40,6 +41,7 @@ OPTIMIZERS = [
     *cases_large_batch.CASES,
     *cases_modern.CASES,
     *cases_schedule_free.CASES,
+    *cases_second_order.CASES,
 ]
 CASES = {case.name: case for case in OPTIMIZERS}
 STEPS = 100
