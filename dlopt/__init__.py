@@ -211,6 +211,11 @@ from dlopt.wrappers import apply_if_finite as apply_if_finite
 from dlopt.wrappers import multi_steps as multi_steps
 from dlopt.fused import fused as fused
 
+# --- mixed precision (a loss-scaling policy for the train steps, not a transform)
+from dlopt.loss_scale import DynamicLossScale as DynamicLossScale
+from dlopt.loss_scale import DynamicLossScaleState as DynamicLossScaleState
+from dlopt.loss_scale import dynamic_loss_scale as dynamic_loss_scale
+
 # --- wrappers and elementwise transforms (cautious, lookahead, ema, sam, freeze, ...)
 from dlopt.cautious import cautious as cautious
 from dlopt.constraints import NonNegativeParamsState as NonNegativeParamsState

@@ -4,6 +4,11 @@ Importing this package imports flax; ``import dlopt`` alone does not.
 """
 
 from dlopt.training import monitor as monitor
+from dlopt.training.averaging import SWA as SWA
+from dlopt.training.averaging import Averages as Averages
+from dlopt.training.averaging import ModelEMA as ModelEMA
+from dlopt.training.averaging import swap_averages as swap_averages
+from dlopt.training.batchnorm import update_bn as update_bn
 from dlopt.training.callbacks import Callback as Callback
 from dlopt.training.callbacks import EarlyStopping as EarlyStopping
 from dlopt.training.callbacks import LambdaCallback as LambdaCallback

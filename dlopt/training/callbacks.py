@@ -73,6 +73,11 @@ class Callback:
         """Whether `fit` must call `on_train_batch_end` (a host sync per batch)."""
         return type(self).on_train_batch_end is not Callback.on_train_batch_end
 
+    def prepare_state(self, state: Any) -> Any:
+        """Called by `fit` first, before a backup is restored: adds what this callback keeps
+        in the training state (`ModelEMA`'s average), so a backup restores into it."""
+        return state
+
     def on_train_begin(self, state: Any, history: Any) -> Any:
         """Called once before the first epoch."""
         del history
@@ -86,6 +91,17 @@ class Callback:
     def on_train_batch_end(self, batch: int, state: Any, logs: dict[str, float]) -> Any:
         """Called after every train step with its metrics, when `uses_batch_hook`."""
         del batch, logs
+        return state
+
+    def on_epoch_train_end(self, epoch: int, state: Any, history: Any) -> Any:
+        """Called after the epoch's train steps, before its validation (`SWA` averages here)."""
+        del epoch, history
+        return state
+
+    def eval_state(self, epoch: int, state: Any) -> Any:
+        """The state the epoch's validation runs on (default ``state``; training goes on from
+        ``state``). `ModelEMA` and `SWA` with ``eval_on_average=True`` give the average."""
+        del epoch
         return state
 
     def on_epoch_end(self, epoch: int, state: Any, history: Any, logs: dict[str, float]) -> Any:

@@ -4,7 +4,7 @@ A checkpoint is one directory ``<directory>/<n>`` holding everything a run needs
 
 * ``state``: the whole training-state pytree (step, params, optimizer state with its schedule
   counts, injected hyperparameters and plateau state, model state, RNG key data, skipped-step
-  count);
+  count, and the parameter averages of ModelEMA/SWA and the loss-scale state when used);
 * ``history``: the `History` up to the saved epoch, as JSON;
 * ``callbacks``: the ``state_dict()`` of every callback of the run (EarlyStopping's counters,
   best value and best weights, ReduceLROnPlateau's plateau state, ModelCheckpoint's best

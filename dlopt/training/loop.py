@@ -149,10 +149,11 @@ def fit(
     over it. The epoch's logs are example-weighted means (by ``"num_examples"``, the valid
     rows) of the steps' metrics: ``"loss"`` and the loss function's metrics, and their
     ``"val_"`` twins; exact for per-example means such as loss and accuracy. Callbacks see
-    ``on_train_begin``, ``on_epoch_begin``, ``on_train_batch_end`` (only those whose
-    ``uses_batch_hook`` is true, as it costs a host sync per batch), ``on_epoch_end`` and
-    ``on_train_end``, each returning the state; training stops after the batch or epoch in
-    which a callback sets ``stop_training``.
+    ``prepare_state`` (before a backup is restored), ``on_train_begin``, ``on_epoch_begin``,
+    ``on_train_batch_end`` (only those whose ``uses_batch_hook`` is true, as it costs a host
+    sync per batch), ``on_epoch_train_end`` (before validation), ``eval_state`` (the state
+    validation runs on), ``on_epoch_end`` and ``on_train_end``, each returning the state;
+    training stops after the batch or epoch in which a callback sets ``stop_training``.
 
     Args:
         state: the `TrainState` (replicated for a pmap step, sharded for a mesh step).
@@ -197,6 +198,9 @@ def fit(
     for cb in callbacks:
         if callable(getattr(cb, "set_callbacks", None)):
             cb.set_callbacks(callbacks)
+    for cb in callbacks:
+        prepare = getattr(cb, "prepare_state", None)
+        state = prepare(state) if callable(prepare) else state
     stopped = False
     for cb in callbacks:
         resume = getattr(cb, "resume", None)
@@ -223,10 +227,17 @@ def fit(
                     state = cb.on_train_batch_end(i, state, logs)
                 if _stop(callbacks):
                     break
+        for cb in callbacks:
+            hook = getattr(cb, "on_epoch_train_end", None)
+            state = hook(epoch, state, history) if callable(hook) else state
         logs = mean.result()
         if val_data is not None:
             val = _epoch_batches(val_data, epoch, "val_data")
-            logs.update({f"val_{k}": v for k, v in evaluate(state, val, eval_step).items()})
+            val_state = state
+            for cb in callbacks:
+                hook = getattr(cb, "eval_state", None)
+                val_state = hook(epoch, val_state) if callable(hook) else val_state
+            logs.update({f"val_{k}": v for k, v in evaluate(val_state, val, eval_step).items()})
         history.append(logs)
         shown.epoch_end(epoch, logs)
         for cb in epoch_end:

@@ -3,7 +3,9 @@
 Params, optimizer state, step count, model state (BatchNorm ``batch_stats``, an nnx state, or
 ``{}``), the RNG for dropout (raw ``uint32`` key data, so it saves and donates like any array)
 and a count of steps skipped for non-finite gradients. The optimizer ``tx`` and the model's
-``apply_fn`` ride along as static fields.
+``apply_fn`` ride along as static fields. Two optional parts (None when unused): ``averages``,
+the parameter averages of `dlopt.training.ModelEMA` / `dlopt.training.SWA`, and
+``loss_scale``, the `dlopt.DynamicLossScaleState` of a loss-scaled step.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def key_data(rng: Any) -> jax.Array:
 
 @struct.dataclass
 class TrainState:
-    """A training state pytree: ``step, params, opt_state, model_state, rng, skipped_steps``.
+    """A training state pytree: ``step, params, opt_state, model_state, rng, skipped_steps``
+    (and ``averages``, ``loss_scale`` when used, else None).
 
     ``variables`` is the Flax linen view ``{"params": params, **model_state}``;
     ``apply_gradients`` runs one optimizer update. Use `TrainState.create` to build one.
@@ -65,6 +68,9 @@ class TrainState:
     skipped_steps: jax.Array
     tx: GradientTransformation = struct.field(pytree_node=False)
     apply_fn: Callable[..., Any] | None = struct.field(pytree_node=False)
+    # optional parts, keyword-only (a subclass may still add fields without defaults)
+    averages: Any = struct.field(default=None, kw_only=True)  # ModelEMA's, SWA's, or None
+    loss_scale: Any = struct.field(default=None, kw_only=True)  # DynamicLossScaleState or None
 
     @classmethod
     def create(
@@ -75,6 +81,7 @@ class TrainState:
         tx: GradientTransformation,
         rng: Any,
         model_state: chex.ArrayTree | None = None,
+        loss_scale: Any | None = None,
     ) -> TrainState:
         """A fresh state: ``step = 0``, ``opt_state = tx.init(params)``, no skipped steps.
 
@@ -84,6 +91,8 @@ class TrainState:
             tx: the optimizer, a dlopt or optax `GradientTransformation`.
             rng: an int seed, a ``jax.random.key`` or raw key data; stored as raw key data.
             model_state: non-trainable model variables (``{"batch_stats": ...}``), default ``{}``.
+            loss_scale: a `dlopt.dynamic_loss_scale` policy: its initial state is stored in
+                ``state.loss_scale`` (pass the same policy to the train step).
 
         Returns:
             A `TrainState`.
@@ -97,6 +106,7 @@ class TrainState:
             skipped_steps=jnp.zeros((), jnp.int32),
             tx=tx,
             apply_fn=apply_fn,
+            loss_scale=None if loss_scale is None else loss_scale.init(),
         )
 
     @property

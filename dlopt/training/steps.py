@@ -18,7 +18,9 @@ used to weight batch means into exact epoch means). Metrics must be scalar per-e
 
 Every builder shares one step (`train_step_fn`): gradients (`gradients`, micro-batches summed
 in a float32 accumulator), the update through `TrainState.apply_gradients`, and the NaN/Inf
-guard `dlopt.wrappers.guarded` (a ``lax.cond``); its flags are one `StepOptions`.
+guard `dlopt.wrappers.guarded` (a ``lax.cond``); its flags are one `StepOptions`. Two
+optional parts ride in the state: ``state.averages`` (a `dlopt.training.ModelEMA` average,
+updated after each applied update) and ``state.loss_scale`` (with ``loss_scale=``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import jax.numpy as jnp
 
 from dlopt import tree as tree_lib
 from dlopt.base import GradientTransformation
+from dlopt.loss_scale import DynamicLossScale
 from dlopt.training.state import TrainState
 from dlopt.wrappers import accumulate, accumulation_dtype, all_finite, count_nonfinite, guarded
 
@@ -54,12 +57,18 @@ class StepOptions:
         loss_as_value: pass the batch loss as ``value=`` to ``tx.update`` (plateau
             transforms); an explicit ``value=`` keyword to the step wins.
         donate: donate the input state's buffers (the old state is unusable after a call).
+        loss_scale: a `dlopt.dynamic_loss_scale` policy, or None: the loss is multiplied by
+            the state's scale :math:`S` before differentiation and the gradients divided by
+            it; a step with non-finite gradients is skipped (whatever ``skip_nonfinite``)
+            and :math:`S` adjusted. The state must hold its state
+            (``TrainState.create(..., loss_scale=policy)``).
     """
 
     accumulation_steps: int = 1
     skip_nonfinite: bool = True
     loss_as_value: bool = False
     donate: bool = True
+    loss_scale: DynamicLossScale | None = None
 
     def __post_init__(self):
         k = self.accumulation_steps
@@ -71,6 +80,11 @@ class StepOptions:
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"{name} must be True or False, got {name}={value!r}.")
+        if self.loss_scale is not None and not isinstance(self.loss_scale, DynamicLossScale):
+            raise ValueError(
+                "loss_scale must be a dlopt.dynamic_loss_scale(...) policy or None, got "
+                f"loss_scale={self.loss_scale!r}."
+            )
 
     @classmethod
     def merge(cls, options: StepOptions | None, flags: Mapping[str, Any]) -> StepOptions:
@@ -135,6 +149,7 @@ def gradients(
     *,
     accumulation_steps: int = 1,
     weighted: bool = False,
+    scale_loss: Callable[[jax.Array], jax.Array] | None = None,
 ) -> tuple[Any, Any, dict[str, jax.Array], jax.Array]:
     """Gradients, new model state, metric sums and the valid-row count of one batch.
 
@@ -145,12 +160,14 @@ def gradients(
     sum; with ``weighted=True`` (a device of a data-parallel step) ``grads`` is the weighted
     sum too, so sums over devices divide into exact means; otherwise ``grads`` is the plain
     gradient of the loss. The model state is threaded through the micro-batches in order.
+    With ``scale_loss`` (loss scaling) the gradients are those of ``scale_loss(loss)``; the
+    metrics keep the unscaled loss.
     """
 
     def one(model_state, micro, rng):
         def objective(p):
             loss, new_ms, metrics = _call_loss(loss_fn, p, micro, model_state, rng, True)
-            return loss, (new_ms, metrics)
+            return (loss if scale_loss is None else scale_loss(loss)), (new_ms, metrics)
 
         w = batch_weight(micro)
         (_, (new_ms, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(params)
@@ -210,12 +227,24 @@ def train_step_fn(
     """
     options = options if options is not None else StepOptions()
     k = options.accumulation_steps
+    policy = options.loss_scale
 
     def step(state: TrainState, batch: Any, **extra_args: Any):
         step_key = jax.random.fold_in(state.key, state.step)
         if axis_name is not None and per_device_rng:
             step_key = jax.random.fold_in(step_key, jax.lax.axis_index(axis_name))
         parallel = axis_name is not None
+        scale_loss = None
+        if policy is not None:
+            if getattr(state, "loss_scale", None) is None:
+                raise ValueError(
+                    "the step has loss_scale= but the state holds no loss-scale state: build "
+                    "it with TrainState.create(..., loss_scale=policy) (the same policy)."
+                )
+
+            def scale_loss(loss):
+                return policy.scale_loss(loss, state.loss_scale)
+
         grads, model_state, metrics, w = gradients(
             loss_fn,
             state.params,
@@ -224,6 +253,7 @@ def train_step_fn(
             step_key,
             accumulation_steps=k,
             weighted=parallel,
+            scale_loss=scale_loss,
         )
         if parallel:
             w_total = jax.lax.psum(w, axis_name)
@@ -235,11 +265,15 @@ def train_step_fn(
         if parallel or k > 1:  # example-weighted sums -> means, in the params' dtypes
             grads = _divided(grads, w_total, like=state.params)
         metrics = _divided(metrics, w_total)
+        if policy is not None:
+            grads = policy.unscale(grads, state.loss_scale)
         if options.loss_as_value:
             extra_args = {"value": metrics["loss"], **extra_args}
 
         def apply(s: TrainState) -> TrainState:
-            return s.apply_gradients(grads, **extra_args).replace(model_state=model_state)
+            new = s.apply_gradients(grads, **extra_args).replace(model_state=model_state)
+            averages = getattr(new, "averages", None)  # ModelEMA's average, after the update
+            return new if averages is None else new.replace(averages=averages.after_step(new))
 
         def apply_alike(s: TrainState) -> TrainState:  # both lax.cond branches: one type
             new = apply(s)
@@ -253,8 +287,11 @@ def train_step_fn(
             return s.replace(step=tree_lib.safe_increment(s.step), skipped_steps=skipped)
 
         current = state if tx is None else state.replace(tx=tx)
-        if options.skip_nonfinite:
-            new = guarded(all_finite((grads, metrics)), apply_alike, skip, current)
+        if options.skip_nonfinite or policy is not None:
+            finite = all_finite((grads, metrics) if options.skip_nonfinite else grads)
+            new = guarded(finite, apply_alike, skip, current)
+            if policy is not None:
+                new = new.replace(loss_scale=policy.adjust(state.loss_scale, finite))
         else:
             new = apply(current)
         return new.replace(tx=state.tx), {**metrics, NUM_EXAMPLES: w_total}
@@ -306,7 +343,8 @@ def make_train_step(
         tx: the optimizer; default ``state.tx`` (it must match the one that built opt_state).
         options: a `StepOptions`.
         **flags: `StepOptions` fields as keywords (``accumulation_steps``,
-            ``skip_nonfinite``, ``loss_as_value``, ``donate``), overriding ``options``.
+            ``skip_nonfinite``, ``loss_as_value``, ``donate``, ``loss_scale``), overriding
+            ``options``.
 
     Returns:
         The jitted step. Extra keyword arguments (``value=``) are forwarded to ``tx.update``.
