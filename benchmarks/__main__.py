@@ -57,6 +57,9 @@ def parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     p.add_argument("--trees", nargs="+", choices=TREES, default=None)
     p.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=None)
     p.add_argument("--no-train", action="store_true", help="skip the train-step benchmark")
+    p.add_argument(
+        "--no-shelf", action="store_true", help="skip the rest-of-the-shelf optimizers table"
+    )
     p.add_argument("--no-memory", action="store_true", help="skip the optimizer-memory table")
     p.add_argument(
         "--memory-cap-gb",
@@ -85,7 +88,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m benchmarks
     if args.name is not None and (not args.name.strip() or os.sep in args.name):
         p.error(f"--name must be a plain file stem, got {args.name!r}")
 
-    from benchmarks import memory, report, roofline, train_step, update_step
+    from benchmarks import memory, report, roofline, shelf, train_step, update_step
 
     reps = args.reps or (5 if quick else 25)
     large_size = args.large_size or (2**20 if quick else 16 * 2**20)
@@ -107,7 +110,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m benchmarks
         "machine": report.machine(),
         "load_start": os.getloadavg()[0],
     }
-    log = report.progress_log(len(trees) * len(optimizers) + len(models))
+    shelf_trees = [] if args.no_shelf or quick else list(shelf.TREES)
+    log = report.progress_log(
+        len(trees) * len(optimizers) + len(models) + len(shelf_trees) * len(shelf.SHELF)
+    )
     print(f"devices: {data['machine']['devices']}; reps {reps}", flush=True)
     print("update step (speed-up over optax, > 1 is faster):", flush=True)
     data["update"] = update_step.run(trees, optimizers, reps=reps, large_size=large_size, log=log)
@@ -117,6 +123,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m benchmarks
     if models:
         print("train step (speed-up over optax, > 1 is faster):", flush=True)
     data["train"] = train_step.run(models, reps=reps, log=log) if models else []
+    if shelf_trees:
+        print("the rest of the shelf (speed-up over optax, > 1 is faster):", flush=True)
+        data["shelf"] = shelf.run(shelf_trees, list(shelf.SHELF), reps=reps, log=log)
+        data.setdefault("sections", []).append(shelf.section(data["shelf"]))
     if not args.no_memory:
         data["memory"] = memory.run(quick=quick, reps=reps, cap_gb=args.memory_cap_gb)
     data["load_end"] = os.getloadavg()[0]

@@ -170,6 +170,11 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
     for row in data.get("train", []):
         s = speedup(row["results"]["dlopt"])
         add(f"train {row['model']}: dlopt no slower than optax", f"speed-up {s:.3f}x", s >= 1.0)
+    if data.get("shelf"):
+        from benchmarks import shelf
+
+        for target in shelf.targets(data["shelf"]):
+            add(*target)
     if data.get("memory"):
         from benchmarks import memory  # memory imports update_step, which imports this module
 
