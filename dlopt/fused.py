@@ -67,7 +67,7 @@ class Layout(NamedTuple):
 
     treedef: Any
     slots: tuple[Slot, ...]  # one per leaf, in tree order
-    groups: tuple[tuple[Hashable, str, int], ...]  # (label, key, total size), sorted
+    groups: tuple[tuple[Hashable, str, int], ...]  # (label, key, buffer size), sorted
 
     @property
     def num_leaves(self) -> int:
@@ -88,7 +88,10 @@ def _labels(tree: chex.ArrayTree, group_by: GroupBy, num_leaves: int) -> list[Ha
 
 
 def layout_of(
-    tree: chex.ArrayTree, group_by: GroupBy = None, pack_below: int | None = PACK_BELOW
+    tree: chex.ArrayTree,
+    group_by: GroupBy = None,
+    pack_below: int | None = PACK_BELOW,
+    pad_to: int = 1,
 ) -> Layout:
     """The `Layout` of ``tree``: leaves grouped by (label, dtype), packed in tree order.
 
@@ -98,10 +101,14 @@ def layout_of(
             callable ``tree -> labels``. Labels must be mutually sortable (all str, say).
         pack_below: leaves of at least this many elements keep their own buffer (packing
             them would only add a copy); None packs every leaf.
+        pad_to: every buffer's size is rounded up to a multiple of this (zero padding after
+            the last leaf), so that it splits into equal shards over that many devices.
 
     Returns:
         The `Layout`.
     """
+    if isinstance(pad_to, bool) or not isinstance(pad_to, int) or pad_to < 1:
+        raise ValueError(f"pad_to must be an int >= 1, got pad_to={pad_to!r}.")
     leaves, treedef = jax.tree.flatten(tree)
     labels = _labels(tree, group_by, len(leaves))
     sizes: dict[tuple[Hashable, str], int] = {}
@@ -115,7 +122,9 @@ def layout_of(
         offset = sizes.get((label, key), 0)
         sizes[(label, key)] = offset + size
         slots.append(Slot(label, key, shape, offset, size))
-    groups = tuple((label, key, size) for (label, key), size in sorted(sizes.items()))
+    groups = tuple(
+        (label, key, -(-size // pad_to) * pad_to) for (label, key), size in sorted(sizes.items())
+    )
     return Layout(treedef, tuple(slots), groups)
 
 
@@ -130,11 +139,14 @@ def pack(tree: chex.ArrayTree, layout: Layout) -> dict[Hashable, dict[str, jax.A
     for leaf, slot in zip(leaves, layout.slots, strict=True):
         members.setdefault((slot.label, slot.key), []).append(jnp.ravel(leaf))
     buffers: dict[Hashable, dict[str, jax.Array]] = {}
-    for label, dtype, _ in layout.groups:
+    for label, dtype, size in layout.groups:
         parts = members[(label, dtype)]
         if len({p.dtype for p in parts}) > 1:
             wide = max((p.dtype for p in parts), key=lambda d: jnp.finfo(d).bits)
             parts = [p.astype(wide) for p in parts]
+        used = sum(p.size for p in parts)
+        if size > used:  # padding (``pad_to``)
+            parts = [*parts, jnp.zeros(size - used, parts[0].dtype)]
         packed = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
         buffers.setdefault(label, {})[dtype] = packed
     return buffers
@@ -153,7 +165,10 @@ def unpack(
         pieces[(label, dtype)] = iter(jnp.split(buf, cuts) if cuts else [buf])
     leaves = []
     for slot, dtype in zip(layout.slots, dtypes or [None] * layout.num_leaves, strict=True):
-        leaf = next(pieces[(slot.label, slot.key)]).reshape(slot.shape)
+        piece = next(pieces[(slot.label, slot.key)])
+        if piece.size != slot.size:  # the last leaf of a padded buffer
+            piece = piece[: slot.size]
+        leaf = piece.reshape(slot.shape)
         leaves.append(leaf if dtype is None else leaf.astype(dtype))
     return layout.treedef.unflatten(leaves)
 
@@ -207,7 +222,11 @@ jax.tree_util.register_pytree_with_keys(
 
 
 def flatten(
-    tree: chex.ArrayTree, *, group_by: GroupBy = None, pack_below: int | None = PACK_BELOW
+    tree: chex.ArrayTree,
+    *,
+    group_by: GroupBy = None,
+    pack_below: int | None = PACK_BELOW,
+    pad_to: int = 1,
 ) -> FlatParams:
     """Packs ``tree`` into a `FlatParams` (one contiguous buffer per label and dtype).
 
@@ -215,6 +234,8 @@ def flatten(
         tree: the parameter pytree.
         group_by: labels per leaf (tree or callable), as in `fused`.
         pack_below: leaves this large keep their own buffer, as in `fused`.
+        pad_to: round every buffer up to a multiple of this many elements (zeros), e.g. the
+            device count, so buffers shard evenly (ZeRO-1 over a mesh).
 
     Returns:
         A `FlatParams`; ``.unflatten()`` gives ``tree`` back.
@@ -225,7 +246,7 @@ def flatten(
         >>> flatten({"a": jnp.ones(3), "b": jnp.ones(2, jnp.bfloat16)}).layout.groups
         (('params', 'bfloat16', 2), ('params', 'float32', 3))
     """
-    layout = layout_of(tree, group_by, pack_below)
+    layout = layout_of(tree, group_by, pack_below, pad_to)
     return FlatParams(pack(tree, layout), layout)
 
 

@@ -34,10 +34,13 @@ class MLP(nn.Module):
 
     axis_name: str | None = None
     per_example_dropout: bool = True
+    # a bias before BatchNorm is cancelled by it: its gradient is round-off, which Adam turns
+    # into full steps, so its value then depends on the summation order (the device count)
+    bias_before_norm: bool = True
 
     @nn.compact
     def __call__(self, x, index, *, train: bool):
-        x = nn.Dense(16)(x)
+        x = nn.Dense(16, use_bias=self.bias_before_norm)(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, axis_name=self.axis_name)(x)
         x = nn.relu(x)
         if self.per_example_dropout:

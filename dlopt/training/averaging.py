@@ -85,7 +85,7 @@ class Averages:
         """Called by the train step after an applied update: ``rule``'s update, if any."""
         if self.rule is None:
             return self
-        return self.rule.update(self, state.params, state.step)
+        return self.rule.update(self, state.stored_params, state.step)
 
 
 def with_averages(state: Any, rule: EmaRule | None = None) -> Any:
@@ -94,10 +94,10 @@ def with_averages(state: Any, rule: EmaRule | None = None) -> Any:
     averages = getattr(state, "averages", None)
     if averages is None:
         averages = Averages(
-            count=jnp.zeros_like(state.step), params=tree_lib.copy(state.params), rule=rule
+            count=jnp.zeros_like(state.step), params=tree_lib.copy(state.stored_params), rule=rule
         )
     else:
-        tree_lib.check_matching_trees(state.params, averages.params, "params", "averages")
+        tree_lib.check_matching_trees(state.stored_params, averages.params, "params", "averages")
         averages = averages.replace(rule=rule)
     return state.replace(averages=averages)
 
@@ -112,7 +112,9 @@ def swap_averages(state: Any) -> Any:
     averages = getattr(state, "averages", None)
     if averages is None:
         raise ValueError("the state holds no averages: train it with ModelEMA or SWA.")
-    return state.replace(params=averages.params, averages=averages.replace(params=state.params))
+    return state.replace(
+        params=averages.params, averages=averages.replace(params=state.stored_params)
+    )
 
 
 def _swa_leaf(a: chex.Array, p: chex.Array, w: chex.Array) -> chex.Array:
@@ -319,7 +321,7 @@ class SWA(_Averaging):
         del history
         if epoch < self.start_epoch:
             return state
-        return state.replace(averages=_swa_update(state.averages, state.params))
+        return state.replace(averages=_swa_update(state.averages, state.stored_params))
 
     def eval_state(self, epoch: int, state: Any) -> Any:
         averaged = super().eval_state(epoch, state)

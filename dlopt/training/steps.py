@@ -21,6 +21,11 @@ in a float32 accumulator), the update through `TrainState.apply_gradients`, and 
 guard `dlopt.wrappers.guarded` (a ``lax.cond``); its flags are one `StepOptions`. Two
 optional parts ride in the state: ``state.averages`` (a `dlopt.training.ModelEMA` average,
 updated after each applied update) and ``state.loss_scale`` (with ``loss_scale=``).
+
+A flat state (``TrainState.create(..., flat=True)``) is differentiated with respect to its
+flat buffers (``state.stored_params``): the loss function still gets the params tree (a view
+of the buffers), the gradients come back flat, and the optimizer runs as ``dlopt.fused(tx)``
+over the buffers, one fused pass each.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import jax.numpy as jnp
 
 from dlopt import tree as tree_lib
 from dlopt.base import GradientTransformation
+from dlopt.fused import FlatParams
 from dlopt.loss_scale import DynamicLossScale
 from dlopt.training.state import TrainState
 from dlopt.wrappers import accumulate, accumulation_dtype, all_finite, count_nonfinite, guarded
@@ -106,6 +112,8 @@ def batch_weight(batch: Any) -> jax.Array:
 
 
 def _call_loss(loss_fn, params, batch, model_state, rng, train):
+    if isinstance(params, FlatParams):  # the loss sees the tree; gradients stay flat
+        params = params.unflatten()
     out = loss_fn(params, batch, model_state=model_state, rng=rng, train=train)
     loss, aux = out if isinstance(out, tuple) else (out, {})
     aux = dict(aux or {})
@@ -247,7 +255,7 @@ def train_step_fn(
 
         grads, model_state, metrics, w = gradients(
             loss_fn,
-            state.params,
+            state.stored_params,
             batch,
             state.model_state,
             step_key,
@@ -263,7 +271,7 @@ def train_step_fn(
         else:
             w_total = w
         if parallel or k > 1:  # example-weighted sums -> means, in the params' dtypes
-            grads = _divided(grads, w_total, like=state.params)
+            grads = _divided(grads, w_total, like=state.stored_params)
         metrics = _divided(metrics, w_total)
         if policy is not None:
             grads = policy.unscale(grads, state.loss_scale)
@@ -309,7 +317,9 @@ def eval_step_fn(
 
     def step(state: TrainState, batch: Any):
         key = jax.random.fold_in(state.key, state.step)
-        _, _, metrics = _call_loss(loss_fn, state.params, batch, state.model_state, key, False)
+        _, _, metrics = _call_loss(
+            loss_fn, state.stored_params, batch, state.model_state, key, False
+        )
         w = batch_weight(batch)
         w_total = total(w)
         metrics = _divided(jax.tree.map(total, _weighted(metrics, w)), w_total)

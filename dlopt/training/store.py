@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from jax.tree_util import keystr, tree_flatten_with_path
 
 from dlopt.training import callback_state
+from dlopt.training.layout import from_saved, saved_form
 from dlopt.training.loop import History
 
 TRASH = ".dlopt-trash"  # checkpoints being deleted are renamed here first
@@ -159,7 +160,8 @@ def write_run(
     **meta: Any,
 ) -> None:
     """Saves ``state``, ``history``, the callbacks' states and ``meta`` as checkpoint
-    ``number`` of ``manager`` (one atomic orbax save)."""
+    ``number`` of ``manager`` (one atomic orbax save; a flat state in the tree layout)."""
+    state = saved_form(state)
     tree, arrays = callback_state.encode(callback_state.collect(callbacks))
     meta = {
         "epoch": int(epoch),
@@ -227,6 +229,7 @@ def read_run(
         if os.path.isdir(os.path.join(staging, str(number))):
             directory = staging
     meta = _read(directory, number, {"meta": ocp.args.JsonRestore()}, fix)["meta"]
+    flat_target, target = target, saved_form(target)
     if target is not None:
         _check_target(target, meta, number, directory)
     names = _item_names(directory, number)
@@ -257,7 +260,7 @@ def read_run(
             callback_state.load(callbacks, states, f"Checkpoint {number} in {directory}")
         except ValueError as error:
             raise CheckpointMismatchError(str(error)) from error
-    return state, History.from_dict(restored["history"]), meta
+    return from_saved(state, flat_target), History.from_dict(restored["history"]), meta
 
 
 def _item_names(directory: str, number: int) -> set[str]:
