@@ -77,9 +77,7 @@ def runners_for(name: str, params: Any, grads: Any) -> dict[str, Runner]:
     # copies all round: a state may hold the params themselves (schedule-free's z), and the
     # carry is donated, so nothing in it may alias ``params`` or another carry leaf
     return {
-        "optax": Runner(
-            step_fn(tx_optax, optax.apply_updates), copy((params, optax_state)), grads
-        ),
+        "optax": Runner(step_fn(tx_optax, optax.apply_updates), copy((params, optax_state)), grads),
         "dlopt": Runner(
             step_fn(tx_dlopt, dlopt.apply_updates), copy((params, tx_dlopt.init(params))), grads
         ),

@@ -29,11 +29,21 @@ def _check_int(name: str, value: Any, low: int) -> None:
 
 
 def all_finite(tree: chex.ArrayTree) -> chex.Array:
-    """A bool scalar: every element of every leaf of ``tree`` is finite."""
-    finite = jnp.array(True)
+    """A bool scalar: every element of every leaf of ``tree`` is finite.
+
+    Computed as ``isfinite(sum_i sum(x_i * 0))``: ``x * 0`` is 0 for a finite element and NaN
+    for NaN or +-Inf, so the sum is exactly 0 or NaN (it cannot overflow). That is the same
+    answer as ``all(isfinite(x))``, but a float sum vectorizes where XLA's CPU boolean
+    reduction does not: half the time of the guard's pass over the gradients.
+    """
+    total = jnp.zeros((), jnp.float32)
     for leaf in jax.tree.leaves(tree):
-        finite = jnp.logical_and(finite, jnp.all(jnp.isfinite(leaf)))
-    return finite
+        leaf = jnp.asarray(leaf)
+        if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+            continue  # integers are always finite
+        zero = jnp.sum(leaf * jnp.zeros((), leaf.dtype))
+        total = total + jnp.real(zero).astype(jnp.float32)
+    return jnp.isfinite(total)
 
 
 def count_nonfinite(finite: chex.Array, count: chex.Array) -> chex.Array:

@@ -112,3 +112,27 @@ def test_train_classifier_survives_a_diverged_run_and_counts_the_classes():
     result = train_classifier(dlopt.sgd(1e12), data, model=mlp([8], num_classes=2), epochs=2)
     assert result["best_epoch"] == 0 and result["epochs"] == 2
     assert 0.0 <= result["test_f1"] <= 1.0  # macro F1 over the 2 classes, not 10
+
+
+def test_prefers_flat_counts_small_leaves():
+    from dlopt.experiments import prefers_flat
+
+    assert not prefers_flat({"w": jnp.ones((64, 128)), "b": jnp.ones(128)})  # the demo's kind
+    assert prefers_flat({f"ln{i}": jnp.ones(64) for i in range(32)})
+    assert not prefers_flat({f"big{i}": jnp.ones((1 << 16,)) for i in range(40)})
+
+
+def test_train_classifier_flat_and_tree_give_the_same_run(digits):
+    import dlopt
+    from dlopt.experiments import train_classifier
+
+    runs = [
+        train_classifier(
+            dlopt.adamw(1e-2), digits, model=mlp([16]), epochs=2, patience=None, flat=flat
+        )
+        for flat in (False, True)
+    ]
+    tree, flat = (r["history"].history for r in runs)
+    np.testing.assert_allclose(flat["loss"], tree["loss"], rtol=1e-5)
+    np.testing.assert_allclose(flat["val_loss"], tree["val_loss"], rtol=1e-5)
+    assert runs[0]["test_accuracy"] == runs[1]["test_accuracy"] > 0.5
