@@ -134,10 +134,31 @@ def pack(tree: chex.ArrayTree, layout: Layout) -> dict[Hashable, dict[str, jax.A
     A group whose leaves in ``tree`` have different dtypes (e.g. float32 gradients for some
     bfloat16 parameters) is packed in the widest of them.
     """
+    return _pack(tree, layout, keep_own_shapes=False)
+
+
+def _is_own(key: str) -> bool:
+    """Whether a buffer key names a leaf with a buffer of its own (``"dtype:index"``)."""
+    return ":" in key
+
+
+def _pack(
+    tree: chex.ArrayTree, layout: Layout, *, keep_own_shapes: bool
+) -> dict[Hashable, dict[str, jax.Array]]:
+    """`pack`; with ``keep_own_shapes`` a leaf with a buffer of its own keeps its shape.
+
+    Pytree-mode `fused` runs the inner chain on such leaves as they are: a raveled parameter
+    read by weight decay (or a raveled state buffer) puts a bitcast between the donated input
+    and the elementwise update, XLA then cannot update that buffer in place and adds a full
+    copy of the leaf per step (HLO ``copy``, temp memory the size of the large leaves).
+    """
     leaves = layout.treedef.flatten_up_to(tree)
     members: dict[tuple[Hashable, str], list[jax.Array]] = {}
     for leaf, slot in zip(leaves, layout.slots, strict=True):
-        members.setdefault((slot.label, slot.key), []).append(jnp.ravel(leaf))
+        keep = keep_own_shapes and _is_own(slot.key)
+        members.setdefault((slot.label, slot.key), []).append(
+            jnp.asarray(leaf) if keep else jnp.ravel(leaf)
+        )
     buffers: dict[Hashable, dict[str, jax.Array]] = {}
     for label, dtype, size in layout.groups:
         parts = members[(label, dtype)]
@@ -150,6 +171,27 @@ def pack(tree: chex.ArrayTree, layout: Layout) -> dict[Hashable, dict[str, jax.A
         packed = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
         buffers.setdefault(label, {})[dtype] = packed
     return buffers
+
+
+def _own_buffer_shapes(state: Any, layout: Layout, *, shaped: bool) -> Any:
+    """``state`` with each own-buffer leaf's state (found at ``[..., label, "dtype:index"]``)
+    reshaped to the leaf's shape (``shaped``) or to 1-D; a bitcast, nothing when it already is.
+
+    So a state made in one mode (pytree or `FlatParams`) serves the other.
+    """
+    own = {(s.label, s.key): s for s in layout.slots if _is_own(s.key)}
+    if not own:
+        return state
+
+    def reshape(path, x):
+        if len(path) < 2 or not all(isinstance(k, jax.tree_util.DictKey) for k in path[-2:]):
+            return x
+        slot = own.get((path[-2].key, path[-1].key))
+        if slot is None or jnp.size(x) != slot.size:
+            return x
+        return jnp.reshape(x, slot.shape if shaped else (slot.size,))
+
+    return jax.tree_util.tree_map_with_path(reshape, state)
 
 
 def unpack(
@@ -251,7 +293,14 @@ def flatten(
 
 
 class FusedState(NamedTuple):
-    inner: Any  # the wrapped transform's state, over the flat buffers {label: {dtype: buffer}}
+    """The wrapped transform's state over the buffers ``{label: {key: buffer}}``.
+
+    A leaf with a buffer of its own (key ``"dtype:index"``) has state of the leaf's shape when
+    `fused` was initialised on a pytree and 1-D when on a `FlatParams`; either works in both
+    modes (it is reshaped, a bitcast, to what the mode runs on).
+    """
+
+    inner: Any
 
 
 def fused(
@@ -281,6 +330,8 @@ def fused(
         pack_below: leaves of at least this many elements (default 65536) are not copied
             into the shared buffer but keep one of their own (key ``"dtype:index"``): for
             them packing costs more memory traffic than the per-leaf overhead it saves.
+            With a pytree in, such a leaf is updated in its own shape (its state too), so
+            the donated parameter and state are updated in place.
             None packs everything. `flatten` must use the same value.
 
     Returns:
@@ -303,26 +354,32 @@ def fused(
     """
     inner = with_extra_args_support(tx)
 
-    def buffers_of(tree, layout):
-        return tree.buffers if isinstance(tree, FlatParams) else pack(tree, layout)
-
     def init_fn(params):
         if isinstance(params, FlatParams):
             return FusedState(inner.init(params.buffers))
-        return FusedState(inner.init(pack(params, layout_of(params, group_by, pack_below))))
+        layout = layout_of(params, group_by, pack_below)
+        return FusedState(inner.init(_pack(params, layout, keep_own_shapes=True)))
 
     def update_fn(updates, state, params=None, **extra_args):
-        if isinstance(updates, FlatParams):
-            flat_params = None if params is None else buffers_of(params, updates.layout)
-            new, inner_state = inner.update(updates.buffers, state.inner, flat_params, **extra_args)
-            return FlatParams(new, updates.layout), FusedState(inner_state)
-        if isinstance(params, FlatParams):
-            layout = params.layout
-        else:
+        if isinstance(updates, FlatParams):  # everything 1-D, nothing re-packed
+            layout = updates.layout
+            flat_params = params.buffers if isinstance(params, FlatParams) else None
+            if flat_params is None and params is not None:
+                flat_params = pack(params, layout)
+            inner_state = _own_buffer_shapes(state.inner, layout, shaped=False)
+            new, inner_state = inner.update(updates.buffers, inner_state, flat_params, **extra_args)
+            return FlatParams(new, layout), FusedState(inner_state)
+        if isinstance(params, FlatParams):  # tree gradients against flat params: 1-D
+            layout, shaped, flat_params = params.layout, False, params.buffers
+        else:  # tree in, tree out: own-buffer leaves keep their shapes (no copy, see _pack)
             layout = layout_of(updates if params is None else params, group_by, pack_below)
-        flat_params = None if params is None else buffers_of(params, layout)
+            shaped = True
+            flat_params = None if params is None else _pack(params, layout, keep_own_shapes=True)
         new, inner_state = inner.update(
-            pack(updates, layout), state.inner, flat_params, **extra_args
+            _pack(updates, layout, keep_own_shapes=shaped),
+            _own_buffer_shapes(state.inner, layout, shaped=shaped),
+            flat_params,
+            **extra_args,
         )
         dtypes = [jnp.result_type(u) for u in layout.treedef.flatten_up_to(updates)]
         return unpack(new, layout, dtypes), FusedState(inner_state)

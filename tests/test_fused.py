@@ -17,7 +17,7 @@ from hypothesis import given
 from jax.tree_util import keystr, tree_flatten_with_path
 
 import dlopt
-from dlopt.fused import FlatParams, FusedState, flatten, layout_of, pack, unpack
+from dlopt.fused import PACK_BELOW, FlatParams, FusedState, flatten, layout_of, pack, unpack
 from dlopt.testing import check_transformation
 
 STEPS = 50
@@ -150,15 +150,21 @@ def test_params_held_flat_give_the_same_training():
     assert float(loss(tree_result)) < 0.5 * float(loss(params))
 
 
-def test_flat_update_accepts_tree_params_and_flat_gradients():
-    tx = dlopt.fused(dlopt.adamw(1e-2, weight_decay=0.1))
-    flat = flatten(PARAMS)
-    grads = flatten({**tree_of(SHAPES, 3), "frozen": None})
-    state = tx.init(PARAMS)
+@pytest.mark.parametrize("pack_below", [PACK_BELOW, 16])
+@pytest.mark.parametrize("init_flat", [False, True])
+def test_flat_update_accepts_tree_params_and_flat_gradients(pack_below, init_flat):
+    """Any mix of tree and flat, with the state made from either (16: own-buffer leaves,
+    whose state is shaped like the leaf from a tree and 1-D from `FlatParams`)."""
+    tx = dlopt.fused(dlopt.adamw(1e-2, weight_decay=0.1), pack_below=pack_below)
+    flat = flatten(PARAMS, pack_below=pack_below)
+    grads = flatten({**tree_of(SHAPES, 3), "frozen": None}, pack_below=pack_below)
+    state = tx.init(flat if init_flat else PARAMS)
     u_flat, _ = tx.update(grads, state, flat)
     u_mixed, _ = tx.update(grads, state, PARAMS)
     u_tree, _ = tx.update(grads.unflatten(), state, PARAMS)
+    u_tree_flat_params, _ = tx.update(grads.unflatten(), state, flat)
     chex.assert_trees_all_close(u_flat.unflatten(), u_tree, rtol=1e-6)
+    chex.assert_trees_all_close(u_tree_flat_params, u_tree, rtol=1e-6)
     chex.assert_trees_all_close(u_mixed.unflatten(), u_tree, rtol=1e-6)
 
 
@@ -263,8 +269,41 @@ def test_large_leaves_keep_their_own_buffers():
         ("float32", 8),
         ("float32:000000", 64),
     ]
-    state = dlopt.fused(dlopt.sgd(0.1, momentum=0.9), pack_below=64).init(params)
-    assert jax.tree.map(jnp.shape, state.inner[0].trace) == {
+    tx = dlopt.fused(dlopt.sgd(0.1, momentum=0.9), pack_below=64)
+    assert jax.tree.map(jnp.shape, tx.init(params).inner[0].trace) == {
+        "params": {"float32": (8,), "float32:000000": (8, 8)}  # a tree: the leaf's own shape
+    }
+    assert jax.tree.map(jnp.shape, tx.init(flatten(params, pack_below=64)).inner[0].trace) == {
         "params": {"float32": (8,), "float32:000000": (64,)}
     }
     assert len(flatten(params, pack_below=None).layout.groups) == 1
+
+
+def big_leaf_hlo_lines(tx, params):
+    """The compiled HLO lines of a donated ``update + apply_updates`` step on ``params["big"]``
+    (16x8, also seen raveled as 128)."""
+
+    def step(carry, grads):
+        p, s = carry
+        u, s = tx.update(grads, s, p)
+        return dlopt.apply_updates(p, u), s
+
+    lowered = jax.jit(step, donate_argnums=0).lower((params, tx.init(params)), params)
+    return [
+        line
+        for line in lowered.compile().as_text().splitlines()
+        if "f32[16,8]" in line or "f32[128]" in line
+    ]
+
+
+@pytest.mark.parametrize("make", [lambda: dlopt.adamw(1e-2), lambda: dlopt.lion(1e-3)])
+def test_pytree_mode_updates_a_large_leaf_in_place(make):
+    """A donated pytree-mode step copies the large leaf no more than the plain rule does and
+    never concatenates it (a raveled parameter read by weight decay made XLA copy the whole
+    leaf every step; lion's copy of ``mu``, read after it is overwritten, is the rule's own)."""
+    params = {"big": jnp.ones((16, 8)), "small": jnp.ones(3)}
+    fused_lines = big_leaf_hlo_lines(dlopt.fused(make(), pack_below=64), params)
+    plain_lines = big_leaf_hlo_lines(make(), params)
+    assert not [line for line in fused_lines if " concatenate(" in line]
+    copies = [sum(" copy(" in line for line in lines) for lines in (fused_lines, plain_lines)]
+    assert copies[0] <= copies[1]
