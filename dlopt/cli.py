@@ -366,7 +366,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="train one MLP with 10 optimizers (Adam 8-bit included), compare, diagnose")
+    demo = sub.add_parser(
+        "demo", help="train one MLP with 10 optimizers (Adam 8-bit included), compare, diagnose"
+    )
     demo.add_argument("--dataset", default="digits", choices=["digits", "mnist"])
     demo.add_argument("--epochs", type=_positive_int, default=40)
     demo.add_argument("--batch-size", type=_positive_int, default=64)
