@@ -55,7 +55,7 @@ def _split_arguments(signature, static_args, args, kwargs) -> tuple[dict, dict, 
             raise ValueError(f"inject_hyperparams passes keywords only; got *{name}.")
     schedules, stateful, numeric, other = {}, {}, {}, {}
     for name, value in arguments.items():
-        if name in static_args or isinstance(value, bool | str) or value is None:
+        if name in static_args or isinstance(value, bool | str | type | np.dtype) or value is None:
             other[name] = value
         elif isinstance(value, StatefulSchedule):
             stateful[name] = value
