@@ -111,7 +111,8 @@ def masked(inner: GradientTransformation, mask: Mask) -> GradientTransformationE
     """Applies ``inner`` only where ``mask`` is True; other updates pass through unchanged.
 
     ``mask`` is a pytree of bools with the params' structure (or a prefix of it), or a
-    callable ``params -> that pytree``. ``inner`` keeps state only for the selected leaves.
+    callable ``params -> that pytree``. ``inner`` keeps state only for the selected leaves;
+    with none selected (a `partition` label no leaf carries) it is not called.
 
     Example:
         >>> import dlopt
@@ -125,9 +126,12 @@ def masked(inner: GradientTransformation, mask: Mask) -> GradientTransformationE
 
     def update_fn(updates, state, params=None, **extra_args):
         mask_tree = resolve_mask(mask, updates if params is None else params)
+        hidden_updates = _hide(updates, mask_tree)
+        if not jax.tree.leaves(hidden_updates):  # nothing selected (a partition's unused label)
+            return updates, state
         hidden_params = None if params is None else _hide(params, mask_tree)
         new_updates, inner_state = inner.update(
-            _hide(updates, mask_tree), state.inner_state, hidden_params, **extra_args
+            hidden_updates, state.inner_state, hidden_params, **extra_args
         )
         merged = jax.tree.map(
             lambda m, new, old: new if m else old, mask_tree, new_updates, updates

@@ -55,7 +55,7 @@ def _split_arguments(signature, static_args, args, kwargs) -> tuple[dict, dict, 
             raise ValueError(f"inject_hyperparams passes keywords only; got *{name}.")
     schedules, stateful, numeric, other = {}, {}, {}, {}
     for name, value in arguments.items():
-        if name in static_args or isinstance(value, bool | str) or value is None:
+        if name in static_args or isinstance(value, bool | str | type | np.dtype) or value is None:
             other[name] = value
         elif isinstance(value, StatefulSchedule):
             stateful[name] = value
@@ -100,13 +100,16 @@ def inject_hyperparams(
     ``hyperparams`` entry has no effect. A `dlopt.base.StatefulSchedule` (optax's protocol:
     ``init()``, ``update(state, **extra_args)``, ``__call__(state, **extra_args)``) keeps its
     state in ``state.hyperparams_states[name]`` and sees the extra arguments of ``update``
-    (e.g. ``value=``), as in optax. Booleans, None, strings and ``static_args`` are passed
-    to the factory as they are. Bad values are checked eagerly (schedules at step 0) by building
-    the factory once.
+    (e.g. ``value=``), as in optax. Booleans, None, strings, dtypes and ``static_args`` are
+    passed to the factory as they are. Bad values are checked eagerly (schedules at step 0) by
+    building the factory once.
 
     Deliberate difference from optax: float hyperparameters are stored in float32 (float64 when
     a parameter is float64) rather than in the parameters' widest dtype, so ``b2=0.999`` does not
-    round to 1.0 for bfloat16 parameters; the inner rule casts them to each leaf's dtype.
+    round to 1.0 for bfloat16 parameters; the inner rule casts them to each leaf's dtype. Each
+    hyperparameter keeps the dtype it had at ``init`` (a schedule's value is cast to it), so the
+    state's structure never changes between steps (scan, donation); a stateful schedule whose
+    initial value is an int stays int (optax lets the stored dtype change with the value).
 
     Args:
         inner_factory: a function returning a transform, e.g. ``dlopt.adam``.

@@ -145,6 +145,9 @@ def lookahead(
             fast_state = jax.tree.map(lambda c, i: jnp.where(sync, i, c), fast_state, fresh)
         steps = (state.steps_since_sync + 1) % sync_period
         steps = jnp.asarray(steps).astype(jnp.int32)
-        return LookaheadParams(fast=fast_u, slow=slow_u), LookaheadState(fast_state, steps)
+        # in the params' own container (optax's LookaheadParams too), as apply_updates needs
+        moves = params._replace(fast=fast_u, slow=slow_u) if hasattr(params, "_replace") else None
+        moves = LookaheadParams(fast=fast_u, slow=slow_u) if moves is None else moves
+        return moves, LookaheadState(fast_state, steps)
 
     return GradientTransformationExtraArgs(init_fn, update_fn)

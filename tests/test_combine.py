@@ -253,3 +253,15 @@ def test_masked_uses_a_callable_pytree_as_a_tree():
 def test_mismatch_at_the_root_is_named():
     with pytest.raises(ValueError, match="a leaf at the root"):
         dlopt.tree.check_matching_trees(jnp.ones(2), {"w": jnp.ones(2)}, "updates", "params")
+
+
+def test_partition_label_no_leaf_carries():
+    """A transform whose label no leaf carries (optax's test_labels_mismatch): untouched."""
+    params = {"a": jnp.ones(2), "b": [jnp.ones(3), jnp.ones(1)]}
+    tx = dlopt.partition(
+        {0: dlopt.sgd(1.0), 1: dlopt.adam(1.0), 2: dlopt.trace(0.9)}, {"a": 0, "b": 1}
+    )
+    state = jax.jit(tx.init)(params)
+    updates, new_state = jax.jit(tx.update)(params, state)
+    chex.assert_trees_all_close(updates["a"], -params["a"])
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)

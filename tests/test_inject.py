@@ -67,3 +67,25 @@ def test_a_stateful_schedule_can_be_scaled_like_a_schedule():
     state = dlopt.set_schedule_scale(tx.init(PARAMS), "step_size", 0.5)
     updates, _ = tx.update(PARAMS, state, PARAMS, addendum=jnp.asarray(1.0, jnp.float32))
     chex.assert_trees_all_close(updates, jax.tree.map(lambda p: 0.5 * p, PARAMS))
+
+
+def test_inject_hyperparams_passes_dtype_arguments_as_they_are():
+    """A dtype class is callable but no schedule (adafactor's dtype_momentum=jnp.float32)."""
+    params = {"w": jnp.ones((2, 3))}
+    tx = dlopt.inject_hyperparams(dlopt.adafactor, static_args=("min_dim_size_to_factor",))(
+        learning_rate=0.1, dtype_momentum=jnp.float32
+    )
+    state = tx.init(params)
+    assert "dtype_momentum" not in state.hyperparams
+    assert "decay_offset" in state.hyperparams  # an int, injected as an int32 array
+    updates, _ = jax.jit(tx.update)(params, state, params)
+    chex.assert_tree_all_finite(updates)
+
+
+def test_inject_hyperparams_novograd_weight_decay_traced():
+    params = {"w": jnp.ones((2, 3))}
+    tx = dlopt.inject_hyperparams(dlopt.novograd)(learning_rate=0.1, weight_decay=0.1)
+    plain = dlopt.novograd(learning_rate=0.1, weight_decay=0.1)
+    updates, _ = jax.jit(tx.update)(params, tx.init(params), params)
+    expected, _ = plain.update(params, plain.init(params), params)
+    chex.assert_trees_all_close(updates, expected, rtol=1e-6)

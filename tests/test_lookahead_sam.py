@@ -331,3 +331,13 @@ def test_ema_rejects_decay_one_only_with_debias():
     chex.assert_trees_all_equal(u, jnp.zeros(2))
     with pytest.raises(ValueError, match="mu_dtype"):
         dlopt.ema(0.9, accumulator_dtype=jnp.float32, mu_dtype=jnp.bfloat16)
+
+
+def test_lookahead_returns_moves_in_the_params_container():
+    """optax's LookaheadParams in, optax's LookaheadParams out, so apply_updates matches."""
+    params = optax.LookaheadParams.init_synced({"x": jnp.array(3.0)})
+    tx = dlopt.lookahead(dlopt.sgd(0.5), sync_period=2, slow_step_size=0.5)
+    updates, _ = tx.update({"x": jnp.array(2.0)}, tx.init(params), params)
+    assert type(updates) is optax.LookaheadParams
+    new = dlopt.apply_updates(params, updates)
+    chex.assert_trees_all_close(new.fast["x"], jnp.array(2.0))

@@ -82,7 +82,9 @@ def _factored_leaf(
 
 def _check_factoring(decay_rate, offset_name, offset, min_dim_size_to_factor, eps_name, eps):
     validation.check_non_negative("decay_rate", decay_rate)
-    validation.check_int(offset_name, offset)
+    injected = isinstance(offset, jax.Array) and offset.ndim == 0  # inject_hyperparams
+    if not (injected and jnp.issubdtype(offset.dtype, jnp.integer)):
+        validation.check_int(offset_name, offset)
     validation.check_int("min_dim_size_to_factor", min_dim_size_to_factor)
     validation.check_non_negative(eps_name, eps)
 

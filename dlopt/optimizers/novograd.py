@@ -25,7 +25,7 @@ def _novograd_leaf(g, mu, nu, p, leaf, out_dtype, *, b1, b2, eps, eps_root, deca
     n = nu.astype(f)
     denominator = jnp.sqrt(n + tree_lib.scalar_like(eps_root, n))
     step = g / (denominator + tree_lib.scalar_like(eps, denominator))
-    if decay:
+    if decay is not None:  # may be traced (inject_hyperparams)
         step = step + tree_lib.scalar_like(decay, step) * p.astype(f)
     momentum = jnp.where(first, step, tree_lib.scalar_like(b1, step) * mu.astype(f) + step)
     mu = writer.put(momentum, mu, leaf, 1)
