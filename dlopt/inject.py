@@ -42,6 +42,13 @@ def _as_hyperparam(value: Any, dtype: Any) -> jax.Array:
     return jnp.asarray(value, dtype) if _is_float(value) else jnp.asarray(value)
 
 
+def _as_scheduled(value: Any, dtype: Any) -> jax.Array:
+    """A schedule's value at ``init``: as `_as_hyperparam`, but an integer becomes ``dtype``,
+    so a later fractional value is not truncated into an int slot."""
+    value = _as_hyperparam(value, dtype)
+    return value if _is_float(value) else value.astype(dtype)
+
+
 def _split_arguments(signature, static_args, args, kwargs) -> tuple[dict, dict, dict, dict]:
     """The factory's arguments as (schedules, stateful schedules, numeric hyperparameters,
     passed as they are)."""
@@ -108,8 +115,9 @@ def inject_hyperparams(
     a parameter is float64) rather than in the parameters' widest dtype, so ``b2=0.999`` does not
     round to 1.0 for bfloat16 parameters; the inner rule casts them to each leaf's dtype. Each
     hyperparameter keeps the dtype it had at ``init`` (a schedule's value is cast to it), so the
-    state's structure never changes between steps (scan, donation); a stateful schedule whose
-    initial value is an int stays int (optax lets the stored dtype change with the value).
+    state's structure never changes between steps (scan, donation); a schedule whose initial
+    value is an int is stored as a float, so its later fractional values are kept (optax lets
+    the stored dtype change with the value).
 
     Args:
         inner_factory: a function returning a transform, e.g. ``dlopt.adam``.
@@ -155,9 +163,9 @@ def inject_hyperparams(
             dtype = _widest_float(params) if hyperparam_dtype is None else hyperparam_dtype
             hyperparams = {k: _as_hyperparam(v, dtype) for k, v in numeric.items()}
             count = jnp.zeros([], jnp.int32)
-            hyperparams |= {k: _as_hyperparam(s(count), dtype) for k, s in schedules.items()}
+            hyperparams |= {k: _as_scheduled(s(count), dtype) for k, s in schedules.items()}
             states = {k: f.init() for k, f in stateful.items()}
-            hyperparams |= {k: _as_hyperparam(f(states[k]), dtype) for k, f in stateful.items()}
+            hyperparams |= {k: _as_scheduled(f(states[k]), dtype) for k, f in stateful.items()}
             scales = {k: jnp.ones([], jnp.float32) for k in scaled}
             inner_state = build(hyperparams).init(params)
             return InjectHyperparamsState(count, hyperparams, states, inner_state, scales)

@@ -89,3 +89,16 @@ def test_inject_hyperparams_novograd_weight_decay_traced():
     updates, _ = jax.jit(tx.update)(params, tx.init(params), params)
     expected, _ = plain.update(params, plain.init(params), params)
     chex.assert_trees_all_close(updates, expected, rtol=1e-6)
+
+
+def test_a_schedule_that_starts_at_an_int_keeps_its_fractional_values():
+    def schedule(count):  # an int at step 0, then 0.3 (called eagerly: count is concrete)
+        return 1 if int(count) == 0 else 0.3
+
+    tx = dlopt.inject_hyperparams(dlopt.sgd)(learning_rate=schedule)
+    params = {"w": jnp.ones(2)}
+    state = tx.init(params)
+    assert jnp.issubdtype(state.hyperparams["learning_rate"].dtype, jnp.floating)
+    _, state = tx.update({"w": jnp.ones(2)}, state, params)
+    _, state = tx.update({"w": jnp.ones(2)}, state, params)
+    assert float(state.hyperparams["learning_rate"]) == float(jnp.float32(0.3))
