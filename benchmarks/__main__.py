@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m benchmarks
     if shelf_trees:
         print("the rest of the shelf (speed-up over optax, > 1 is faster):", flush=True)
         data["shelf"] = shelf.run(shelf_trees, list(shelf.SHELF), reps=reps, log=log)
-        data.setdefault("sections", []).append(shelf.section(data["shelf"]))
+        data.setdefault("sections", []).extend(shelf.sections(data["shelf"]))
     if not args.no_memory:
         data["memory"] = memory.run(quick=quick, reps=reps, cap_gb=args.memory_cap_gb)
     data["load_end"] = os.getloadavg()[0]

@@ -400,7 +400,10 @@ def speedup_panel(
     ticks = _ticks(low, high)
     ax.set_yticks(ticks, [f"{t:g}x" for t in ticks])
     ax.minorticks_off()
-    ax.set_xticks(x, labels, fontsize=8)
+    if len(labels) > 12:  # many cases: slanted names
+        ax.set_xticks(x, labels, fontsize=7, rotation=40, ha="right", rotation_mode="anchor")
+    else:
+        ax.set_xticks(x, labels, fontsize=8)
     ax.set_xlim(-0.5, len(labels) - 0.5)
     ax.grid(axis="x", alpha=0.2)
     ax.set_ylabel("speed-up", fontsize=8)
