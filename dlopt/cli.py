@@ -127,6 +127,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 build_optimizer(name),
                 data,
                 model=model,
+                # AdamW's weights_only mask is written for the params tree: keep it there
+                flat=False if DEMO_OPTIMIZERS[name][0] == "adamw" else None,
                 epochs=epochs,
                 batch_size=args.batch_size,
                 patience=args.patience,

@@ -187,7 +187,8 @@ def train_classifier(
     accuracy and macro F1 (of the best-val-loss weights with ``patience``), epochs, seconds.
 
     ``flat``: train in the flat layout (``TrainState.create(..., flat=True)``); None decides by
-    `prefers_flat` (the benchmark's rule: many small leaves)."""
+    `prefers_flat`. Pass False for a ``tx`` with masks written for the params tree (e.g.
+    ``adamw(..., mask=dlopt.weights_only)``): over flat buffers they would select nothing."""
     from dlopt import metrics
     from dlopt.training import EarlyStopping, LambdaCallback, TrainState, fit
 
