@@ -6,10 +6,10 @@ of the flat buffers build the same state with every params-shaped subtree (Adam'
 ``nu``) in one layout replaced by a ``{label: {dtype: buffer}}`` subtree in the other; scalars
 (``count``) and empty states are shared. `to_tree` and `to_flat` walk both structures side by
 side, slicing or packing each pair. A transform whose state has no such pairing (a ``mask``
-written for one layout, say) is refused with the path where the two differ.
+written for one layout, say) is refused with a `ValueError` showing both structures.
 
-Checkpoints are written in the tree layout (`dlopt.training.checkpoint`), so a flat run and a
-tree run read each other's checkpoints.
+Checkpoints hold the params as the tree and, where it maps, the optimizer state in the tree
+layout (`saved_form`), so a flat run and a tree run read each other's checkpoints.
 """
 
 from __future__ import annotations
