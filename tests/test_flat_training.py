@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
-from test_parallel import N_DEV, data_batches
+from test_parallel import N_DEV, STEPS, data_batches, run
 from test_train_state import MLP, make_loss_fn
 
 import dlopt
@@ -19,8 +19,6 @@ from dlopt.fused import FlatParams, FusedState
 from dlopt.training import TrainState
 from dlopt.training.checkpoint import ModelCheckpoint, restore
 from dlopt.training.layout import to_flat, to_tree
-
-STEPS = 20
 
 
 def labels(params):
@@ -60,14 +58,6 @@ def make_state(flat: bool, tx=None, **model_kwargs) -> TrainState:
         model_state={"batch_stats": variables["batch_stats"]},
         **extra,
     )
-
-
-def run(step, state, prepare, steps=STEPS):
-    losses = []
-    for t in range(steps):
-        state, metrics = step(state, prepare(data_batches()[t % len(data_batches())]))
-        losses.append(float(metrics["loss"]))
-    return state, np.array(losses)
 
 
 def data_of(state):

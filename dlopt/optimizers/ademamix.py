@@ -320,8 +320,8 @@ def simplified_ademamix(
         w \\leftarrow w - \\eta \\left(\\frac{m + \\alpha g}{\\sqrt{\\hat n + \\epsilon_{root}}
         + \\epsilon} + \\lambda w\\right), \\qquad m \\leftarrow \\beta_1 m + g
 
-    with :math:`\\hat n` as in `scale_by_simplified_ademamix` (which lists the differences
-    from optax).
+    with :math:`\\hat n` as in `scale_by_simplified_ademamix` (which lists where it and
+    optax differ).
 
     Args:
         learning_rate: :math:`\\eta` >= 0, or a schedule.
