@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from dlopt.cli_checks import OneLineParser, int_at_least, output_folder_error
+from dlopt.lab.cli_checks import OneLineParser, int_at_least, output_folder_error
 
 TREES = ("tiny1000", "resnet50", "transformer12", "large", "tiny500")
 # The update-step optimizers (benchmarks.update_step.OPTIMIZERS), listed here so that the

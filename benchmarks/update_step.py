@@ -27,7 +27,7 @@ import optax
 import dlopt
 from benchmarks.report import case_line
 from benchmarks.timing import Runner, interleaved
-from dlopt.fused import flatten
+from dlopt.wrappers.fused import flatten
 
 LR = 1e-3
 

@@ -4,22 +4,22 @@ Every public name is written once here; its home module is the docs section.
 """
 
 # --- the contract
-from dlopt.base import EmptyState as EmptyState
-from dlopt.base import GradientTransformation as GradientTransformation
-from dlopt.base import GradientTransformationExtraArgs as GradientTransformationExtraArgs
-from dlopt.base import Schedule as Schedule
-from dlopt.base import StatefulSchedule as StatefulSchedule
-from dlopt.base import apply_updates as apply_updates
-from dlopt.base import identity as identity
-from dlopt.base import set_to_zero as set_to_zero
-from dlopt.base import stateless as stateless
-from dlopt.base import with_extra_args_support as with_extra_args_support
-from dlopt.combine import MaskedNode as MaskedNode
-from dlopt.combine import chain as chain
-from dlopt.combine import masked as masked
-from dlopt.combine import named_chain as named_chain
-from dlopt.combine import partition as partition
-from dlopt.combine import path_labels as path_labels
+from dlopt.core.base import EmptyState as EmptyState
+from dlopt.core.base import GradientTransformation as GradientTransformation
+from dlopt.core.base import GradientTransformationExtraArgs as GradientTransformationExtraArgs
+from dlopt.core.base import Schedule as Schedule
+from dlopt.core.base import StatefulSchedule as StatefulSchedule
+from dlopt.core.base import apply_updates as apply_updates
+from dlopt.core.base import identity as identity
+from dlopt.core.base import set_to_zero as set_to_zero
+from dlopt.core.base import stateless as stateless
+from dlopt.core.base import with_extra_args_support as with_extra_args_support
+from dlopt.core.combine import MaskedNode as MaskedNode
+from dlopt.core.combine import chain as chain
+from dlopt.core.combine import masked as masked
+from dlopt.core.combine import named_chain as named_chain
+from dlopt.core.combine import partition as partition
+from dlopt.core.combine import path_labels as path_labels
 
 # --- optimizers
 from dlopt.optimizers.adadelta import ScaleByAdaDeltaState as ScaleByAdaDeltaState
@@ -46,9 +46,9 @@ from dlopt.optimizers.rmsprop import rmsprop as rmsprop
 from dlopt.optimizers.rmsprop import scale_by_rms as scale_by_rms
 from dlopt.optimizers.rmsprop import scale_by_stddev as scale_by_stddev
 from dlopt.optimizers.sgd import TraceState as TraceState
-from dlopt.optimizers.scaling import scale as scale
-from dlopt.optimizers.scaling import scale_by_learning_rate as scale_by_learning_rate
-from dlopt.optimizers.scaling import scale_by_schedule as scale_by_schedule
+from dlopt.transforms.scaling import scale as scale
+from dlopt.transforms.scaling import scale_by_learning_rate as scale_by_learning_rate
+from dlopt.transforms.scaling import scale_by_schedule as scale_by_schedule
 from dlopt.optimizers.sgd import sgd as sgd
 from dlopt.optimizers.sgd import trace as trace
 
@@ -110,19 +110,19 @@ from dlopt.optimizers.trust_ratio import scale_by_trust_ratio as scale_by_trust_
 from dlopt.optimizers.lbfgs import ScaleByLBFGSState as ScaleByLBFGSState
 from dlopt.optimizers.lbfgs import lbfgs as lbfgs
 from dlopt.optimizers.lbfgs import scale_by_lbfgs as scale_by_lbfgs
-from dlopt.optimizers.linesearch import BacktrackingLinesearchInfo as BacktrackingLinesearchInfo
-from dlopt.optimizers.linesearch import (
+from dlopt.linesearch.backtracking import BacktrackingLinesearchInfo as BacktrackingLinesearchInfo
+from dlopt.linesearch.backtracking import (
     ScaleByBacktrackingLinesearchState as ScaleByBacktrackingLinesearchState,
 )
-from dlopt.optimizers.linesearch import (
+from dlopt.linesearch.backtracking import (
     scale_by_backtracking_linesearch as scale_by_backtracking_linesearch,
 )
-from dlopt.optimizers.linesearch import value_and_grad_from_state as value_and_grad_from_state
-from dlopt.optimizers.zoom_linesearch import (
+from dlopt.linesearch.backtracking import value_and_grad_from_state as value_and_grad_from_state
+from dlopt.linesearch.zoom import (
     ScaleByZoomLinesearchState as ScaleByZoomLinesearchState,
 )
-from dlopt.optimizers.zoom_linesearch import ZoomLinesearchInfo as ZoomLinesearchInfo
-from dlopt.optimizers.zoom_linesearch import scale_by_zoom_linesearch as scale_by_zoom_linesearch
+from dlopt.linesearch.zoom import ZoomLinesearchInfo as ZoomLinesearchInfo
+from dlopt.linesearch.zoom import scale_by_zoom_linesearch as scale_by_zoom_linesearch
 
 # --- optimizers: modern (muon, soap, adopt, ademamix)
 from dlopt.optimizers.ademamix import ScaleByAdemamixState as ScaleByAdemamixState
@@ -138,11 +138,11 @@ from dlopt.optimizers.adopt import scale_by_adopt as scale_by_adopt
 from dlopt.optimizers.muon import MuonState as MuonState
 from dlopt.optimizers.muon import muon as muon
 from dlopt.optimizers.muon import scale_by_muon as scale_by_muon
-from dlopt.optimizers.newton_schulz import MuonDimensionNumbers as MuonDimensionNumbers
-from dlopt.optimizers.newton_schulz import (
+from dlopt.linalg.newton_schulz import MuonDimensionNumbers as MuonDimensionNumbers
+from dlopt.linalg.newton_schulz import (
     infer_muon_dimension_numbers as infer_muon_dimension_numbers,
 )
-from dlopt.optimizers.newton_schulz import (
+from dlopt.linalg.newton_schulz import (
     orthogonalize_via_newton_schulz as orthogonalize_via_newton_schulz,
 )
 from dlopt.optimizers.soap import ScaleBySoapState as ScaleBySoapState
@@ -161,88 +161,90 @@ from dlopt.optimizers.schedule_free import schedule_free_eval_params as schedule
 from dlopt.optimizers.schedule_free import schedule_free_sgd as schedule_free_sgd
 
 # --- regularizers
-from dlopt.regularizers import add_decayed_weights as add_decayed_weights
-from dlopt.regularizers import add_l1_subgradient as add_l1_subgradient
-from dlopt.regularizers import elastic_net_penalty as elastic_net_penalty
-from dlopt.regularizers import l1_penalty as l1_penalty
-from dlopt.regularizers import l2_penalty as l2_penalty
-from dlopt.regularizers import weights_only as weights_only
+from dlopt.transforms.regularizers import add_decayed_weights as add_decayed_weights
+from dlopt.transforms.regularizers import add_l1_subgradient as add_l1_subgradient
+from dlopt.transforms.regularizers import elastic_net_penalty as elastic_net_penalty
+from dlopt.transforms.regularizers import l1_penalty as l1_penalty
+from dlopt.transforms.regularizers import l2_penalty as l2_penalty
+from dlopt.transforms.regularizers import weights_only as weights_only
 
 # --- schedules
-from dlopt.schedules import constant_schedule as constant_schedule
-from dlopt.schedules import cosine_decay_schedule as cosine_decay_schedule
-from dlopt.schedules import cosine_onecycle_schedule as cosine_onecycle_schedule
-from dlopt.schedules import exponential_decay as exponential_decay
-from dlopt.schedules import join_schedules as join_schedules
-from dlopt.schedules import linear_schedule as linear_schedule
-from dlopt.schedules import piecewise_constant_schedule as piecewise_constant_schedule
-from dlopt.schedules import polynomial_schedule as polynomial_schedule
-from dlopt.schedules import step_decay_schedule as step_decay_schedule
-from dlopt.schedules import warmup_cosine_decay_schedule as warmup_cosine_decay_schedule
-from dlopt.schedules import warmup_exponential_decay_schedule as warmup_exponential_decay_schedule
+from dlopt.schedules.decay import constant_schedule as constant_schedule
+from dlopt.schedules.decay import cosine_decay_schedule as cosine_decay_schedule
+from dlopt.schedules.decay import cosine_onecycle_schedule as cosine_onecycle_schedule
+from dlopt.schedules.decay import exponential_decay as exponential_decay
+from dlopt.schedules.decay import join_schedules as join_schedules
+from dlopt.schedules.decay import linear_schedule as linear_schedule
+from dlopt.schedules.decay import piecewise_constant_schedule as piecewise_constant_schedule
+from dlopt.schedules.decay import polynomial_schedule as polynomial_schedule
+from dlopt.schedules.decay import step_decay_schedule as step_decay_schedule
+from dlopt.schedules.decay import warmup_cosine_decay_schedule as warmup_cosine_decay_schedule
+from dlopt.schedules.decay import (
+    warmup_exponential_decay_schedule as warmup_exponential_decay_schedule,
+)
 
 # --- plateau
-from dlopt.plateau import PlateauConfig as PlateauConfig
-from dlopt.plateau import PlateauState as PlateauState
-from dlopt.plateau import ReduceLROnPlateauState as ReduceLROnPlateauState
-from dlopt.plateau import plateau_init as plateau_init
-from dlopt.plateau import plateau_step as plateau_step
-from dlopt.plateau import reduce_on_plateau as reduce_on_plateau
+from dlopt.schedules.plateau import PlateauConfig as PlateauConfig
+from dlopt.schedules.plateau import PlateauState as PlateauState
+from dlopt.schedules.plateau import ReduceLROnPlateauState as ReduceLROnPlateauState
+from dlopt.schedules.plateau import plateau_init as plateau_init
+from dlopt.schedules.plateau import plateau_step as plateau_step
+from dlopt.schedules.plateau import reduce_on_plateau as reduce_on_plateau
 
 # --- clipping
-from dlopt.clipping import adaptive_grad_clip as adaptive_grad_clip
-from dlopt.clipping import clip as clip
-from dlopt.clipping import clip_by_block_rms as clip_by_block_rms
-from dlopt.clipping import clip_by_global_norm as clip_by_global_norm
+from dlopt.transforms.clipping import adaptive_grad_clip as adaptive_grad_clip
+from dlopt.transforms.clipping import clip as clip
+from dlopt.transforms.clipping import clip_by_block_rms as clip_by_block_rms
+from dlopt.transforms.clipping import clip_by_global_norm as clip_by_global_norm
 
 # --- initializers (a namespace: dlopt.initializers.glorot_uniform, ...)
 from dlopt import initializers as initializers
 
 # --- wrappers
-from dlopt.inject import InjectHyperparamsState as InjectHyperparamsState
-from dlopt.inject import get_hyperparam as get_hyperparam
-from dlopt.inject import inject_hyperparams as inject_hyperparams
-from dlopt.inject import inject_stateful_hyperparams as inject_stateful_hyperparams
-from dlopt.inject import set_hyperparam as set_hyperparam
-from dlopt.inject import set_schedule_scale as set_schedule_scale
-from dlopt.wrappers import ApplyIfFiniteState as ApplyIfFiniteState
-from dlopt.wrappers import MultiStepsState as MultiStepsState
-from dlopt.wrappers import apply_if_finite as apply_if_finite
-from dlopt.wrappers import multi_steps as multi_steps
-from dlopt.fused import fused as fused
+from dlopt.wrappers.inject import InjectHyperparamsState as InjectHyperparamsState
+from dlopt.wrappers.inject import get_hyperparam as get_hyperparam
+from dlopt.wrappers.inject import inject_hyperparams as inject_hyperparams
+from dlopt.wrappers.inject import inject_stateful_hyperparams as inject_stateful_hyperparams
+from dlopt.wrappers.inject import set_hyperparam as set_hyperparam
+from dlopt.wrappers.inject import set_schedule_scale as set_schedule_scale
+from dlopt.wrappers.finite import ApplyIfFiniteState as ApplyIfFiniteState
+from dlopt.wrappers.finite import MultiStepsState as MultiStepsState
+from dlopt.wrappers.finite import apply_if_finite as apply_if_finite
+from dlopt.wrappers.finite import multi_steps as multi_steps
+from dlopt.wrappers.fused import fused as fused
 
 # --- mixed precision (a loss-scaling policy for the train steps, not a transform)
-from dlopt.loss_scale import DynamicLossScale as DynamicLossScale
-from dlopt.loss_scale import DynamicLossScaleState as DynamicLossScaleState
-from dlopt.loss_scale import dynamic_loss_scale as dynamic_loss_scale
+from dlopt.wrappers.loss_scale import DynamicLossScale as DynamicLossScale
+from dlopt.wrappers.loss_scale import DynamicLossScaleState as DynamicLossScaleState
+from dlopt.wrappers.loss_scale import dynamic_loss_scale as dynamic_loss_scale
 
 # --- wrappers and elementwise transforms (cautious, lookahead, ema, sam, freeze, ...)
-from dlopt.cautious import cautious as cautious
-from dlopt.constraints import NonNegativeParamsState as NonNegativeParamsState
-from dlopt.constraints import ZeroNansState as ZeroNansState
-from dlopt.constraints import freeze as freeze
-from dlopt.constraints import keep_params_nonnegative as keep_params_nonnegative
-from dlopt.constraints import zero_nans as zero_nans
-from dlopt.optimizers.ema import EmaState as EmaState
-from dlopt.optimizers.ema import ema as ema
-from dlopt.lookahead import LookaheadParams as LookaheadParams
-from dlopt.lookahead import LookaheadState as LookaheadState
-from dlopt.lookahead import lookahead as lookahead
-from dlopt.normalization import centralize as centralize
-from dlopt.normalization import normalize as normalize
-from dlopt.normalization import normalize_by_update_norm as normalize_by_update_norm
-from dlopt.sam import SAMState as SAMState
-from dlopt.sam import sam as sam
+from dlopt.wrappers.cautious import cautious as cautious
+from dlopt.transforms.constraints import NonNegativeParamsState as NonNegativeParamsState
+from dlopt.transforms.constraints import ZeroNansState as ZeroNansState
+from dlopt.transforms.constraints import freeze as freeze
+from dlopt.transforms.constraints import keep_params_nonnegative as keep_params_nonnegative
+from dlopt.transforms.constraints import zero_nans as zero_nans
+from dlopt.transforms.ema import EmaState as EmaState
+from dlopt.transforms.ema import ema as ema
+from dlopt.wrappers.lookahead import LookaheadParams as LookaheadParams
+from dlopt.wrappers.lookahead import LookaheadState as LookaheadState
+from dlopt.wrappers.lookahead import lookahead as lookahead
+from dlopt.transforms.normalization import centralize as centralize
+from dlopt.transforms.normalization import normalize as normalize
+from dlopt.transforms.normalization import normalize_by_update_norm as normalize_by_update_norm
+from dlopt.wrappers.sam import SAMState as SAMState
+from dlopt.wrappers.sam import sam as sam
 
 # --- memory (quantized optimizer state)
-from dlopt.quantized import QuantizedArray as QuantizedArray
-from dlopt.quantized import QuantizedState as QuantizedState
-from dlopt.quantized import quantized as quantized
+from dlopt.wrappers.quantized import QuantizedArray as QuantizedArray
+from dlopt.wrappers.quantized import QuantizedState as QuantizedState
+from dlopt.wrappers.quantized import quantized as quantized
 
 # --- submodules
 from dlopt import metrics as metrics
-from dlopt import numerics as numerics
+from dlopt.core import numerics as numerics
 from dlopt import testing as testing
-from dlopt import tree as tree
+from dlopt.core import tree as tree
 
 __version__ = "0.1.0"

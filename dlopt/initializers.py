@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlopt import validation
+from dlopt.core import validation
 
 Initializer = Callable[..., jax.Array]  # init(key, shape, dtype=jnp.float32) -> Array
 Axes = int | Sequence[int]

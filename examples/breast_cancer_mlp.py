@@ -134,7 +134,7 @@ def plot_run(history, best_epoch: int, confusion, path: str) -> None:
     """Loss and accuracy per epoch (the restored epoch marked) and the confusion matrix."""
     from matplotlib.figure import Figure
 
-    from dlopt.plots import save
+    from dlopt.lab.plots import save
 
     h = history.history
     fig = Figure(figsize=(11, 3.2))

@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from breast_cancer_mlp import MLP, batches, load_splits, loss_fn, make_state  # noqa: E402
 
 from dlopt import metrics  # noqa: E402
-from dlopt.plots import save  # noqa: E402
+from dlopt.lab.plots import save  # noqa: E402
 from dlopt.training import (  # noqa: E402
     fit,
     make_eval_step,

@@ -1,7 +1,7 @@
-"""A labelled set of real training histories, and how well `dlopt.diagnose` names them.
+"""A labelled set of real training histories, and how well `dlopt.lab.diagnose` names them.
 
 Every history comes from actually training with `dlopt.training.fit` (the batches, loss and
-MLP of `dlopt.experiments`) on scikit-learn's offline sets through `dlopt.data`: the 8x8
+MLP of `dlopt.lab.experiments`) on scikit-learn's offline sets through `dlopt.data`: the 8x8
 digits (a dropout MLP 128-64 and a small CNN) and the Wisconsin breast-cancer table (a dropout
 MLP 64-32), each with three seeds (the split, the initialization, dropout and the batch order
 change with the seed). The label is the recipe, never what `diagnose` says:
@@ -39,7 +39,7 @@ import os
 import time
 from collections.abc import Sequence
 
-from dlopt.diagnose import KINDS, diagnose
+from dlopt.lab.diagnose import KINDS, diagnose
 
 PATH = os.path.normpath(
     os.path.join(os.path.dirname(__file__), "..", "tests", "data", "diagnose_histories.json")
@@ -118,7 +118,7 @@ def demo_recipes() -> list[dict]:
     """The nine runs of ``dlopt demo`` (digits, MLP 128-64, dropout 0.2, early stopping with
     patience 8): unlabelled, kept to check that none of them is told its learning rate is
     wrong."""
-    from dlopt.cli import DEMO_OPTIMIZERS
+    from dlopt.lab.cli import DEMO_OPTIMIZERS
 
     runs = []
     for name, (factory, lr, kwargs) in DEMO_OPTIMIZERS.items():
@@ -195,12 +195,12 @@ def _cnn(channels: Sequence[int], dense: int, dropout: float, pool: int, num_cla
 
 
 def _load(dataset: str, *, limit: int | None, seed: int) -> dict:
-    """`dlopt.experiments.load_dataset` for digits; the same 70/15/15 stratified split and
+    """`dlopt.lab.experiments.load_dataset` for digits; the same 70/15/15 stratified split and
     train-fitted `dlopt.data.Standardizer` for breast cancer's 30 features."""
     import numpy as np
 
     from dlopt import data as data_lib
-    from dlopt.experiments import load_dataset
+    from dlopt.lab.experiments import load_dataset
 
     if dataset == "digits":
         return load_dataset("digits", limit=limit, seed=seed)
@@ -217,14 +217,14 @@ def _load(dataset: str, *, limit: int | None, seed: int) -> dict:
 
 def train(run: dict) -> dict:
     """Trains one recipe with `dlopt.training.fit` (the loss, batches and model from
-    `dlopt.experiments`); returns it with its ``history`` (4 significant digits) and
+    `dlopt.lab.experiments`); returns it with its ``history`` (4 significant digits) and
     ``test_accuracy``."""
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     import dlopt
-    from dlopt.experiments import classifier_loss, epoch_batches, mlp
+    from dlopt.lab.experiments import classifier_loss, epoch_batches, mlp
     from dlopt.training import EarlyStopping, TrainState, fit
 
     data = _load(run["dataset"], limit=run["limit"], seed=run["seed"])

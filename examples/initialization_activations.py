@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dlopt import initializers
-from dlopt.plots import plot_activation_histograms, save
+from dlopt.lab.plots import plot_activation_histograms, save
 
 OUT = os.path.join(os.path.dirname(__file__), "figures")
 LAYERS, UNITS = 5, 100

@@ -9,7 +9,7 @@ Uses TFDS MNIST when it has been downloaded (``tfds.load("mnist")`` once, with n
 otherwise scikit-learn's bundled 8x8 digits (1,257 training images, so the 10,000 / 20,000
 limits do not bind) and says so. L2 is ``dlopt.l2_penalty`` (``rate/2 * sum w^2`` over the
 kernels) added to the loss; early stopping watches ``val_loss`` with patience 5 and restores
-the best weights. `dlopt.diagnose` reads each history (a best train accuracy under 90%
+the best weights. `dlopt.lab.diagnose` reads each history (a best train accuracy under 90%
 counts as underfitting). On digits, model 1's L2 of 0.1 swamps the data term (the loss is
 mostly the penalty): it underfits; model 2 trains slowly but well; model 3 learns fastest and
 its loss jumps later in the run (Adam at 1e-2), which early stopping cuts short.
@@ -24,10 +24,10 @@ import os
 
 import dlopt
 from dlopt.data import DatasetUnavailableError
-from dlopt.diagnose import diagnose
-from dlopt.experiments import load_dataset, mlp, train_classifier
-from dlopt.plots import plot_curves
-from dlopt.progress import Progress
+from dlopt.lab.diagnose import diagnose
+from dlopt.lab.experiments import load_dataset, mlp, train_classifier
+from dlopt.lab.plots import plot_curves
+from dlopt.lab.progress import Progress
 
 OUT = os.path.join(os.path.dirname(__file__), "figures")
 

@@ -1,7 +1,7 @@
 """AdamW, Muon, SOAP, Schedule-Free AdamW and ADOPT training the same MLP on digits.
 
-A 64-128-64-10 MLP (`dlopt.experiments.mlp`) on scikit-learn's 8x8 digits (offline, the
-70/15/15 split of `dlopt.experiments.load_dataset`), minibatches of 64, 600 steps, the same
+A 64-128-64-10 MLP (`dlopt.lab.experiments.mlp`) on scikit-learn's 8x8 digits (offline, the
+70/15/15 split of `dlopt.lab.experiments.load_dataset`), minibatches of 64, 600 steps, the same
 initialization and batch order for every optimizer; each run is one jitted `jax.lax.scan`
 that also records the full training loss and the test accuracy after every step. Learning
 rates (below) come from a small sweep on this problem, with a cosine decay and no weight
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import dlopt
-from dlopt.experiments import load_dataset, mlp
+from dlopt.lab.experiments import load_dataset, mlp
 
 OUT = os.path.join(os.path.dirname(__file__), "figures")
 STEPS, BATCH, TARGET = 600, 64, 0.005
@@ -115,7 +115,7 @@ def plot(curves):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dlopt.plots import save
+    from dlopt.lab.plots import save
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     steps = np.arange(1, STEPS + 1)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import dlopt
-from dlopt.plots import plot_trajectories, save
+from dlopt.lab.plots import plot_trajectories, save
 
 OUT = os.path.join(os.path.dirname(__file__), "figures")
 
@@ -90,7 +90,7 @@ def save_gif(fn, paths, xlim, ylim, path, frames=30):
     from matplotlib.animation import FuncAnimation, PillowWriter
     from matplotlib.figure import Figure
 
-    from dlopt.plots import draw_trajectories
+    from dlopt.lab.plots import draw_trajectories
 
     fig = Figure(figsize=(5, 3))
     ax = fig.add_subplot()

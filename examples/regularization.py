@@ -11,7 +11,7 @@ it drives the training loss toward zero while the validation loss stalls. Then:
 Each panel shows train (solid) and validation (dashed) cross-entropy (without the L2 term);
 the gap between them is what regularization closes. The train curve of the dropout model is
 measured with dropout on, that of the augmented model on augmented batches. The table lists
-the final gap and the test accuracy, and `dlopt.diagnose` names what it sees in each history.
+the final gap and the test accuracy, and `dlopt.lab.diagnose` names what it sees in each history.
 
 What this run shows (seeded, CPU): without regularization the train loss falls to 3e-4
 while the validation loss stays near 0.15 (gap 0.15; diagnose: overfitting from epoch 5, the
@@ -34,10 +34,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 import dlopt
-from dlopt.diagnose import diagnose
-from dlopt.experiments import load_dataset, mlp, train_classifier
-from dlopt.plots import save
-from dlopt.progress import Progress
+from dlopt.lab.diagnose import diagnose
+from dlopt.lab.experiments import load_dataset, mlp, train_classifier
+from dlopt.lab.plots import save
+from dlopt.lab.progress import Progress
 
 OUT = os.path.join(os.path.dirname(__file__), "figures")
 EPOCHS, HIDDEN, TRAIN_EXAMPLES = 60, (512, 512), 300

@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 import dlopt
-from dlopt.plots import plot_schedules
+from dlopt.lab.plots import plot_schedules
 
 OUT = os.path.join(os.path.dirname(__file__), "figures")
 STEPS, PEAK, STEPS_PER_EPOCH = 1000, 0.1, 50

@@ -47,8 +47,8 @@ import numpy as np
 
 import dlopt
 from dlopt import data as data_lib
-from dlopt.experiments import classifier_loss, epoch_batches
-from dlopt.progress import Progress
+from dlopt.lab.experiments import classifier_loss, epoch_batches
+from dlopt.lab.progress import Progress
 from dlopt.training import EarlyStopping, LambdaCallback, TrainState, fit
 
 OUT = os.path.join(os.path.dirname(__file__), "figures")
@@ -248,7 +248,7 @@ def plot_results(results: dict, n_test: int, path: str) -> None:
     validation accuracy per epoch."""
     from matplotlib.figure import Figure
 
-    from dlopt.plots import save
+    from dlopt.lab.plots import save
 
     fractions = list(dict.fromkeys(f for _, f in results))
     widths = [1.1] + [1] * len(fractions)

@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import dlopt
-from dlopt import tree as tree_lib
-from dlopt.base import EmptyState, takes_extra_args
+from dlopt.core import tree as tree_lib
+from dlopt.core.base import EmptyState, takes_extra_args
 
 PARAMS = {"w": jnp.array([[1.0, 2.0], [3.0, 4.0]]), "b": [jnp.array([0.5, -0.5]), None]}
 GRADS = {"w": jnp.array([[0.1, -0.2], [0.3, 0.0]]), "b": [jnp.array([1.0, 2.0]), None]}

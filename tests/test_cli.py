@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import dlopt
-from dlopt import cli
-from dlopt.cli import DEMO_OPTIMIZERS, SCHEDULE_ALIASES, main
+from dlopt.lab import cli
+from dlopt.lab.cli import DEMO_OPTIMIZERS, SCHEDULE_ALIASES, main
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -188,7 +188,10 @@ def test_help_lists_out(command, capsys):
 
 def test_runs_as_a_module():
     done = subprocess.run(
-        [sys.executable, "-m", "dlopt.cli", "--help"], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "dlopt.lab.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0
     for command in ("demo", "schedule", "lr-find"):
@@ -205,12 +208,12 @@ def no_work(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the command started working before rejecting its arguments")
 
-    import dlopt.experiments
-    import dlopt.tuning
+    import dlopt.lab.experiments
+    import dlopt.lab.tuning
 
     monkeypatch.setattr(cli, "_load", refuse)
-    monkeypatch.setattr(dlopt.experiments, "train_classifier", refuse)
-    monkeypatch.setattr(dlopt.tuning, "lr_find", refuse)
+    monkeypatch.setattr(dlopt.lab.experiments, "train_classifier", refuse)
+    monkeypatch.setattr(dlopt.lab.tuning, "lr_find", refuse)
     monkeypatch.syspath_prepend(str(ROOT))
     import benchmarks.update_step
 
@@ -293,7 +296,7 @@ BLOCK_MATPLOTLIB = (
     "        if name.split('.')[0] == 'matplotlib':\n"
     "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
     "sys.meta_path.insert(0, Block())\n"
-    "from dlopt.cli import main\n"
+    "from dlopt.lab.cli import main\n"
     "sys.exit(main(sys.argv[1:]))\n"
 )
 

@@ -20,8 +20,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import dlopt
-from dlopt.clipping import unitwise_norm
 from dlopt.testing import check_transformation
+from dlopt.transforms.clipping import unitwise_norm
 
 # Leaves of every rank unitwise_norm handles: scalar, vector, dense, multi-head, conv, conv3d.
 SHAPES = {

@@ -10,8 +10,8 @@ import pytest
 from helpers import gradient_sequence, random_tree
 
 import dlopt
-from dlopt.base import EmptyState, GradientTransformation, GradientTransformationExtraArgs
-from dlopt.combine import MaskedNode
+from dlopt.core.base import EmptyState, GradientTransformation, GradientTransformationExtraArgs
+from dlopt.core.combine import MaskedNode
 
 SHAPES = {"dense": {"w": (3, 2), "b": (2,)}, "head": {"w": (2, 1), "b": (1,)}}
 PARAMS = random_tree(0, SHAPES)

@@ -243,7 +243,7 @@ def test_completeness_check_sees_new_exports(monkeypatch):
     def clip_everything(limit: float) -> dlopt.GradientTransformation:
         return dlopt.identity()
 
-    clip_everything.__module__ = "dlopt.clipping"
+    clip_everything.__module__ = "dlopt.transforms.clipping"
     monkeypatch.setattr(dlopt, "clip_everything", clip_everything, raising=False)
     assert "clip_everything" in exported_transform_factories()
     with pytest.raises(AssertionError, match="clip_everything"):

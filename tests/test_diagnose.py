@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dlopt.diagnose import KINDS, REMEDIES, Finding, diagnose, format_findings
+from dlopt.lab.diagnose import KINDS, REMEDIES, Finding, diagnose, format_findings
 from dlopt.training import History
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dlopt import data as data_lib
-from dlopt.experiments import classifier_loss, epoch_batches, load_dataset, mlp
+from dlopt.lab.experiments import classifier_loss, epoch_batches, load_dataset, mlp
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_classifier_loss_is_cross_entropy_plus_the_l2_penalty(l2):
 
 def test_train_classifier_survives_a_diverged_run_and_counts_the_classes():
     import dlopt
-    from dlopt.experiments import train_classifier
+    from dlopt.lab.experiments import train_classifier
 
     digits = load_dataset("digits", limit=300, seed=0)
     data = {
@@ -115,7 +115,7 @@ def test_train_classifier_survives_a_diverged_run_and_counts_the_classes():
 
 
 def test_prefers_flat_counts_small_leaves():
-    from dlopt.experiments import prefers_flat
+    from dlopt.lab.experiments import prefers_flat
 
     assert prefers_flat({"w": jnp.ones((64, 128)), "b": jnp.ones(128)})  # the demo's kind
     assert not prefers_flat({"w": jnp.ones((64, 128))})  # nothing to pack together
@@ -124,7 +124,7 @@ def test_prefers_flat_counts_small_leaves():
 
 def test_train_classifier_flat_and_tree_give_the_same_run(digits):
     import dlopt
-    from dlopt.experiments import train_classifier
+    from dlopt.lab.experiments import train_classifier
 
     runs = [
         train_classifier(

@@ -15,10 +15,10 @@ from test_train_state import MLP, make_loss_fn
 
 import dlopt
 from dlopt import training
-from dlopt.fused import FlatParams, FusedState
 from dlopt.training import TrainState
 from dlopt.training.checkpoint import ModelCheckpoint, restore
 from dlopt.training.layout import to_flat, to_tree
+from dlopt.wrappers.fused import FlatParams, FusedState
 
 
 def labels(params):

@@ -1,4 +1,5 @@
-"""`dlopt.fused`: the same numbers as the unfused rule, one buffer per dtype, flat params."""
+"""`dlopt.fused`: the same numbers as the unfused rule, one buffer per dtype, flat
+params."""
 
 from __future__ import annotations
 
@@ -17,8 +18,16 @@ from hypothesis import given
 from jax.tree_util import keystr, tree_flatten_with_path
 
 import dlopt
-from dlopt.fused import PACK_BELOW, FlatParams, FusedState, flatten, layout_of, pack, unpack
 from dlopt.testing import check_transformation
+from dlopt.wrappers.fused import (
+    PACK_BELOW,
+    FlatParams,
+    FusedState,
+    flatten,
+    layout_of,
+    pack,
+    unpack,
+)
 
 STEPS = 50
 # A matrix, a vector, a scalar, a conv kernel, a None leaf; nested dicts and lists.

@@ -35,7 +35,7 @@ from test_optimizers import (
 )
 
 import dlopt
-from dlopt.optimizers.ema import EmaState
+from dlopt.transforms.ema import EmaState
 
 # --- signatures and state fields
 

@@ -248,7 +248,7 @@ def _times_value():
     def update_fn(updates, state, params=None, *, value):
         return jax.tree.map(lambda u: u * value, updates), state
 
-    return dlopt.GradientTransformationExtraArgs(dlopt.base.init_empty_state, update_fn)
+    return dlopt.GradientTransformationExtraArgs(dlopt.core.base.init_empty_state, update_fn)
 
 
 def test_sam_passes_extra_arguments_to_both_optimizers():

@@ -1,4 +1,4 @@
-"""dlopt.numerics: compute dtypes, moments, bias correction and stochastic-rounding storage."""
+"""dlopt.core.numerics: compute dtypes, moments, bias correction and stochastic-rounding storage."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dlopt import numerics
+from dlopt.core import numerics
 
 N = 200_000
 

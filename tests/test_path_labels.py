@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import dlopt
-from dlopt.combine import leaf_path
+from dlopt.core.combine import leaf_path
 
 PARAMS = {
     "backbone": {

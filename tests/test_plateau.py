@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import dlopt
-from dlopt.plateau import PlateauConfig
+from dlopt.schedules.plateau import PlateauConfig
 from dlopt.testing import check_transformation
 
 # --- references -----------------------------------------------------------------------------

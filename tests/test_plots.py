@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dlopt import plots
+from dlopt.lab import plots
 from dlopt.training import History
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -1,8 +1,8 @@
-"""dlopt.progress: a bar on a terminal, plain lines (no carriage returns) anywhere else."""
+"""dlopt.lab.progress: a bar on a terminal, plain lines (no carriage returns) anywhere else."""
 
 import io
 
-from dlopt.progress import EpochProgress, Progress, format_logs, is_terminal
+from dlopt.lab.progress import EpochProgress, Progress, format_logs, is_terminal
 
 
 class Terminal(io.StringIO):

@@ -1,4 +1,5 @@
-"""dlopt.quantized: the 8-bit codes, round trips, state bytes, peak memory, quality, resume, ZeRO-1.
+"""dlopt.quantized: the 8-bit codes, round trips, state bytes, peak memory, quality,
+resume, ZeRO-1.
 
 Also the peak memory of the per-moment dtypes (bf16 moments with stochastic rounding).
 """
@@ -19,7 +20,8 @@ from test_train_state import MLP, batches, make_data, make_loss_fn, make_state
 
 import dlopt
 from dlopt import training
-from dlopt.quantized import (
+from dlopt.training import History, ModelCheckpoint, restore
+from dlopt.wrappers.quantized import (
     QuantizedArray,
     _encode,
     dequantize,
@@ -27,7 +29,6 @@ from dlopt.quantized import (
     linear_code,
     quantize,
 )
-from dlopt.training import History, ModelCheckpoint, restore
 
 BF16 = jnp.bfloat16
 N4M = 4 * 2**20

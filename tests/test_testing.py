@@ -12,7 +12,7 @@ import pytest
 
 import dlopt
 from dlopt import testing
-from dlopt.base import EmptyState, GradientTransformation, GradientTransformationExtraArgs
+from dlopt.core.base import EmptyState, GradientTransformation, GradientTransformationExtraArgs
 from dlopt.testing import check_transformation
 
 # --- deliberately broken transforms, one bug each

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import dlopt
-from dlopt import tuning
+from dlopt.lab import tuning
 
 # ----------------------------------------------------------------------------- search
 

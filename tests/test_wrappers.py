@@ -219,8 +219,8 @@ def test_bad_arguments_name_themselves(build, match):
 def test_set_schedule_scale_multiplies_a_schedule_and_only_a_schedule():
     tx = dlopt.chain(dlopt.clip(1.0), dlopt.inject_hyperparams(dlopt.sgd)(schedule, momentum=0.5))
     state = tx.init(PARAMS)
-    assert dlopt.inject.is_scheduled(state, "learning_rate")
-    assert not dlopt.inject.is_scheduled(state, "momentum")
+    assert dlopt.wrappers.inject.is_scheduled(state, "learning_rate")
+    assert not dlopt.wrappers.inject.is_scheduled(state, "momentum")
     update = jax.jit(chex.assert_max_traces(tx.update, n=1))
     grads = {"x": jnp.ones(3, jnp.float32)}
     for t, scale in enumerate([1.0, 1.0, 0.5, 0.5, 0.25]):
@@ -234,7 +234,7 @@ def test_set_schedule_scale_multiplies_a_schedule_and_only_a_schedule():
     with pytest.raises(ValueError, match="no injected schedule named 'momentum'"):
         dlopt.set_schedule_scale(state, "momentum", 0.5)
     with pytest.raises(ValueError, match="'b1'"):
-        dlopt.inject.is_scheduled(state, "b1")
+        dlopt.wrappers.inject.is_scheduled(state, "b1")
 
 
 # --- apply_if_finite --------------------------------------------------------------------------

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.ndimage import map_coordinates
 
-from dlopt.validation import check_in_range, check_non_negative, check_positive
+from dlopt.core.validation import check_in_range, check_non_negative, check_positive
 
 Transform = Callable[..., Any]
 

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlopt.validation import check_in_range, check_positive
+from dlopt.core.validation import check_in_range, check_positive
 
 # ITU-R BT.601 luma weights, as PIL, torchvision and tf.image use them.
 _LUMA = (0.299, 0.587, 0.114)

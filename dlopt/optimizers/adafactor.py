@@ -11,19 +11,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlopt import numerics, validation
-from dlopt import tree as tree_lib
-from dlopt.base import (
+from dlopt.core import numerics, validation
+from dlopt.core import tree as tree_lib
+from dlopt.core.base import (
     EmptyState,
     GradientTransformation,
     GradientTransformationExtraArgs,
     ScalarOrSchedule,
 )
-from dlopt.clipping import clip_by_block_rms
-from dlopt.combine import Mask, chain
-from dlopt.optimizers.ema import ema
-from dlopt.optimizers.scaling import scale, scale_by_learning_rate
-from dlopt.regularizers import add_decayed_weights
+from dlopt.core.combine import Mask, chain
+from dlopt.transforms.clipping import clip_by_block_rms
+from dlopt.transforms.ema import ema
+from dlopt.transforms.regularizers import add_decayed_weights
+from dlopt.transforms.scaling import scale, scale_by_learning_rate
 
 
 def _decay_rate_pow(i: chex.Numeric, exponent: chex.Numeric = 0.8) -> chex.Array:

@@ -8,13 +8,17 @@ from typing import Any, NamedTuple
 import chex
 import jax.numpy as jnp
 
-from dlopt import numerics, validation
-from dlopt import tree as tree_lib
-from dlopt.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule
-from dlopt.combine import Mask, chain
+from dlopt.core import numerics, validation
+from dlopt.core import tree as tree_lib
+from dlopt.core.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+)
+from dlopt.core.combine import Mask, chain
 from dlopt.optimizers import alias
-from dlopt.optimizers.scaling import scale_by_learning_rate
-from dlopt.regularizers import add_decayed_weights
+from dlopt.transforms.regularizers import add_decayed_weights
+from dlopt.transforms.scaling import scale_by_learning_rate
 
 
 def _adam_leaf(g, mu, nu, leaf, out_dtype, *, b1, b2, eps, eps_root, nesterov, writer):
@@ -68,7 +72,7 @@ def scale_by_adam(
     Complex parameters use :math:`|g_t|^2 = g_t \\bar g_t` for :math:`v`, as optax does.
     Arithmetic runs in float32 (float64 for float64 leaves) whatever the storage dtypes; the
     moments are stored in ``mu_dtype`` / ``nu_dtype`` (default: each parameter's dtype) with
-    stochastic rounding when that is narrower (`dlopt.numerics.store`), and the update is
+    stochastic rounding when that is narrower (`dlopt.core.numerics.store`), and the update is
     computed from the stored values. Updates come back in each parameter's dtype.
 
     Args:

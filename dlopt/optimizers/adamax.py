@@ -9,12 +9,16 @@ from typing import Any, NamedTuple
 import chex
 import jax.numpy as jnp
 
-from dlopt import numerics, validation
-from dlopt import tree as tree_lib
-from dlopt.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule
-from dlopt.combine import Mask, chain
-from dlopt.optimizers.scaling import scale_by_learning_rate
-from dlopt.regularizers import add_decayed_weights
+from dlopt.core import numerics, validation
+from dlopt.core import tree as tree_lib
+from dlopt.core.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+)
+from dlopt.core.combine import Mask, chain
+from dlopt.transforms.regularizers import add_decayed_weights
+from dlopt.transforms.scaling import scale_by_learning_rate
 
 
 def _adamax_leaf(g, mu, nu, leaf, out_dtype, *, b1, b2, eps, writer):

@@ -9,12 +9,16 @@ from typing import Any
 import chex
 import jax.numpy as jnp
 
-from dlopt import numerics, validation
-from dlopt import tree as tree_lib
-from dlopt.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule
-from dlopt.combine import chain
+from dlopt.core import numerics, validation
+from dlopt.core import tree as tree_lib
+from dlopt.core.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+)
+from dlopt.core.combine import chain
 from dlopt.optimizers.adam import ScaleByAdamState
-from dlopt.optimizers.scaling import scale_by_learning_rate
+from dlopt.transforms.scaling import scale_by_learning_rate
 
 
 def _clip_modulus(x: chex.Array, limit: chex.Array) -> chex.Array:

@@ -8,11 +8,15 @@ from typing import Any, NamedTuple
 import chex
 import jax.numpy as jnp
 
-from dlopt import numerics, validation
-from dlopt import tree as tree_lib
-from dlopt.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule
-from dlopt.combine import chain
-from dlopt.optimizers.scaling import scale_by_learning_rate
+from dlopt.core import numerics, validation
+from dlopt.core import tree as tree_lib
+from dlopt.core.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+)
+from dlopt.core.combine import chain
+from dlopt.transforms.scaling import scale_by_learning_rate
 
 
 def _amsgrad_leaf(

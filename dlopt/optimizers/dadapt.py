@@ -14,9 +14,9 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from dlopt import numerics, validation
-from dlopt import tree as tree_lib
-from dlopt.base import GradientTransformationExtraArgs, ScalarOrSchedule
+from dlopt.core import numerics, validation
+from dlopt.core import tree as tree_lib
+from dlopt.core.base import GradientTransformationExtraArgs, ScalarOrSchedule
 
 
 def _check_betas(betas: Any) -> tuple[Any, Any]:

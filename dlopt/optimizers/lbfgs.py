@@ -9,18 +9,18 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from dlopt import numerics, validation
-from dlopt import tree as tree_lib
-from dlopt.base import (
+from dlopt.core import numerics, validation
+from dlopt.core import tree as tree_lib
+from dlopt.core.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
     ScalarOrSchedule,
     identity,
 )
-from dlopt.combine import chain
-from dlopt.optimizers.linesearch import add_scale, check_flag, real_dtype, sq_norm, vdot_real
-from dlopt.optimizers.scaling import scale, scale_by_learning_rate
-from dlopt.optimizers.zoom_linesearch import scale_by_zoom_linesearch
+from dlopt.core.combine import chain
+from dlopt.linesearch.backtracking import add_scale, check_flag, real_dtype, sq_norm, vdot_real
+from dlopt.linesearch.zoom import scale_by_zoom_linesearch
+from dlopt.transforms.scaling import scale, scale_by_learning_rate
 
 
 class ScaleByLBFGSState(NamedTuple):

@@ -9,17 +9,16 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from dlopt import numerics, validation
-from dlopt import tree as tree_lib
-from dlopt.base import (
+from dlopt.core import numerics, validation
+from dlopt.core import tree as tree_lib
+from dlopt.core.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
     ScalarOrSchedule,
     init_empty_state,
 )
-from dlopt.combine import Mask, MaskedNode, chain, partition
-from dlopt.optimizers.adam import adamw
-from dlopt.optimizers.newton_schulz import (
+from dlopt.core.combine import Mask, MaskedNode, chain, partition
+from dlopt.linalg.newton_schulz import (
     DEFAULT_NS_COEFFS,
     PRECONDITIONINGS,
     MuonDimensionNumbers,
@@ -33,8 +32,9 @@ from dlopt.optimizers.newton_schulz import (
     orthogonalize_via_newton_schulz,
     resolve_coeffs,
 )
-from dlopt.optimizers.scaling import scale_by_learning_rate
-from dlopt.regularizers import add_decayed_weights
+from dlopt.optimizers.adam import adamw
+from dlopt.transforms.regularizers import add_decayed_weights
+from dlopt.transforms.scaling import scale_by_learning_rate
 
 
 def _scale_by_shape_leaf(u, dims, consistent_rms):

@@ -6,15 +6,15 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from dlopt import numerics, validation
-from dlopt import tree as tree_lib
-from dlopt.base import (
+from dlopt.core import numerics, validation
+from dlopt.core import tree as tree_lib
+from dlopt.core.base import (
     EmptyState,
     GradientTransformationExtraArgs,
     ScalarOrSchedule,
 )
-from dlopt.combine import chain
-from dlopt.optimizers.scaling import scale_by_learning_rate
+from dlopt.core.combine import chain
+from dlopt.transforms.scaling import scale_by_learning_rate
 
 VARIANTS = ("sps", "sps+")
 _TINY = float(jnp.finfo(float).eps)  # optax's guard on the squared norm (float64's eps)

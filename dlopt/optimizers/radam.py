@@ -10,12 +10,16 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from dlopt import numerics, validation
-from dlopt import tree as tree_lib
-from dlopt.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule
-from dlopt.combine import chain
+from dlopt.core import numerics, validation
+from dlopt.core import tree as tree_lib
+from dlopt.core.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+)
+from dlopt.core.combine import chain
 from dlopt.optimizers.adam import ScaleByAdamState
-from dlopt.optimizers.scaling import scale_by_learning_rate
+from dlopt.transforms.scaling import scale_by_learning_rate
 
 # B_2k / (2k)!, the Taylor coefficients of x / (e^x - 1) = 1 - x/2 + sum_k c_k x^(2k).
 _BERNOULLI = (

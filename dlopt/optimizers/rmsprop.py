@@ -9,13 +9,17 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from dlopt import numerics, validation
-from dlopt import tree as tree_lib
-from dlopt.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule
-from dlopt.base import identity as identity_transform
-from dlopt.combine import chain
-from dlopt.optimizers.scaling import scale_by_learning_rate
+from dlopt.core import numerics, validation
+from dlopt.core import tree as tree_lib
+from dlopt.core.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+)
+from dlopt.core.base import identity as identity_transform
+from dlopt.core.combine import chain
 from dlopt.optimizers.sgd import trace
+from dlopt.transforms.scaling import scale_by_learning_rate
 
 
 def _check(decay, eps, initial_scale) -> None:
@@ -78,7 +82,7 @@ def scale_by_rms(
         bias_correction: divide :math:`h_t` by :math:`1 - \\rho^t` (Adam-style).
         nu_dtype: storage dtype of :math:`h` (default: each parameter's); dlopt only.
         state_rounding: ``"stochastic"`` or ``"nearest"`` rounding into a narrower
-            ``nu_dtype`` (`dlopt.numerics.store`); dlopt only.
+            ``nu_dtype`` (`dlopt.core.numerics.store`); dlopt only.
 
     Returns:
         A `GradientTransformation` with state `ScaleByRmsState`. Unlike optax, the state

@@ -10,11 +10,11 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from dlopt import numerics, validation
-from dlopt import tree as tree_lib
-from dlopt.base import GradientTransformation, GradientTransformationExtraArgs
-from dlopt.combine import chain
-from dlopt.optimizers.scaling import scale
+from dlopt.core import numerics, validation
+from dlopt.core import tree as tree_lib
+from dlopt.core.base import GradientTransformation, GradientTransformationExtraArgs
+from dlopt.core.combine import chain
+from dlopt.transforms.scaling import scale
 
 
 def _rprop_leaf(g, step, prev, out_dtype, *, eta_minus, eta_plus, min_step, max_step):

@@ -15,20 +15,20 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from dlopt import numerics, validation
-from dlopt import tree as tree_lib
-from dlopt.base import (
+from dlopt.core import numerics, validation
+from dlopt.core import tree as tree_lib
+from dlopt.core.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
     ScalarOrSchedule,
     with_extra_args_support,
 )
-from dlopt.combine import chain
+from dlopt.core.combine import chain
 from dlopt.optimizers.rmsprop import scale_by_rms
-from dlopt.optimizers.scaling import scale_by_learning_rate
 from dlopt.optimizers.sgd import sgd
-from dlopt.regularizers import add_decayed_weights
-from dlopt.schedules import linear_schedule
+from dlopt.schedules.decay import linear_schedule
+from dlopt.transforms.regularizers import add_decayed_weights
+from dlopt.transforms.scaling import scale_by_learning_rate
 
 
 class ScheduleFreeState(NamedTuple):

@@ -8,16 +8,16 @@ from typing import Any, NamedTuple
 import chex
 import jax.numpy as jnp
 
-from dlopt import numerics, validation
-from dlopt import tree as tree_lib
-from dlopt.base import (
+from dlopt.core import numerics, validation
+from dlopt.core import tree as tree_lib
+from dlopt.core.base import (
     EmptyState,
     GradientTransformation,
     GradientTransformationExtraArgs,
     ScalarOrSchedule,
 )
-from dlopt.combine import chain
-from dlopt.optimizers.scaling import scale_by_learning_rate
+from dlopt.core.combine import chain
+from dlopt.transforms.scaling import scale_by_learning_rate
 
 
 class TraceState(NamedTuple):

@@ -8,17 +8,17 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from dlopt import numerics, validation
-from dlopt import tree as tree_lib
-from dlopt.base import (
+from dlopt.core import numerics, validation
+from dlopt.core import tree as tree_lib
+from dlopt.core.base import (
     EmptyState,
     GradientTransformation,
     GradientTransformationExtraArgs,
     ScalarOrSchedule,
 )
-from dlopt.combine import chain
-from dlopt.optimizers.ema import ema
-from dlopt.optimizers.scaling import scale_by_learning_rate
+from dlopt.core.combine import chain
+from dlopt.transforms.ema import ema
+from dlopt.transforms.scaling import scale_by_learning_rate
 
 
 def scale_by_sign() -> GradientTransformation:

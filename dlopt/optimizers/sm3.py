@@ -10,11 +10,15 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import keystr, tree_flatten_with_path
 
-from dlopt import numerics, validation
-from dlopt import tree as tree_lib
-from dlopt.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule
-from dlopt.combine import chain
-from dlopt.optimizers.scaling import scale_by_learning_rate
+from dlopt.core import numerics, validation
+from dlopt.core import tree as tree_lib
+from dlopt.core.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+)
+from dlopt.core.combine import chain
+from dlopt.transforms.scaling import scale_by_learning_rate
 
 
 def _zeros_along_axis(p: Any, axis: int, dtype: Any) -> chex.Array:

@@ -9,12 +9,16 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from dlopt import numerics, validation
-from dlopt import tree as tree_lib
-from dlopt.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule
-from dlopt.combine import Mask, chain
-from dlopt.optimizers.scaling import scale_by_learning_rate
-from dlopt.regularizers import add_decayed_weights
+from dlopt.core import numerics, validation
+from dlopt.core import tree as tree_lib
+from dlopt.core.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+)
+from dlopt.core.combine import Mask, chain
+from dlopt.transforms.regularizers import add_decayed_weights
+from dlopt.transforms.scaling import scale_by_learning_rate
 
 
 def _merge_small_dims(shape: tuple[int, ...], max_dim: int) -> tuple[int, ...]:

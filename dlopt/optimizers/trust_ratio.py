@@ -8,19 +8,19 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from dlopt import numerics, validation
-from dlopt import tree as tree_lib
-from dlopt.base import (
+from dlopt.core import numerics, validation
+from dlopt.core import tree as tree_lib
+from dlopt.core.base import (
     EmptyState,
     GradientTransformation,
     GradientTransformationExtraArgs,
     ScalarOrSchedule,
 )
-from dlopt.combine import Mask, chain, masked
+from dlopt.core.combine import Mask, chain, masked
 from dlopt.optimizers.adam import scale_by_adam
-from dlopt.optimizers.scaling import scale_by_learning_rate
 from dlopt.optimizers.sgd import trace
-from dlopt.regularizers import AddDecayedWeightsState, add_decayed_weights
+from dlopt.transforms.regularizers import AddDecayedWeightsState, add_decayed_weights
+from dlopt.transforms.scaling import scale_by_learning_rate
 
 
 def _safe_norm(x: chex.Array, min_norm: chex.Numeric) -> chex.Array:

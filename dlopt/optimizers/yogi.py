@@ -8,12 +8,16 @@ from typing import Any
 import chex
 import jax.numpy as jnp
 
-from dlopt import numerics, validation
-from dlopt import tree as tree_lib
-from dlopt.base import GradientTransformation, GradientTransformationExtraArgs, ScalarOrSchedule
-from dlopt.combine import chain
+from dlopt.core import numerics, validation
+from dlopt.core import tree as tree_lib
+from dlopt.core.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+)
+from dlopt.core.combine import chain
 from dlopt.optimizers.adam import ScaleByAdamState
-from dlopt.optimizers.scaling import scale_by_learning_rate
+from dlopt.transforms.scaling import scale_by_learning_rate
 
 
 def _yogi_leaf(g, mu, nu, leaf, out_dtype, *, b1, b2, eps, eps_root, writer):

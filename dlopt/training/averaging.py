@@ -25,11 +25,11 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from dlopt import numerics, validation
-from dlopt import tree as tree_lib
-from dlopt.inject import get_hyperparam, is_scheduled, set_hyperparam
+from dlopt.core import numerics, validation
+from dlopt.core import tree as tree_lib
 from dlopt.training.batchnorm import update_bn
 from dlopt.training.callbacks import Callback
+from dlopt.wrappers.inject import get_hyperparam, is_scheduled, set_hyperparam
 
 __all__ = ["SWA", "Averages", "ModelEMA", "swap_averages", "update_bn"]
 

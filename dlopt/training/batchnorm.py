@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import keystr, tree_flatten_with_path
 
-from dlopt import numerics, validation
+from dlopt.core import numerics, validation
 
 
 @functools.lru_cache(maxsize=32)

@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlopt import validation
-from dlopt.inject import get_hyperparam, is_scheduled, set_hyperparam, set_schedule_scale
-from dlopt.plateau import PlateauConfig, PlateauState, plateau_init, plateau_step
+from dlopt.core import validation
+from dlopt.schedules.plateau import PlateauConfig, PlateauState, plateau_init, plateau_step
 from dlopt.training.monitor import improves, monitored_value, resolve_mode
+from dlopt.wrappers.inject import get_hyperparam, is_scheduled, set_hyperparam, set_schedule_scale
 
 
 class Callback:

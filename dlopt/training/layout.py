@@ -21,8 +21,17 @@ from typing import Any
 import jax
 import numpy as np
 
-from dlopt.fused import PACK_BELOW, FlatParams, FusedState, GroupBy, flatten, fused, pack, unpack
 from dlopt.training.state import TrainState
+from dlopt.wrappers.fused import (
+    PACK_BELOW,
+    FlatParams,
+    FusedState,
+    GroupBy,
+    flatten,
+    fused,
+    pack,
+    unpack,
+)
 
 
 def _shape(x: Any) -> tuple[int, ...]:

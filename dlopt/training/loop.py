@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from dlopt.progress import EpochProgress
+from dlopt.lab.progress import EpochProgress
 from dlopt.training.callbacks import Callback
 from dlopt.training.steps import NUM_EXAMPLES, make_eval_step, make_train_step
 
@@ -163,7 +163,7 @@ def fit(
         val_data: batches for the validation metrics, same forms as ``train_data``.
         callbacks: `Callback` objects, called in order.
         progress: on a terminal a tqdm bar with the running loss and examples/s, elsewhere
-            one plain line per epoch (`dlopt.progress.EpochProgress`); False: nothing.
+            one plain line per epoch (`dlopt.lab.progress.EpochProgress`); False: nothing.
         loss_fn: builds ``train_step``/``eval_step`` with `make_train_step`/`make_eval_step`
             when those are not given.
         train_step: ``(state, batch) -> (state, metrics)``, e.g. from `make_pmap_train_step`.

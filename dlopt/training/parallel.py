@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from dlopt.base import GradientTransformation
+from dlopt.core.base import GradientTransformation
 from dlopt.training.state import TrainState
 from dlopt.training.steps import LossFn, StepOptions, eval_step_fn, train_step_fn
 

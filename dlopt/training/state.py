@@ -8,7 +8,7 @@ the parameter averages of `dlopt.training.ModelEMA` / `dlopt.training.SWA`, and
 ``loss_scale``, the `dlopt.DynamicLossScaleState` of a loss-scaled step.
 
 The flat layout (``TrainState.create(..., flat=True)``): the params are stored as a
-`dlopt.fused.FlatParams` (one contiguous buffer per dtype and group, large leaves in buffers
+`FlatParams` (one contiguous buffer per dtype and group, large leaves in buffers
 of their own) and the optimizer state over those buffers (``dlopt.fused(tx)``'s), so the whole
 chain runs as one fused pass per buffer. ``state.params`` still reads as the params tree (a
 view: slices of the buffers, free inside ``jit``); ``state.stored_params`` is what is stored.
@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from dlopt import tree as tree_lib
-from dlopt.base import GradientTransformation, apply_updates, with_extra_args_support
-from dlopt.fused import PACK_BELOW, FlatParams, GroupBy, flatten, fused, pack
+from dlopt.core import tree as tree_lib
+from dlopt.core.base import GradientTransformation, apply_updates, with_extra_args_support
+from dlopt.wrappers.fused import PACK_BELOW, FlatParams, GroupBy, flatten, fused, pack
 
 _KEEP = object()  # `replace` without ``params=``: keep the stored params as they are
 

@@ -18,7 +18,7 @@ used to weight batch means into exact epoch means). Metrics must be scalar per-e
 
 Every builder shares one step (`train_step_fn`): gradients (`gradients`, micro-batches summed
 in a float32 accumulator), the update through `TrainState.apply_gradients`, and the NaN/Inf
-guard `dlopt.wrappers.guarded` (a ``lax.cond``); its flags are one `StepOptions`. Two
+guard `dlopt.wrappers.finite.guarded` (a ``lax.cond``); its flags are one `StepOptions`. Two
 optional parts ride in the state: ``state.averages`` (a `dlopt.training.ModelEMA` average,
 updated after each applied update) and ``state.loss_scale`` (with ``loss_scale=``).
 
@@ -37,12 +37,18 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from dlopt import tree as tree_lib
-from dlopt.base import GradientTransformation
-from dlopt.fused import FlatParams
-from dlopt.loss_scale import DynamicLossScale
+from dlopt.core import tree as tree_lib
+from dlopt.core.base import GradientTransformation
 from dlopt.training.state import TrainState
-from dlopt.wrappers import accumulate, accumulation_dtype, all_finite, count_nonfinite, guarded
+from dlopt.wrappers.finite import (
+    accumulate,
+    accumulation_dtype,
+    all_finite,
+    count_nonfinite,
+    guarded,
+)
+from dlopt.wrappers.fused import FlatParams
+from dlopt.wrappers.loss_scale import DynamicLossScale
 
 LossFn = Callable[..., Any]
 NUM_EXAMPLES = "num_examples"
@@ -164,7 +170,7 @@ def gradients(
     Returns ``(grads, new_model_state, metric_sums, weight)``: ``metric_sums`` are the
     metrics times the valid-row count ``weight``. With ``accumulation_steps = k > 1`` the
     batch is split into ``k`` micro-batches whose example-weighted gradients are summed in
-    float32 (`dlopt.wrappers.accumulate`, float64 for float64 params), and ``grads`` is that
+    float32 (`dlopt.wrappers.finite.accumulate`, float64 for float64 params), and ``grads`` is that
     sum; with ``weighted=True`` (a device of a data-parallel step) ``grads`` is the weighted
     sum too, so sums over devices divide into exact means; otherwise ``grads`` is the plain
     gradient of the loss. The model state is threaded through the micro-batches in order.
@@ -345,7 +351,7 @@ def make_train_step(
     optimizer update per call, through `TrainState.apply_gradients`; BatchNorm state threads
     through the micro-batches). The RNG given to ``loss_fn`` is ``fold_in(state.rng,
     state.step)`` (then the micro-batch index). When the gradients or the loss are not finite
-    the step is skipped (one ``lax.cond``, `dlopt.wrappers.guarded`): params, opt_state and
+    the step is skipped (one ``lax.cond``, `dlopt.wrappers.finite.guarded`): params, opt_state and
     model state stay, ``skipped_steps`` and ``step`` count up.
 
     Args:

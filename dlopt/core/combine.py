@@ -1,0 +1,323 @@
+"""Composing transforms: `chain`, `named_chain`, `masked` and `partition` (parameter groups),
+and `path_labels`, which names the groups by regular expressions over parameter paths."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any, NamedTuple
+
+import chex
+import jax
+from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
+
+from dlopt.core import tree as tree_lib
+from dlopt.core.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    with_extra_args_support,
+)
+
+
+def _check_params(updates: chex.ArrayTree, params: chex.ArrayTree | None) -> None:
+    if params is not None:
+        tree_lib.check_matching_trees(params, updates, "params", "updates")
+
+
+def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArgs:
+    """Applies ``transforms`` in order: ``u <- t_n(... t_2(t_1(g)))``; state is a tuple.
+
+    Extra keyword arguments of ``update`` (e.g. ``value=`` for `reduce_on_plateau`) reach
+    the transforms whose ``update`` accepts keyword arguments. When ``params`` are given,
+    their tree must match the updates' tree (a ``ValueError`` names the differing path).
+
+    Example:
+        >>> import dlopt
+        >>> tx = dlopt.chain(dlopt.clip_by_global_norm(1.0), dlopt.adam(1e-3))
+    """
+    wrapped = [with_extra_args_support(t) for t in transforms]
+
+    def init_fn(params):
+        return tuple(t.init(params) for t in wrapped)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        if len(state) != len(wrapped):
+            raise ValueError(
+                f"chain of {len(wrapped)} transforms got a state of {len(state)} entries; "
+                "build the state with this chain's init(params)."
+            )
+        _check_params(updates, params)
+        new_state = []
+        for t, s in zip(wrapped, state, strict=True):
+            updates, s = t.update(updates, s, params, **extra_args)
+            new_state.append(s)
+        return updates, tuple(new_state)
+
+    return GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def named_chain(*named: tuple[str, GradientTransformation]) -> GradientTransformationExtraArgs:
+    """Like `chain`, with the state a dict keyed by the given names (easy to inspect).
+
+    Example:
+        >>> import dlopt
+        >>> tx = dlopt.named_chain(("clip", dlopt.clip(1.0)), ("opt", dlopt.sgd(0.1)))
+    """
+    names = [name for name, _ in named]
+    if len(set(names)) != len(names):
+        raise ValueError(f"named_chain names must be unique, got {names}.")
+    wrapped = {name: with_extra_args_support(t) for name, t in named}
+
+    def init_fn(params):
+        return {name: t.init(params) for name, t in wrapped.items()}
+
+    def update_fn(updates, state, params=None, **extra_args):
+        _check_params(updates, params)
+        new_state = {}
+        for name, t in wrapped.items():
+            updates, new_state[name] = t.update(updates, state[name], params, **extra_args)
+        return updates, new_state
+
+    return GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class MaskedNode(NamedTuple):
+    """Stands in for a leaf that a mask leaves out: an empty pytree node."""
+
+
+class MaskedState(NamedTuple):
+    inner_state: Any
+
+
+Mask = chex.ArrayTree | Callable[[chex.ArrayTree], chex.ArrayTree]
+
+
+def resolve_mask(mask: Mask, tree: chex.ArrayTree) -> chex.ArrayTree:
+    """``mask(tree)`` for a callable mask, else ``mask`` itself.
+
+    A mask is callable when all its leaves are (a plain function is its own only leaf); a
+    pytree of bools that is also callable (an equinox module) is used as a tree, as in optax.
+    """
+    leaves = jax.tree.leaves(jax.tree.map(callable, mask))
+    return mask(tree) if leaves and all(leaves) else mask
+
+
+def _hide(tree: chex.ArrayTree, mask: chex.ArrayTree) -> chex.ArrayTree:
+    """Replaces the subtrees where ``mask`` is False by `MaskedNode`."""
+    return jax.tree.map(lambda m, x: x if m else MaskedNode(), mask, tree)
+
+
+def masked(inner: GradientTransformation, mask: Mask) -> GradientTransformationExtraArgs:
+    """Applies ``inner`` only where ``mask`` is True; other updates pass through unchanged.
+
+    ``mask`` is a pytree of bools with the params' structure (or a prefix of it), or a
+    callable ``params -> that pytree``. ``inner`` keeps state only for the selected leaves;
+    with none selected (a `partition` label no leaf carries) it is not called.
+
+    Example:
+        >>> import dlopt
+        >>> only_weights = lambda p: {"w": True, "b": False}
+        >>> tx = dlopt.masked(dlopt.add_decayed_weights(1e-4), only_weights)
+    """
+    inner = with_extra_args_support(inner)
+
+    def init_fn(params):
+        return MaskedState(inner.init(_hide(params, resolve_mask(mask, params))))
+
+    def update_fn(updates, state, params=None, **extra_args):
+        mask_tree = resolve_mask(mask, updates if params is None else params)
+        hidden_updates = _hide(updates, mask_tree)
+        if not jax.tree.leaves(hidden_updates):  # nothing selected (a partition's unused label)
+            return updates, state
+        hidden_params = None if params is None else _hide(params, mask_tree)
+        new_updates, inner_state = inner.update(
+            hidden_updates, state.inner_state, hidden_params, **extra_args
+        )
+        merged = jax.tree.map(
+            lambda m, new, old: new if m else old, mask_tree, new_updates, updates
+        )
+        return merged, MaskedState(inner_state)
+
+    return GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class PartitionState(NamedTuple):
+    inner_states: dict[Hashable, MaskedState]
+
+
+def partition(
+    transforms: Mapping[Hashable, GradientTransformation],
+    param_labels: chex.ArrayTree | Callable[[chex.ArrayTree], chex.ArrayTree],
+) -> GradientTransformationExtraArgs:
+    """Different transforms for different parameter groups (torch's param groups).
+
+    ``param_labels`` gives each leaf (or subtree) a key of ``transforms``, or is a callable
+    ``params -> labels``. Each group's transform sees and keeps state for its leaves only.
+
+    Example:
+        >>> import dlopt
+        >>> tx = dlopt.partition(
+        ...     {"body": dlopt.adam(1e-3), "head": dlopt.sgd(1e-2)},
+        ...     lambda p: {k: "head" if k == "out" else "body" for k in p},
+        ... )
+    """
+
+    def masks(tree):
+        labels = resolve_mask(param_labels, tree)
+        present = set(jax.tree.leaves(labels))
+        missing = present - set(transforms)
+        if missing:
+            raise ValueError(
+                f"param_labels uses labels {sorted(map(str, missing))} that transforms lacks; "
+                f"transforms has {sorted(map(str, transforms))}."
+            )
+        return {
+            label: jax.tree.map(lambda lab, label=label: lab == label, labels)
+            for label in transforms
+        }
+
+    groups = {label: with_extra_args_support(t) for label, t in transforms.items()}
+
+    def init_fn(params):
+        mask_by_label = masks(params)
+        return PartitionState(
+            {label: masked(t, mask_by_label[label]).init(params) for label, t in groups.items()}
+        )
+
+    def update_fn(updates, state, params=None, **extra_args):
+        mask_by_label = masks(updates if params is None else params)
+        new_states = {}
+        for label, t in groups.items():
+            updates, new_states[label] = masked(t, mask_by_label[label]).update(
+                updates, state.inner_states[label], params, **extra_args
+            )
+        return updates, PartitionState(new_states)
+
+    return GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+# Attribute names that wrap a parameter rather than name it (flax.nnx Variables' ``.value``).
+_WRAPPERS = frozenset({"value", "raw_value"})
+
+
+def leaf_path(path: tuple) -> str:
+    """A key path from ``jax.tree_util.tree_flatten_with_path`` as ``"a/b/0/kernel"``: dict
+    keys, attribute names and sequence indices joined by "/", a trailing nnx ``.value``
+    dropped."""
+    keys = list(path)
+    if keys and isinstance(keys[-1], GetAttrKey) and keys[-1].name in _WRAPPERS:
+        keys.pop()
+    parts = []
+    for key in keys:
+        if isinstance(key, DictKey):
+            parts.append(str(key.key))
+        elif isinstance(key, GetAttrKey):
+            parts.append(key.name)
+        elif isinstance(key, SequenceKey):
+            parts.append(str(key.idx))
+        elif isinstance(key, FlattenedIndexKey):
+            parts.append(str(key.key))
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+def path_labels(
+    params: chex.ArrayTree,
+    rules: Mapping[str, Hashable],
+    default: Hashable | None = None,
+) -> chex.ArrayTree:
+    """Labels each leaf of ``params`` by the first regular expression that matches its path.
+
+    A leaf's path is its keys joined by "/" (see `leaf_path`): in the Flax linen params
+    ``{"backbone": {"Conv_0": {"kernel": w}}}`` the kernel is ``"backbone/Conv_0/kernel"``
+    (an nnx state gives the same, without the ``.value``). ``rules`` maps patterns to labels;
+    they are tried in their order with `re.search` (so ``"kernel"`` matches anywhere; anchor
+    with ``^`` and ``$``) and **the first pattern that matches wins**. Leaves that no pattern
+    matches get ``default``; with no default they are an error.
+
+    The result has the params' structure with a label per leaf: the ``param_labels`` of
+    `partition` (or ``optax.partition``), the ``group_by`` of `dlopt.fused`, or, with labels
+    ``True``/``False``, the mask of `masked`.
+
+    Args:
+        params: the parameter pytree (arrays or ``jax.ShapeDtypeStruct``; only paths are read).
+        rules: ``{pattern: label}``; labels must be hashable and not None.
+        default: the label of leaves no pattern matches; None makes those an error.
+
+    Returns:
+        A pytree of labels shaped like ``params``.
+
+    Raises:
+        ValueError: a pattern that does not compile, a None or unhashable label, or (with no
+            default) leaves that no pattern matches, named by path.
+
+    Example:
+        Freeze a pretrained backbone, train the rest with Adam:
+
+        >>> import jax.numpy as jnp, dlopt
+        >>> params = {"backbone": {"Conv_0": {"kernel": jnp.ones((3, 3, 1, 4))}},
+        ...           "head": {"kernel": jnp.ones((4, 2)), "bias": jnp.zeros(2)}}
+        >>> labels = dlopt.path_labels(params, {"^backbone/": "frozen"}, default="train")
+        >>> labels["backbone"]["Conv_0"]["kernel"], labels["head"]["bias"]
+        ('frozen', 'train')
+        >>> tx = dlopt.partition(
+        ...     {"frozen": dlopt.set_to_zero(), "train": dlopt.adam(1e-3)},
+        ...     dlopt.path_labels(params, {"^backbone/": "frozen"}, default="train"),
+        ... )
+
+        Or fine-tune it at a 10x lower learning rate:
+
+        >>> tx = dlopt.partition(
+        ...     {"backbone": dlopt.adam(1e-4), "head": dlopt.adam(1e-3)},
+        ...     dlopt.path_labels(params, {"^backbone/": "backbone", "^head/": "head"}),
+        ... )
+
+        For a labelling that follows whatever params it is given, pass a callable:
+        ``lambda p: dlopt.path_labels(p, rules, default="train")``.
+    """
+    if not isinstance(rules, Mapping):
+        raise ValueError(f"rules must be a mapping {{pattern: label}}, got {type(rules).__name__}.")
+    compiled = []
+    for pattern, label in rules.items():
+        if not isinstance(pattern, str):
+            raise ValueError(f"rules patterns must be strings, got {pattern!r}.")
+        try:
+            regex = re.compile(pattern)
+        except re.error as e:
+            raise ValueError(
+                f"rules pattern {pattern!r} is not a regular expression: {e}."
+            ) from None
+        _check_label(label, f"the label of pattern {pattern!r}")
+        compiled.append((regex, label))
+    if default is not None:
+        _check_label(default, "default")
+    unmatched: list[str] = []
+
+    def label_of(path, leaf):
+        name = leaf_path(path)
+        for regex, label in compiled:
+            if regex.search(name):
+                return label
+        if default is None:
+            unmatched.append(name)
+        return default
+
+    labels = jax.tree_util.tree_map_with_path(label_of, params)
+    if unmatched:
+        shown = ", ".join(repr(p) for p in unmatched[:5])
+        more = f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else ""
+        raise ValueError(
+            f"no pattern of rules matches the leaves {shown}{more} (patterns "
+            f"{list(rules)}); add a pattern or pass default=."
+        )
+    return labels
+
+
+def _check_label(label: Any, what: str) -> None:
+    if label is None:
+        raise ValueError(f"{what} is None; a label must be a hashable value such as a string.")
+    try:
+        hash(label)
+    except TypeError:
+        raise ValueError(f"{what} must be hashable, got {label!r}.") from None

@@ -1,0 +1,1 @@
+"""Matrix helpers of the matrix optimizers (Newton-Schulz orthogonalization for Muon)."""

@@ -1,0 +1,2 @@
+"""Building-block transforms that slot into a chain: clipping, constraints, normalization,
+regularizers, scaling by a step size, and the parameter EMA."""
