@@ -120,7 +120,7 @@ _global_clip = jax.jit(lambda g, c: dlopt.clip_by_global_norm(c).update(g, ())[0
 def test_global_norm_bounded_direction_kept(scale, max_norm, seed):
     grads = random_tree(seed, SHAPES, scale=scale)
     clipped = _global_clip(grads, max_norm)
-    norm, clipped_norm = dlopt.tree.global_norm(grads), dlopt.tree.global_norm(clipped)
+    norm, clipped_norm = dlopt.numerics.global_norm(grads), dlopt.numerics.global_norm(clipped)
     assert float(clipped_norm) <= max_norm * (1 + 1e-5)
     # Direction kept: clipped == factor * grads with one factor in (0, 1] for all leaves.
     factor = float(clipped_norm / norm)
@@ -153,7 +153,9 @@ def test_global_norm_matches_torch(scale, max_norm):
     tensors = _torch_grads(grads)
     torch_norm = torch.nn.utils.clip_grad_norm_(tensors, max_norm)
     ours = jax.tree.leaves(_global_clip(grads, max_norm))
-    np.testing.assert_allclose(float(dlopt.tree.global_norm(grads)), float(torch_norm), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(dlopt.numerics.global_norm(grads)), float(torch_norm), rtol=1e-6
+    )
     # torch divides by (norm + 1e-6): a relative difference of at most 1e-6 / max_norm.
     for a, t in zip(ours, tensors, strict=True):
         np.testing.assert_allclose(np.asarray(a), t.grad.numpy(), rtol=3e-6, atol=1e-7)

@@ -284,7 +284,7 @@ def test_sam_opaque_mode_needs_grad_fn_and_bad_arguments_name_themselves():
 def test_normalize_gives_unit_norm_and_zero_for_zero():
     tx = dlopt.normalize()
     u, _ = tx.update({"a": jnp.array([3.0, 0.0]), "b": jnp.array([4.0])}, tx.init(None))
-    np.testing.assert_allclose(dlopt.tree.global_norm(u), 1.0, rtol=1e-6)
+    np.testing.assert_allclose(dlopt.numerics.global_norm(u), 1.0, rtol=1e-6)
     np.testing.assert_allclose(u["a"], [0.6, 0.0], rtol=1e-6)
     zero, _ = tx.update({"a": jnp.zeros(2)}, tx.init(None))
     chex.assert_trees_all_equal(zero, {"a": jnp.zeros(2)})

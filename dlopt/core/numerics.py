@@ -19,6 +19,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from dlopt.core import validation
 from dlopt.core.tree import dtype_of, scalar_like
@@ -97,6 +98,54 @@ def check_rounding(state_rounding: str) -> None:
         raise ValueError(
             f"state_rounding must be one of {ROUNDINGS}, got state_rounding={state_rounding!r}."
         )
+
+
+def widen(x: chex.Array) -> chex.Array:
+    """``x`` in its `compute_dtype`: float32 (float64 or complex where ``x`` is), the dtype
+    every update rule, norm and inner product accumulates in."""
+    x = jnp.asarray(x)
+    return x.astype(compute_dtype(x.dtype))
+
+
+# --- norms and inner products over trees (accumulated at full precision)
+
+
+def squared_norm(tree: chex.ArrayTree, dtype: Any | None = None) -> chex.Array:
+    """``sum over leaves of sum(|x|^2)`` (``|z|^2 = z conj(z)`` for complex leaves), each
+    leaf `widen`-ed; summed in ``dtype``, by default float32 (float64 if a leaf is)."""
+    total = jnp.zeros((), dtype or jnp.float32)
+    for x in jax.tree.leaves(tree):
+        term = jnp.sum(abs_sq(widen(x)))
+        wide = total.dtype if dtype is not None else wider_float(total.dtype, term.dtype)
+        total = total.astype(wide) + term.astype(wide)
+    return total
+
+
+def global_norm(tree: chex.ArrayTree) -> chex.Array:
+    """``sqrt(sum over leaves of sum(|x|^2))``, accumulated in float32 (or wider)."""
+    return jnp.sqrt(squared_norm(tree))
+
+
+def real_vdot(x: chex.ArrayTree, y: chex.ArrayTree, dtype: Any | None = None) -> jax.Array:
+    """``Re <x, y> = Re sum conj(x) y`` over all leaves (one contraction per leaf at the
+    highest precision), summed in ``dtype`` (default float32, float64 if a leaf is)."""
+    pairs = list(zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True))
+    if dtype is None:
+        wide = [
+            jnp.finfo(compute_dtype(jnp.result_type(a), jnp.result_type(b))).dtype for a, b in pairs
+        ]
+        dtype = jnp.float64 if jnp.dtype(jnp.float64) in wide else jnp.float32
+    total = jnp.zeros((), dtype)
+    for a, b in pairs:
+        a, b = jnp.asarray(a), jnp.asarray(b)
+        f = compute_dtype(a.dtype, b.dtype)
+        a, b = a.astype(f), b.astype(f)
+        a = jnp.conj(a) if jnp.iscomplexobj(a) else a
+        mesh = jax.typeof(a).sharding.mesh  # explicit sharding: the scalar is replicated
+        out = NamedSharding(mesh, PartitionSpec()) if mesh.are_all_axes_explicit else None
+        dot = jnp.tensordot(a, b, a.ndim, precision=jax.lax.Precision.HIGHEST, out_sharding=out)
+        total = total + jnp.real(dot).astype(dtype)
+    return total
 
 
 # --- moments

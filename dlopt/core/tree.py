@@ -96,21 +96,6 @@ def scalar_like(value: chex.Numeric, x: chex.Array) -> chex.Array:
     return jnp.asarray(value).astype(dtype_of(x))
 
 
-def global_norm(tree: chex.ArrayTree) -> chex.Array:
-    """``sqrt(sum over leaves of sum(x**2))``, accumulated in float32 (or wider)."""
-    leaves = jax.tree.leaves(tree)
-    if not leaves:
-        return jnp.zeros((), jnp.float32)
-    squares = []
-    for x in map(jnp.abs, leaves):  # not jnp.promote_types: strict mode refuses bf16 + f32
-        wide = x.astype(jnp.float64 if x.dtype == jnp.float64 else jnp.float32)
-        squares.append(jnp.sum(jnp.square(wide)))
-    total = squares[0]
-    for s in squares[1:]:
-        total = total + s.astype(total.dtype)
-    return jnp.sqrt(total)
-
-
 def map_unzip(fn: Callable[..., tuple], tree: chex.ArrayTree, *rest: chex.ArrayTree) -> tuple:
     """Maps ``fn`` returning a tuple over leaves; returns a tuple of trees shaped like ``tree``.
 
@@ -181,3 +166,31 @@ def unshard(x: chex.Array) -> tuple[chex.Array, Callable[[chex.Array], chex.Arra
     return jax.sharding.reshard(x, jax.sharding.PartitionSpec()), (
         lambda y: jax.sharding.reshard(y, spec)
     )
+
+
+def find_fields(tree: Any, name: str) -> list:
+    """Every field or dict entry called ``name`` in ``tree`` (NamedTuples, dicts, lists and any
+    other pytree node, e.g. an optimizer state nested in chains and wrappers), outermost first.
+    The one way dlopt finds a part of an optimizer state by name."""
+    found: list = []
+
+    def visit(node: Any) -> None:
+        if isinstance(node, tuple) and hasattr(node, "_fields"):
+            if name in node._fields:
+                found.append(getattr(node, name))
+            children = list(node)
+        elif isinstance(node, dict):
+            if name in node:
+                found.append(node[name])
+            children = list(node.values())
+        elif isinstance(node, list | tuple):
+            children = list(node)
+        else:
+            children = jax.tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)[0]
+            if len(children) == 1 and children[0] is node:
+                return
+        for child in children:
+            visit(child)
+
+    visit(tree)
+    return found

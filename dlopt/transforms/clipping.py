@@ -86,7 +86,7 @@ def clip_by_global_norm(max_norm: chex.Numeric) -> GradientTransformation:
 
     def update_fn(updates, state, params=None):
         del params
-        norm = tree_lib.global_norm(updates)
+        norm = numerics.global_norm(updates)
         limit = jnp.asarray(max_norm).astype(norm.dtype)
         safe_norm = jnp.where(norm > 0, norm, jnp.ones_like(norm))
         factor = jnp.where(norm < limit, jnp.ones_like(norm), limit / safe_norm)

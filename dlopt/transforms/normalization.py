@@ -92,7 +92,7 @@ def normalize_by_update_norm(
     validation.check_non_negative("eps", eps)
 
     def update_fn(updates, state, params=None):
-        norm = tree_lib.global_norm(updates)
+        norm = numerics.global_norm(updates)
         divisor = (norm + tree_lib.scalar_like(eps, norm)) / tree_lib.scalar_like(
             scale_factor, norm
         )
@@ -117,6 +117,6 @@ def normalize() -> GradientTransformation:
     """
 
     def update_fn(updates, state, params=None):
-        return _divide(updates, params, tree_lib.global_norm(updates)), state
+        return _divide(updates, params, numerics.global_norm(updates)), state
 
     return GradientTransformation(init_empty_state, update_fn)
