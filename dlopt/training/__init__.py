@@ -9,6 +9,7 @@ from dlopt.training.averaging import Averages as Averages
 from dlopt.training.averaging import ModelEMA as ModelEMA
 from dlopt.training.averaging import swap_averages as swap_averages
 from dlopt.training.batchnorm import update_bn as update_bn
+from dlopt.training.callback_list import CallbackList as CallbackList
 from dlopt.training.callbacks import Callback as Callback
 from dlopt.training.callbacks import EarlyStopping as EarlyStopping
 from dlopt.training.callbacks import LambdaCallback as LambdaCallback
