@@ -19,6 +19,7 @@ from dlopt.training.loop import History as History
 from dlopt.training.loop import Resume as Resume
 from dlopt.training.loop import evaluate as evaluate
 from dlopt.training.loop import fit as fit
+from dlopt.training.options import StepOptions as StepOptions
 from dlopt.training.parallel import make_mesh as make_mesh
 from dlopt.training.parallel import make_mesh_eval_step as make_mesh_eval_step
 from dlopt.training.parallel import make_mesh_train_step as make_mesh_train_step
@@ -32,7 +33,6 @@ from dlopt.training.parallel import split_batch as split_batch
 from dlopt.training.parallel import state_sharding as state_sharding
 from dlopt.training.parallel import unreplicate as unreplicate
 from dlopt.training.state import TrainState as TrainState
-from dlopt.training.steps import StepOptions as StepOptions
 from dlopt.training.steps import make_eval_step as make_eval_step
 from dlopt.training.steps import make_train_step as make_train_step
 
