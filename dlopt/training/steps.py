@@ -347,7 +347,9 @@ def make_train_step(
     through the micro-batches). The RNG given to ``loss_fn`` is ``fold_in(state.rng,
     state.step)`` (then the micro-batch index). When the gradients or the loss are not finite
     the step is skipped (one ``lax.cond``, `dlopt.wrappers.finite.guarded`): params, opt_state and
-    model state stay, ``skipped_steps`` and ``step`` count up.
+    model state stay, ``skipped_steps`` and ``step`` count up. With ``loss_scale``, a state
+    without a loss-scale state gets ``policy.init()`` on the first call (which then compiles
+    once more, for the state that holds it).
 
     Args:
         loss_fn: ``loss_fn(params, batch, *, model_state, rng, train)``, see the module doc.
