@@ -208,9 +208,9 @@ from dlopt.wrappers.inject import inject_stateful_hyperparams as inject_stateful
 from dlopt.wrappers.inject import set_hyperparam as set_hyperparam
 from dlopt.wrappers.inject import set_schedule_scale as set_schedule_scale
 from dlopt.wrappers.finite import ApplyIfFiniteState as ApplyIfFiniteState
-from dlopt.wrappers.finite import MultiStepsState as MultiStepsState
 from dlopt.wrappers.finite import apply_if_finite as apply_if_finite
-from dlopt.wrappers.finite import multi_steps as multi_steps
+from dlopt.wrappers.accumulation import MultiStepsState as MultiStepsState
+from dlopt.wrappers.accumulation import multi_steps as multi_steps
 from dlopt.wrappers.fused import fused as fused
 
 # --- mixed precision (a loss-scaling policy for the train steps, not a transform)

@@ -1,4 +1,5 @@
-"""EarlyStopping, ReduceLROnPlateau, TerminateOnNaN, LambdaCallback."""
+"""EarlyStopping, ReduceLROnPlateau, TerminateOnNaN, LambdaCallback, and the CallbackList
+that dispatches them."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import torch
 import dlopt
 from dlopt import training
 from dlopt.training import (
+    Callback,
+    CallbackList,
     EarlyStopping,
     LambdaCallback,
     ReduceLROnPlateau,
@@ -309,3 +312,73 @@ def test_reduce_lr_on_plateau_scales_a_scheduled_learning_rate():
     assert cb.scale == 0.25 and dlopt.wrappers.inject.is_scheduled(state.opt_state, "learning_rate")
     assert float(state.opt_state.schedule_scales["learning_rate"]) == 0.25
     assert step._cache_size() == 1
+
+
+# --- CallbackList: one dispatcher, one method per hook -----------------------------------------
+
+
+class Recorder(Callback):
+    def __init__(self, name, calls, order=0, batches=False):
+        self.name, self.calls, self.epoch_end_order = name, calls, order
+        self.batches = batches
+
+    @property
+    def uses_batch_hook(self):
+        return self.batches
+
+    def on_epoch_begin(self, epoch, state, history):
+        self.calls.append(f"{self.name}.begin{epoch}")
+        return state + 1
+
+    def on_train_batch_end(self, batch, state, logs):
+        self.calls.append(f"{self.name}.batch{batch}")
+        return state
+
+    def on_epoch_end(self, epoch, state, history, logs):
+        self.calls.append(f"{self.name}.end{epoch}")
+        return state * 10
+
+
+class Bare:  # duck-typed: no hooks but one
+    stop_training = False
+
+    def on_epoch_end(self, epoch, state, history, logs):
+        return state - 1
+
+
+def test_callback_list_dispatches_in_order_threads_the_state_and_skips_missing_hooks():
+    calls = []
+    late, early = Recorder("late", calls, order=1), Recorder("early", calls, batches=True)
+    bare = Bare()
+    run = CallbackList([late, early, bare])
+    assert late.run_callbacks == (late, early, bare) and run.uses_batch_hook
+    assert run.on_epoch_begin(0, 0, None) == 2  # both +1, Bare has no such hook
+    assert run.on_train_batch_end(3, "s", {}) == "s"  # only the one with uses_batch_hook
+    assert run.on_epoch_end(0, 1, None, {}) == (1 * 10 - 1) * 10  # early, bare, then late
+    assert calls == ["late.begin0", "early.begin0", "early.batch3", "early.end0", "late.end0"]
+    for hook in ("prepare_state", "on_train_begin", "on_train_end"):
+        args = ("s",) if hook == "prepare_state" else ("s", None)
+        assert getattr(run, hook)(*args) == "s"
+    assert run.eval_state(0, "s") == "s" and run.on_epoch_train_end(0, "s", None) == "s"
+    assert run.resume("s", None) is None and not run.stop_training
+    bare.stop_training = True
+    assert run.stop_training
+
+
+def test_callback_list_resume_refills_history_and_the_last_resume_wins():
+    first = training.Resume("a", training.History([{"loss": 1.0}]), 1, False)
+    last = training.Resume("b", training.History([{"loss": 1.0}, {"loss": 0.5}]), 2, True)
+    seen = []
+
+    class Resuming(Callback):
+        def __init__(self, resume):
+            self._resume = resume
+
+        def resume(self, state, history):
+            seen.append((state, len(history)))
+            return self._resume
+
+    history = training.History()
+    got = CallbackList([Resuming(first), Resuming(None), Resuming(last)]).resume("s", history)
+    assert got is last and history == last.history
+    assert seen == [("s", 0), ("a", 1), ("a", 1)]  # each sees the state restored before it

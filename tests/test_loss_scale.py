@@ -1,5 +1,6 @@
 """dynamic_loss_scale: Keras's growth/backoff counting, float16 overflow skips the step with the
-state untouched, loss-scaled steps equal plain ones, the pmap and mesh steps take it too."""
+state untouched, loss-scaled steps equal plain ones, the pmap and mesh steps take it too, the
+policy is given once (to the step or to fit)."""
 
 from __future__ import annotations
 
@@ -126,10 +127,11 @@ def test_pmap_and_mesh_steps_take_the_loss_scale():
     jit_state = make_state(jnp.float32, policy)
     jit_step = make_train_step(loss_fn, loss_scale=policy)
     pmap_step = training.make_pmap_train_step(loss_fn, loss_scale=policy)
-    pmap_state = training.replicate(make_state(jnp.float32, policy), jax.devices()[:2])
+    # the pmap and mesh states hold no loss-scale state: the steps start it from the policy
+    pmap_state = training.replicate(make_state(jnp.float32), jax.devices()[:2])
     mesh = training.make_mesh(2)
     mesh_step = training.make_mesh_train_step(loss_fn, mesh=mesh, loss_scale=policy)
-    mesh_state = training.shard_state(make_state(jnp.float32, policy), mesh)
+    mesh_state = training.shard_state(make_state(jnp.float32), mesh)
     for b in batches:  # the second one overflows float32 at this scale
         jit_state, _ = jit_step(jit_state, b)
         pmap_state, _ = pmap_step(pmap_state, training.split_batch(b, 2))
@@ -141,10 +143,25 @@ def test_pmap_and_mesh_steps_take_the_loss_scale():
         chex.assert_trees_all_close(other.params, jit_state.params, rtol=1e-6)
 
 
-def test_a_step_with_loss_scale_needs_its_state():
-    policy = dlopt.dynamic_loss_scale()
-    with pytest.raises(ValueError, match=r"TrainState.create\(\.\.\., loss_scale=policy\)"):
-        make_train_step(loss_fn, loss_scale=policy)(make_state(jnp.float32), batch(np.float32))
+def test_the_policy_is_given_once_the_step_or_fit_starts_its_state():
+    policy = dlopt.dynamic_loss_scale(initial_scale=2.0**120, growth_interval=2)
+    batches = [batch(np.float32, seed=0), batch(np.float32, 1e19, 1), batch(np.float32, seed=2)]
+    step = make_train_step(loss_fn, loss_scale=policy, donate=False)
+    twice, once = make_state(jnp.float32, policy), make_state(jnp.float32)
+    assert once.loss_scale is None
+    for b in batches:
+        twice, _ = step(twice, b)
+        once, _ = step(once, b)
+    assert int(twice.skipped_steps) == 1 and float(twice.loss_scale.scale) == 2.0**119
+    chex.assert_trees_all_equal(host(once), host(twice))
+    options = StepOptions(loss_scale=policy, donate=False)
+    fitted, _ = training.fit(
+        make_state(jnp.float32), batches, epochs=1, loss_fn=loss_fn, options=options,
+        progress=False,
+    )  # fmt: skip
+    chex.assert_trees_all_equal(host(fitted), host(twice))
+    with pytest.raises(ValueError, match="options="):
+        training.fit(once, batches, epochs=1, train_step=step, options=options, progress=False)
     with pytest.raises(ValueError, match="loss_scale must be"):
         StepOptions(loss_scale=2.0**15)
 

@@ -294,10 +294,30 @@ def test_step_options_one_object_keywords_win_and_bad_flags_name_themselves():
     assert StepOptions.merge(options, {"donate": True}) == StepOptions(accumulation_steps=2)
     with pytest.raises(TypeError, match=r"acumulation_steps.*accumulation_steps"):
         make_train_step(linear_loss_fn, acumulation_steps=2)
-    for kwargs, name in [
-        ({"accumulation_steps": True}, "accumulation_steps"),
-        ({"skip_nonfinite": 1}, "skip_nonfinite"),
-        ({"donate": None}, "donate"),
+    for kwargs, error in [
+        ({"accumulation_steps": 0}, ValueError),
+        ({"accumulation_steps": True}, TypeError),  # wrong types: dlopt.core.validation's
+        ({"skip_nonfinite": 1}, TypeError),
+        ({"donate": None}, TypeError),
     ]:
-        with pytest.raises(ValueError, match=f"{name}="):
+        with pytest.raises(error, match=f"{next(iter(kwargs))}="):
             StepOptions(**kwargs)
+
+
+def test_one_guard_one_count_and_apply_if_finite_under_the_step():
+    good = make_data(8)
+    poisoned = {**good, "x": good["x"].copy()}
+    poisoned["x"][0, 0] = np.nan
+    tx = dlopt.apply_if_finite(dlopt.sgd(0.05), max_consecutive_errors=1)
+    step = make_train_step(linear_loss_fn, donate=False)
+    state, _ = step(linear_state(tx), good)
+    state, _ = step(state, poisoned)
+    # the step's guard skips the step and counts it; the wrapper only ever sees finite grads
+    assert int(state.skipped_steps) == 1 and int(state.opt_state.total_notfinite) == 0
+    # with the step's guard off the wrapper is the guard, and its count is the one to read
+    fresh = linear_state(tx)
+    unguarded, _ = make_train_step(linear_loss_fn, skip_nonfinite=False, donate=False)(
+        fresh, poisoned
+    )
+    assert int(unguarded.skipped_steps) == 0 and int(unguarded.opt_state.total_notfinite) == 1
+    chex.assert_trees_all_equal(unguarded.params, fresh.params)  # zero updates

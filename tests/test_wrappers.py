@@ -206,13 +206,23 @@ def test_bf16_params_keep_float32_hyperparams():
         (lambda: dlopt.inject_hyperparams(dlopt.adam)(1e-3, b1=1.5), "b1=1.5"),
         (lambda: dlopt.inject_hyperparams(dlopt.sgd, static_args="lr"), "static_args"),
         (lambda: dlopt.apply_if_finite(dlopt.sgd(0.1), -1), "max_consecutive_errors=-1"),
-        (lambda: dlopt.apply_if_finite(dlopt.sgd(0.1), 1.5), "max_consecutive_errors=1.5"),
         (lambda: dlopt.multi_steps(dlopt.sgd(0.1), 0), "every_k=0"),
-        (lambda: dlopt.multi_steps(dlopt.sgd(0.1), True), "every_k=True"),
     ],
 )
 def test_bad_arguments_name_themselves(build, match):
     with pytest.raises(ValueError, match=match):
+        build()
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [  # not an int: a TypeError, as every dlopt.core.validation check raises
+        (lambda: dlopt.apply_if_finite(dlopt.sgd(0.1), 1.5), "max_consecutive_errors=1.5"),
+        (lambda: dlopt.multi_steps(dlopt.sgd(0.1), True), "every_k=True"),
+    ],
+)
+def test_arguments_of_the_wrong_type_name_themselves(build, match):
+    with pytest.raises(TypeError, match=match):
         build()
 
 

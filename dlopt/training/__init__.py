@@ -9,6 +9,7 @@ from dlopt.training.averaging import Averages as Averages
 from dlopt.training.averaging import ModelEMA as ModelEMA
 from dlopt.training.averaging import swap_averages as swap_averages
 from dlopt.training.batchnorm import update_bn as update_bn
+from dlopt.training.callback_list import CallbackList as CallbackList
 from dlopt.training.callbacks import Callback as Callback
 from dlopt.training.callbacks import EarlyStopping as EarlyStopping
 from dlopt.training.callbacks import LambdaCallback as LambdaCallback
@@ -18,6 +19,7 @@ from dlopt.training.loop import History as History
 from dlopt.training.loop import Resume as Resume
 from dlopt.training.loop import evaluate as evaluate
 from dlopt.training.loop import fit as fit
+from dlopt.training.options import StepOptions as StepOptions
 from dlopt.training.parallel import make_mesh as make_mesh
 from dlopt.training.parallel import make_mesh_eval_step as make_mesh_eval_step
 from dlopt.training.parallel import make_mesh_train_step as make_mesh_train_step
@@ -31,7 +33,6 @@ from dlopt.training.parallel import split_batch as split_batch
 from dlopt.training.parallel import state_sharding as state_sharding
 from dlopt.training.parallel import unreplicate as unreplicate
 from dlopt.training.state import TrainState as TrainState
-from dlopt.training.steps import StepOptions as StepOptions
 from dlopt.training.steps import make_eval_step as make_eval_step
 from dlopt.training.steps import make_train_step as make_train_step
 

@@ -50,7 +50,8 @@ class Callback:
     run_callbacks: tuple[Any, ...] = ()
 
     def set_callbacks(self, callbacks: Sequence[Any]) -> None:
-        """Called by `fit` before anything else with all the run's callbacks (in order)."""
+        """Called by `fit` (its `dlopt.training.callback_list.CallbackList`) before anything
+        else with all the run's callbacks (in order)."""
         self.run_callbacks = tuple(callbacks)
 
     def state_dict(self) -> dict[str, Any]:
@@ -77,6 +78,11 @@ class Callback:
         """Called by `fit` first, before a backup is restored: adds what this callback keeps
         in the training state (`ModelEMA`'s average), so a backup restores into it."""
         return state
+
+    def resume(self, state: Any, history: Any) -> Any:
+        """Called by `fit` after `prepare_state`: a `dlopt.training.Resume` to continue a
+        saved run from (`BackupAndRestore`), or None (the default) to start as given."""
+        del state, history
 
     def on_train_begin(self, state: Any, history: Any) -> Any:
         """Called once before the first epoch."""

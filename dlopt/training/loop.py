@@ -9,9 +9,17 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from dlopt.core import validation
 from dlopt.lab.progress import EpochProgress
+from dlopt.training.callback_list import CallbackList
 from dlopt.training.callbacks import Callback
-from dlopt.training.steps import NUM_EXAMPLES, make_eval_step, make_train_step
+from dlopt.training.steps import (
+    NUM_EXAMPLES,
+    StepOptions,
+    make_eval_step,
+    make_train_step,
+    with_loss_scale,
+)
 
 
 class History:
@@ -142,18 +150,20 @@ def fit(
     eval_step: Callable[..., Any] | None = None,
     initial_epoch: int = 0,
     history: History | None = None,
+    options: StepOptions | None = None,
 ) -> tuple[Any, History]:
     """Trains for epochs ``initial_epoch .. epochs - 1``; returns ``(state, history)``.
 
     Each epoch runs ``train_step`` over ``train_data`` and, with ``val_data``, ``eval_step``
     over it. The epoch's logs are example-weighted means (by ``"num_examples"``, the valid
     rows) of the steps' metrics: ``"loss"`` and the loss function's metrics, and their
-    ``"val_"`` twins; exact for per-example means such as loss and accuracy. Callbacks see
-    ``prepare_state`` (before a backup is restored), ``on_train_begin``, ``on_epoch_begin``,
-    ``on_train_batch_end`` (only those whose ``uses_batch_hook`` is true, as it costs a host
-    sync per batch), ``on_epoch_train_end`` (before validation), ``eval_state`` (the state
-    validation runs on), ``on_epoch_end`` and ``on_train_end``, each returning the state;
-    training stops after the batch or epoch in which a callback sets ``stop_training``.
+    ``"val_"`` twins; exact for per-example means such as loss and accuracy. Callbacks are
+    driven through one `CallbackList`: ``prepare_state`` (before a backup is restored),
+    ``resume``, ``on_train_begin``, ``on_epoch_begin``, ``on_train_batch_end`` (only those
+    whose ``uses_batch_hook`` is true, as it costs a host sync per batch),
+    ``on_epoch_train_end`` (before validation), ``eval_state`` (the state validation runs
+    on), ``on_epoch_end`` and ``on_train_end``, each returning the state; training stops
+    after the batch or epoch in which a callback sets ``stop_training``.
 
     Args:
         state: the `TrainState` (replicated for a pmap step, sharded for a mesh step).
@@ -171,6 +181,10 @@ def fit(
         initial_epoch: the first epoch to run (to resume a run by hand).
         history: the `History` to append to (to resume); default a new one. A resume by a
             callback refills it in place with the saved epochs.
+        options: the `StepOptions` of the train step built from ``loss_fn`` (not with
+            ``train_step=``, whose builder takes them). With a ``loss_scale`` policy, the
+            state gets its loss-scale state before any callback (a backup restores into it):
+            the policy is given once, here.
 
     Returns:
         ``(state, history)``.
@@ -179,78 +193,70 @@ def fit(
         >>> state, history = fit(state, batches, epochs=5, val_data=val,  # doctest: +SKIP
         ...                      loss_fn=loss_fn, callbacks=[EarlyStopping(patience=2)])
     """
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ValueError(f"epochs must be an int >= 0, got {epochs=}.")
-    if train_step is None:
-        if loss_fn is None:
-            raise ValueError("fit needs loss_fn= or train_step=, got neither.")
-        train_step = make_train_step(loss_fn)
-    if eval_step is None and loss_fn is not None:
-        eval_step = make_eval_step(loss_fn)
+    validation.check_int("epochs", epochs, 0)
+    train_step, eval_step = _steps(loss_fn, train_step, eval_step, options)
     if val_data is not None and eval_step is None:
         raise ValueError("val_data needs eval_step= or loss_fn= to evaluate it.")
+    if options is not None:
+        state = with_loss_scale(state, options.loss_scale)
     history = History() if history is None else history
-    callbacks = list(callbacks)
-    batch_hooks = [cb for cb in callbacks if getattr(cb, "uses_batch_hook", False)]
     shown = EpochProgress(epochs, enabled=progress)
-    epoch_end = sorted(callbacks, key=lambda cb: getattr(cb, "epoch_end_order", 0))
+    run = CallbackList(callbacks)
 
-    for cb in callbacks:
-        if callable(getattr(cb, "set_callbacks", None)):
-            cb.set_callbacks(callbacks)
-    for cb in callbacks:
-        prepare = getattr(cb, "prepare_state", None)
-        state = prepare(state) if callable(prepare) else state
-    stopped = False
-    for cb in callbacks:
-        resume = getattr(cb, "resume", None)
-        resumed = resume(state, history) if callable(resume) else None
-        if resumed is not None:
-            state, initial_epoch, stopped = resumed.state, resumed.initial_epoch, resumed.stopped
-            history.epochs[:] = resumed.history.epochs
-    for cb in callbacks:
-        state = cb.on_train_begin(state, history)
-    for epoch in range(initial_epoch, initial_epoch if stopped else epochs):
-        for cb in callbacks:
-            state = cb.on_epoch_begin(epoch, state, history)
-        batches = _epoch_batches(train_data, epoch, "train_data")
-        shown.epoch_begin(epoch, _len(batches))
-        mean = _Mean()
-        for i, batch in enumerate(batches):
-            state, metrics = train_step(state, batch)
-            mean.add(metrics)
-            if shown.per_batch:
-                shown.batch_end(metrics["loss"], metrics[NUM_EXAMPLES])
-            if batch_hooks:
-                logs = {k: float(v) for k, v in metrics.items() if k != NUM_EXAMPLES}
-                for cb in batch_hooks:
-                    state = cb.on_train_batch_end(i, state, logs)
-                if _stop(callbacks):
-                    break
-        for cb in callbacks:
-            hook = getattr(cb, "on_epoch_train_end", None)
-            state = hook(epoch, state, history) if callable(hook) else state
-        logs = mean.result()
+    state = run.prepare_state(state)
+    resumed = run.resume(state, history)
+    if resumed is not None:
+        state, initial_epoch = resumed.state, resumed.initial_epoch
+    state = run.on_train_begin(state, history)
+    last = initial_epoch if resumed is not None and resumed.stopped else epochs
+    for epoch in range(initial_epoch, last):
+        state = run.on_epoch_begin(epoch, state, history)
+        state, logs = _train_epoch(state, train_data, epoch, train_step, run, shown)
+        state = run.on_epoch_train_end(epoch, state, history)
         if val_data is not None:
             val = _epoch_batches(val_data, epoch, "val_data")
-            val_state = state
-            for cb in callbacks:
-                hook = getattr(cb, "eval_state", None)
-                val_state = hook(epoch, val_state) if callable(hook) else val_state
+            val_state = run.eval_state(epoch, state)
             logs.update({f"val_{k}": v for k, v in evaluate(val_state, val, eval_step).items()})
         history.append(logs)
         shown.epoch_end(epoch, logs)
-        for cb in epoch_end:
-            state = cb.on_epoch_end(epoch, state, history, logs)
-        if _stop(callbacks):
+        state = run.on_epoch_end(epoch, state, history, logs)
+        if run.stop_training:
             break
-    for cb in callbacks:
-        state = cb.on_train_end(state, history)
-    return state, history
+    return run.on_train_end(state, history), history
 
 
-def _stop(callbacks: Sequence[Any]) -> bool:
-    return any(getattr(cb, "stop_training", False) for cb in callbacks)
+def _steps(loss_fn, train_step, eval_step, options):
+    """``fit``'s train and eval steps: the given ones, or built from ``loss_fn``."""
+    if train_step is None:
+        if loss_fn is None:
+            raise ValueError("fit needs loss_fn= or train_step=, got neither.")
+        train_step = make_train_step(loss_fn, options=options)
+    elif options is not None:
+        raise ValueError(
+            "options= sets up the train step fit builds from loss_fn=; with train_step= pass "
+            "them to its builder (make_train_step(loss_fn, options=...)) instead."
+        )
+    if eval_step is None and loss_fn is not None:
+        eval_step = make_eval_step(loss_fn)
+    return train_step, eval_step
+
+
+def _train_epoch(state, train_data, epoch, train_step, run, shown):
+    """One epoch of train steps: ``(state, logs)``, the logs their example-weighted means."""
+    batches = _epoch_batches(train_data, epoch, "train_data")
+    shown.epoch_begin(epoch, _len(batches))
+    mean = _Mean()
+    for i, batch in enumerate(batches):
+        state, metrics = train_step(state, batch)
+        mean.add(metrics)
+        if shown.per_batch:
+            shown.batch_end(metrics["loss"], metrics[NUM_EXAMPLES])
+        if run.uses_batch_hook:
+            logs = {k: float(v) for k, v in metrics.items() if k != NUM_EXAMPLES}
+            state = run.on_train_batch_end(i, state, logs)
+            if run.stop_training:
+                break
+    return state, mean.result()
 
 
 def _len(batches: Iterable[Any]) -> int | None:

@@ -24,9 +24,16 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from dlopt.core import validation
 from dlopt.core.base import GradientTransformation
 from dlopt.training.state import TrainState
-from dlopt.training.steps import LossFn, StepOptions, eval_step_fn, train_step_fn
+from dlopt.training.steps import (
+    LossFn,
+    StepOptions,
+    eval_step_fn,
+    train_step_fn,
+    with_loss_scale,
+)
 
 # --- pmap
 
@@ -74,8 +81,7 @@ def pad_batch(batch: Any, multiple: int) -> Any:
         >>> pad_batch({"x": np.ones((5, 2))}, 4)["mask"]
         array([1., 1., 1., 1., 1., 0., 0., 0.], dtype=float32)
     """
-    if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
-        raise ValueError(f"multiple must be an int >= 1, got {multiple=}.")
+    validation.check_int("multiple", multiple, 1)
     batch = {k: np.asarray(v) for k, v in batch.items()}
     n = len(next(iter(batch.values())))
     if "mask" not in batch:
@@ -96,7 +102,9 @@ def make_pmap_train_step(
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """A ``pmap`` train step ``(replicated_state, split_batch) -> (state, metrics)``.
 
-    Gradients are ``psum(w_d * g_d) / psum(w_d)`` over the devices ``d`` of ``axis_name``
+    The one-device step's three parts, with the reduction over ``axis_name``
+    (`dlopt.training.steps.reduce_gradients`). Gradients are ``psum(w_d * g_d) / psum(w_d)``
+    over the devices ``d`` of ``axis_name``
     (``w_d`` the valid rows; the ``lax.pmean`` of gradients for equal shards), summed in
     float32; float model state (BatchNorm statistics) is averaged with the same weights
     ``w_d`` (a device holding only padding counts for nothing, as in the mesh step), and
@@ -215,8 +223,10 @@ def make_mesh_train_step(
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """A ``jit`` train step over ``mesh``: batch sharded on ``data_axis``, params replicated.
 
-    The step is the one-device step (`make_train_step`) compiled for the global arrays, so
-    its numbers match one device; XLA inserts the gradient all-reduce. With
+    The step is the one-device step (`make_train_step`: `dlopt.training.steps.gradients` ->
+    `dlopt.training.steps.reduce_gradients` -> `dlopt.training.steps.apply_guarded`) compiled
+    for the global arrays, so its numbers match one device; XLA inserts the gradient
+    all-reduce. With
     ``shard_opt_state=True`` (ZeRO-1) the optimizer state stays sharded between steps.
     Place the state with `shard_state` (same flags) and batches with `shard_batch`. Dropout
     masks are drawn for the global batch from one key, so every shard's rows get their own.
@@ -237,6 +247,8 @@ def make_mesh_train_step(
     batch_sharding = NamedSharding(mesh, P(data_axis))
 
     def step(state: TrainState, batch: Any, **extra_args: Any):
+        # a loss-scale state starts outside the jit, so that in and out shardings match
+        state = with_loss_scale(state, options.loss_scale)
         key = (jax.tree.structure(state), tuple(sorted(extra_args)))
         if key not in compiled:
             shardings = state_sharding(

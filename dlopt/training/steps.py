@@ -16,11 +16,13 @@ used to weight batch means into exact epoch means). Metrics must be scalar per-e
 (loss, accuracy); ratio metrics such as precision or F1 are not means of batch values: sum a
 `dlopt.metrics.ConfusionMatrix` over the data instead.
 
-Every builder shares one step (`train_step_fn`): gradients (`gradients`, micro-batches summed
-in a float32 accumulator), the update through `TrainState.apply_gradients`, and the NaN/Inf
-guard `dlopt.wrappers.finite.guarded` (a ``lax.cond``); its flags are one `StepOptions`. Two
-optional parts ride in the state: ``state.averages`` (a `dlopt.training.ModelEMA` average,
-updated after each applied update) and ``state.loss_scale`` (with ``loss_scale=``).
+Every builder (jit, pmap, mesh) shares one step (`train_step_fn`) of three parts:
+`gradients` (micro-batches summed in a float32 accumulator) -> `reduce_gradients` (means
+over the devices) -> `apply_guarded` (the update through `TrainState.apply_gradients`
+behind the NaN/Inf guard `dlopt.wrappers.finite.guarded`, a ``lax.cond``, whose skips count
+in ``state.skipped_steps``); its flags are one `StepOptions`. Two optional parts ride in the
+state: ``state.averages`` (a `dlopt.training.ModelEMA` average, updated after each applied
+update) and ``state.loss_scale`` (with ``loss_scale=``, started on the first step).
 
 A flat state (``TrainState.create(..., flat=True)``) is differentiated with respect to its
 flat buffers (``state.stored_params``): the loss function still gets the params tree (a view
@@ -30,7 +32,6 @@ over the buffers, one fused pass each.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -39,75 +40,15 @@ import jax.numpy as jnp
 
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import GradientTransformation
+from dlopt.training.options import StepOptions
 from dlopt.training.state import TrainState
-from dlopt.wrappers.finite import (
-    accumulate,
-    accumulation_dtype,
-    all_finite,
-    count_nonfinite,
-    guarded,
-)
+from dlopt.wrappers.accumulation import accumulate, accumulation_dtype
+from dlopt.wrappers.finite import all_finite, count_nonfinite, guarded
 from dlopt.wrappers.fused import FlatParams
 from dlopt.wrappers.loss_scale import DynamicLossScale
 
 LossFn = Callable[..., Any]
 NUM_EXAMPLES = "num_examples"
-
-
-@dataclasses.dataclass(frozen=True)
-class StepOptions:
-    """The flags every train-step builder takes (`make_train_step`, the pmap and mesh steps).
-
-    Pass them as keywords to a builder (``make_train_step(loss_fn, accumulation_steps=4)``)
-    or as one object (``make_train_step(loss_fn, options=StepOptions(...))``; keywords win).
-
-    Attributes:
-        accumulation_steps: micro-batches per update (must divide the batch size); their
-            example-weighted gradients are summed in float32 (float64 for float64 params).
-        skip_nonfinite: the NaN/Inf guard: when the gradients or the metrics are not finite,
-            params, opt_state and model state stay, ``skipped_steps`` and ``step`` count up.
-        loss_as_value: pass the batch loss as ``value=`` to ``tx.update`` (plateau
-            transforms); an explicit ``value=`` keyword to the step wins.
-        donate: donate the input state's buffers (the old state is unusable after a call).
-        loss_scale: a `dlopt.dynamic_loss_scale` policy, or None: the loss is multiplied by
-            the state's scale :math:`S` before differentiation and the gradients divided by
-            it; a step with non-finite gradients is skipped (whatever ``skip_nonfinite``)
-            and :math:`S` adjusted. The state must hold its state
-            (``TrainState.create(..., loss_scale=policy)``).
-    """
-
-    accumulation_steps: int = 1
-    skip_nonfinite: bool = True
-    loss_as_value: bool = False
-    donate: bool = True
-    loss_scale: DynamicLossScale | None = None
-
-    def __post_init__(self):
-        k = self.accumulation_steps
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(
-                f"accumulation_steps must be an int >= 1, got accumulation_steps={k!r}."
-            )
-        for name in ("skip_nonfinite", "loss_as_value", "donate"):
-            value = getattr(self, name)
-            if not isinstance(value, bool):
-                raise ValueError(f"{name} must be True or False, got {name}={value!r}.")
-        if self.loss_scale is not None and not isinstance(self.loss_scale, DynamicLossScale):
-            raise ValueError(
-                "loss_scale must be a dlopt.dynamic_loss_scale(...) policy or None, got "
-                f"loss_scale={self.loss_scale!r}."
-            )
-
-    @classmethod
-    def merge(cls, options: StepOptions | None, flags: Mapping[str, Any]) -> StepOptions:
-        """``options`` (default: the defaults) with the keyword ``flags`` replaced."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(flags) - set(names))
-        if unknown:
-            raise TypeError(f"unexpected step option(s) {unknown}; the options are {names}.")
-        if options is not None and not isinstance(options, cls):
-            raise TypeError(f"options must be a StepOptions, got {type(options).__name__}.")
-        return dataclasses.replace(options or cls(), **flags)
 
 
 def batch_weight(batch: Any) -> jax.Array:
@@ -167,15 +108,15 @@ def gradients(
 ) -> tuple[Any, Any, dict[str, jax.Array], jax.Array]:
     """Gradients, new model state, metric sums and the valid-row count of one batch.
 
-    Returns ``(grads, new_model_state, metric_sums, weight)``: ``metric_sums`` are the
-    metrics times the valid-row count ``weight``. With ``accumulation_steps = k > 1`` the
-    batch is split into ``k`` micro-batches whose example-weighted gradients are summed in
-    float32 (`dlopt.wrappers.finite.accumulate`, float64 for float64 params), and ``grads`` is that
-    sum; with ``weighted=True`` (a device of a data-parallel step) ``grads`` is the weighted
-    sum too, so sums over devices divide into exact means; otherwise ``grads`` is the plain
-    gradient of the loss. The model state is threaded through the micro-batches in order.
-    With ``scale_loss`` (loss scaling) the gradients are those of ``scale_loss(loss)``; the
-    metrics keep the unscaled loss.
+    Returns ``(grads, new_model_state, metric_sums, weight)``: ``metric_sums`` are the metrics
+    times the valid-row count ``weight``. With ``accumulation_steps = k > 1`` the batch is split
+    into ``k`` micro-batches whose example-weighted gradients are summed in float32
+    (`dlopt.wrappers.accumulation.accumulate`, float64 for float64 params), and ``grads`` is
+    that sum; with ``weighted=True`` (a device of a data-parallel step) ``grads`` is the
+    weighted sum too, so sums over devices divide into exact means (`reduce_gradients`);
+    otherwise ``grads`` is the plain gradient of the loss. The model state is threaded through
+    the micro-batches in order. With ``scale_loss`` (loss scaling) the gradients are those of
+    ``scale_loss(loss)``; the metrics keep the unscaled loss.
     """
 
     def one(model_state, micro, rng):
@@ -226,6 +167,102 @@ def _weighted_mean(tree, w, w_total, axis_name):
     return jax.tree.map(mean, tree)
 
 
+def reduce_gradients(
+    grads: Any,
+    model_state: Any,
+    metric_sums: dict[str, jax.Array],
+    weight: jax.Array,
+    *,
+    params: Any,
+    axis_name: str | None = None,
+    summed: bool = False,
+) -> tuple[Any, Any, dict[str, jax.Array], jax.Array]:
+    """`gradients`' sums -> example-weighted means over the devices of ``axis_name``.
+
+    .. math::
+        g = \\frac{\\sum_d \\sum_i w_{d,i} g_{d,i}}{\\sum_d \\sum_i w_{d,i}}
+
+    With ``axis_name`` (inside ``pmap``) gradients, metrics and the valid-row count are
+    ``psum``-ed and float model state averaged with the devices' weights; without it (one
+    device, or a mesh step whose all-reduce XLA inserts) only the division remains.
+    ``summed`` says ``grads`` is a weighted sum (micro-batches or devices), divided then and
+    cast back to the dtypes of ``params``.
+
+    Returns:
+        ``(grads, model_state, metrics, weight_total)``.
+    """
+    w_total = weight
+    if axis_name is not None:
+        w_total = jax.lax.psum(weight, axis_name)
+        grads = jax.lax.psum(grads, axis_name)
+        metric_sums = jax.lax.psum(metric_sums, axis_name)
+        model_state = _weighted_mean(model_state, weight, w_total, axis_name)
+    if summed or axis_name is not None:
+        grads = _divided(grads, w_total, like=params)
+    return grads, model_state, _divided(metric_sums, w_total), w_total
+
+
+def with_loss_scale(state: TrainState, policy: DynamicLossScale | None) -> TrainState:
+    """``state`` holding ``policy.init()`` as its loss-scale state, unless it holds one (or
+    ``policy`` is None): the policy is given once, to the step (or to `fit`)."""
+    if policy is None or getattr(state, "loss_scale", None) is not None:
+        return state
+    return state.replace(loss_scale=policy.init())
+
+
+def apply_guarded(
+    state: TrainState,
+    grads: Any,
+    model_state: Any,
+    metrics: dict[str, jax.Array],
+    *,
+    tx: GradientTransformation | None = None,
+    options: StepOptions | None = None,
+    extra_args: Mapping[str, Any] | None = None,
+) -> TrainState:
+    """The update of one step, behind the one NaN/Inf guard.
+
+    Unscales ``grads`` (a loss-scaled step), runs `TrainState.apply_gradients` (``value=``
+    the loss with ``loss_as_value``), sets ``model_state`` and steps ``state.averages``;
+    with the guard on (``skip_nonfinite`` or a loss scale) this runs inside
+    `dlopt.wrappers.finite.guarded`, and a non-finite step only counts ``step`` and
+    ``skipped_steps`` up (`dlopt.wrappers.finite.count_nonfinite`). The loss scale is
+    then adjusted by the same finiteness.
+    """
+    options = options if options is not None else StepOptions()
+    policy = options.loss_scale
+    extra_args = dict(extra_args or {})
+    if policy is not None:
+        grads = policy.unscale(grads, state.loss_scale)
+    if options.loss_as_value:
+        extra_args = {"value": metrics["loss"], **extra_args}
+
+    def apply(s: TrainState) -> TrainState:
+        new = s.apply_gradients(grads, **extra_args).replace(model_state=model_state)
+        averages = getattr(new, "averages", None)  # ModelEMA's average, after the update
+        return new if averages is None else new.replace(averages=averages.after_step(new))
+
+    def apply_alike(s: TrainState) -> TrainState:  # both lax.cond branches: one type
+        new = apply(s)
+        return new.replace(
+            opt_state=tree_lib.cast_like(new.opt_state, s.opt_state),
+            model_state=tree_lib.cast_like(new.model_state, s.model_state),
+        )
+
+    def skip(s: TrainState) -> TrainState:
+        return s.replace(step=tree_lib.safe_increment(s.step))
+
+    current = state if tx is None else state.replace(tx=tx)
+    if not (options.skip_nonfinite or policy is not None):
+        return apply(current).replace(tx=state.tx)
+    finite = all_finite((grads, metrics) if options.skip_nonfinite else grads)
+    new = guarded(finite, apply_alike, skip, current)
+    new = new.replace(tx=state.tx, skipped_steps=count_nonfinite(finite, state.skipped_steps))
+    if policy is not None:
+        new = new.replace(loss_scale=policy.adjust(state.loss_scale, finite))
+    return new
+
+
 def train_step_fn(
     loss_fn: LossFn,
     tx: GradientTransformation | None = None,
@@ -236,79 +273,37 @@ def train_step_fn(
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
     """The un-jitted train step; `make_train_step` and the parallel builders wrap it.
 
-    With ``axis_name`` (inside ``pmap``), gradients, metrics and float model state are
-    example-weighted means over the devices of that axis.
+    Three parts, the same for the jit, pmap and mesh steps: `gradients` (micro-batches) ->
+    `reduce_gradients` (across the devices of ``axis_name`` inside ``pmap``) ->
+    `apply_guarded` (optimizer update, skip, loss-scale adjust, counters).
     """
     options = options if options is not None else StepOptions()
-    k = options.accumulation_steps
     policy = options.loss_scale
 
     def step(state: TrainState, batch: Any, **extra_args: Any):
-        step_key = jax.random.fold_in(state.key, state.step)
+        state = with_loss_scale(state, policy)
+        key = jax.random.fold_in(state.key, state.step)
         if axis_name is not None and per_device_rng:
-            step_key = jax.random.fold_in(step_key, jax.lax.axis_index(axis_name))
-        parallel = axis_name is not None
-        scale_loss = None
-        if policy is not None:
-            if getattr(state, "loss_scale", None) is None:
-                raise ValueError(
-                    "the step has loss_scale= but the state holds no loss-scale state: build "
-                    "it with TrainState.create(..., loss_scale=policy) (the same policy)."
-                )
-
-            def scale_loss(loss):
-                return policy.scale_loss(loss, state.loss_scale)
-
-        grads, model_state, metrics, w = gradients(
+            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+        scale_loss = None if policy is None else lambda x: policy.scale_loss(x, state.loss_scale)
+        k, params = options.accumulation_steps, state.stored_params
+        parts = gradients(
             loss_fn,
-            state.stored_params,
+            params,
             batch,
             state.model_state,
-            step_key,
+            key,
             accumulation_steps=k,
-            weighted=parallel,
+            weighted=axis_name is not None,
             scale_loss=scale_loss,
         )
-        if parallel:
-            w_total = jax.lax.psum(w, axis_name)
-            grads = jax.lax.psum(grads, axis_name)
-            metrics = jax.lax.psum(metrics, axis_name)
-            model_state = _weighted_mean(model_state, w, w_total, axis_name)
-        else:
-            w_total = w
-        if parallel or k > 1:  # example-weighted sums -> means, in the params' dtypes
-            grads = _divided(grads, w_total, like=state.stored_params)
-        metrics = _divided(metrics, w_total)
-        if policy is not None:
-            grads = policy.unscale(grads, state.loss_scale)
-        if options.loss_as_value:
-            extra_args = {"value": metrics["loss"], **extra_args}
-
-        def apply(s: TrainState) -> TrainState:
-            new = s.apply_gradients(grads, **extra_args).replace(model_state=model_state)
-            averages = getattr(new, "averages", None)  # ModelEMA's average, after the update
-            return new if averages is None else new.replace(averages=averages.after_step(new))
-
-        def apply_alike(s: TrainState) -> TrainState:  # both lax.cond branches: one type
-            new = apply(s)
-            return new.replace(
-                opt_state=tree_lib.cast_like(new.opt_state, s.opt_state),
-                model_state=tree_lib.cast_like(new.model_state, s.model_state),
-            )
-
-        def skip(s: TrainState) -> TrainState:
-            skipped = count_nonfinite(False, s.skipped_steps)
-            return s.replace(step=tree_lib.safe_increment(s.step), skipped_steps=skipped)
-
-        current = state if tx is None else state.replace(tx=tx)
-        if options.skip_nonfinite or policy is not None:
-            finite = all_finite((grads, metrics) if options.skip_nonfinite else grads)
-            new = guarded(finite, apply_alike, skip, current)
-            if policy is not None:
-                new = new.replace(loss_scale=policy.adjust(state.loss_scale, finite))
-        else:
-            new = apply(current)
-        return new.replace(tx=state.tx), {**metrics, NUM_EXAMPLES: w_total}
+        grads, model_state, metrics, w = reduce_gradients(
+            *parts, params=params, axis_name=axis_name, summed=k > 1
+        )
+        new = apply_guarded(
+            state, grads, model_state, metrics, tx=tx, options=options, extra_args=extra_args
+        )
+        return new, {**metrics, NUM_EXAMPLES: w}
 
     return step
 
@@ -352,7 +347,9 @@ def make_train_step(
     through the micro-batches). The RNG given to ``loss_fn`` is ``fold_in(state.rng,
     state.step)`` (then the micro-batch index). When the gradients or the loss are not finite
     the step is skipped (one ``lax.cond``, `dlopt.wrappers.finite.guarded`): params, opt_state and
-    model state stay, ``skipped_steps`` and ``step`` count up.
+    model state stay, ``skipped_steps`` and ``step`` count up. With ``loss_scale``, a state
+    without a loss-scale state gets ``policy.init()`` on the first call (which then compiles
+    once more, for the state that holds it).
 
     Args:
         loss_fn: ``loss_fn(params, batch, *, model_state, rng, train)``, see the module doc.

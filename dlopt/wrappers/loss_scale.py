@@ -8,9 +8,12 @@ Keras's ``LossScaleOptimizer`` and torch's ``GradScaler``: a step whose gradient
 consecutive finite steps :math:`S` is multiplied by ``factor``.
 
 It is not a `GradientTransformation` (it needs the loss, which a transform never sees): pass
-it to the train step, ``make_train_step(loss_fn, loss_scale=dlopt.dynamic_loss_scale())``,
-and create the state with ``TrainState.create(..., loss_scale=...)`` (the same policy), which
-stores its `DynamicLossScaleState` in the training state (checkpointed with it).
+it once, to the train step, ``make_train_step(loss_fn, loss_scale=dlopt.dynamic_loss_scale())``
+(or to ``fit(..., options=StepOptions(loss_scale=...))``). Its `DynamicLossScaleState` lives
+in the training state, ``state.loss_scale`` (checkpointed with it): the step starts it with
+``init()`` when the state holds none (``TrainState.create(..., loss_scale=policy)`` starts it
+up front, e.g. for a checkpoint's restore target). A step skipped on overflow is the train
+step's one guard (`dlopt.wrappers.finite.guarded`) and counts in ``state.skipped_steps``.
 """
 
 from __future__ import annotations
