@@ -1,4 +1,5 @@
-"""Data: datasets (TFDS + an offline default), splits and scalers, batching, augmentation.
+"""Data: datasets (TFDS + an offline default), splits and scalers, batching, augmentation;
+a host-side text vocabulary.
 
 Importing this package is cheap (numpy, jax, chex); TFDS and scikit-learn load on first use.
 """
@@ -30,3 +31,7 @@ from dlopt.data.preprocess import resize as resize
 from dlopt.data.preprocess import to_float as to_float
 from dlopt.data.preprocess import to_grayscale as to_grayscale
 from dlopt.data.preprocess import train_val_test_split as train_val_test_split
+from dlopt.data.vocab import Vocab as Vocab
+from dlopt.data.vocab import candidate_table as candidate_table
+from dlopt.data.vocab import decode_chars as decode_chars
+from dlopt.data.vocab import encode_chars as encode_chars
