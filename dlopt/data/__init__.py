@@ -1,5 +1,5 @@
-"""Data: datasets (TFDS + an offline default), splits and scalers, batching, augmentation;
-a host-side text vocabulary.
+"""Data: datasets (TFDS + an offline default), splits and scalers, batching, augmentation
+(images; text on token and character ids, with a host-side vocabulary).
 
 Importing this package is cheap (numpy, jax, chex); TFDS and scikit-learn load on first use.
 """
@@ -31,6 +31,13 @@ from dlopt.data.preprocess import resize as resize
 from dlopt.data.preprocess import to_float as to_float
 from dlopt.data.preprocess import to_grayscale as to_grayscale
 from dlopt.data.preprocess import train_val_test_split as train_val_test_split
+from dlopt.data.qwerty import qwerty_table as qwerty_table
+from dlopt.data.text import contextual_substitute as contextual_substitute
+from dlopt.data.text import random_word as random_word
+from dlopt.data.text import spelling as spelling
+from dlopt.data.text import table_substitute as table_substitute
+from dlopt.data.typos import keyboard as keyboard
+from dlopt.data.typos import random_char as random_char
 from dlopt.data.vocab import Vocab as Vocab
 from dlopt.data.vocab import candidate_table as candidate_table
 from dlopt.data.vocab import decode_chars as decode_chars
