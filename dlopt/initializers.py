@@ -176,7 +176,9 @@ def variance_scaling(
     Example:
         >>> import jax, dlopt
         >>> init = dlopt.initializers.variance_scaling(2.0, "fan_in", "normal")
-        >>> w = init(jax.random.key(0), (256, 128))  # std ~ sqrt(2 / 256)
+        >>> w = init(jax.random.key(0), (256, 128))
+        >>> round(float(w.std()), 3)  # sqrt(2 / 256) = 0.088
+        0.089
     """
     validation.check_positive("scale", scale)
     if mode not in MODES:
@@ -306,8 +308,11 @@ def he_normal(
     ``kaiming_normal_`` does not truncate; the std is the same).
 
     Example:
-        >>> import dlopt, flax.linen as nn
+        >>> import jax, jax.numpy as jnp, flax.linen as nn, dlopt
         >>> layer = nn.Dense(64, kernel_init=dlopt.initializers.he_normal())
+        >>> kernel = layer.init(jax.random.key(0), jnp.ones((1, 32)))["params"]["kernel"]
+        >>> kernel.shape, round(float(kernel.std()), 2)  # sqrt(2 / 32) = 0.25
+        ((32, 64), 0.25)
     """
     return _he(
         "truncated_normal", in_axis, out_axis, batch_axis, nonlinearity, negative_slope, mode

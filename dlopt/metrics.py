@@ -39,6 +39,7 @@ def labels_from_logits(logits: chex.Array) -> chex.Array:
 
     Example:
         >>> import jax.numpy as jnp
+        >>> from dlopt.metrics import labels_from_logits
         >>> labels_from_logits(jnp.array([[0.1, 2.0], [3.0, -1.0]]))
         Array([1, 0], dtype=int32)
     """
@@ -61,6 +62,7 @@ def labels_from_probabilities(probabilities: chex.Array, *, threshold: float = 0
 
     Example:
         >>> import jax.numpy as jnp
+        >>> from dlopt.metrics import labels_from_probabilities
         >>> labels_from_probabilities(jnp.array([[0.7], [0.2]]))
         Array([1, 0], dtype=int32)
     """
@@ -125,6 +127,7 @@ def confusion_matrix(
 
     Example:
         >>> import jax.numpy as jnp
+        >>> from dlopt.metrics import confusion_matrix
         >>> confusion_matrix(jnp.array([0, 1, 1]), jnp.array([0, 0, 1]), 2)
         Array([[1, 0],
                [1, 1]], dtype=int32)
@@ -168,6 +171,7 @@ def accuracy(
 
     Example:
         >>> import jax.numpy as jnp
+        >>> from dlopt.metrics import accuracy
         >>> float(accuracy(jnp.array([0, 1, 2, 2]), jnp.array([0, 1, 1, 2])))
         0.75
 
@@ -205,6 +209,7 @@ def top_k_accuracy(
 
     Example:
         >>> import jax.numpy as jnp
+        >>> from dlopt.metrics import top_k_accuracy
         >>> scores = jnp.array([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7]])
         >>> float(top_k_accuracy(jnp.array([1, 0]), scores, k=2))
         0.5
@@ -333,6 +338,7 @@ _PRF_DOC = """{summary}
 
     Example:
         >>> import jax.numpy as jnp
+        >>> from dlopt.metrics import {name}
         >>> y_true, y_pred = jnp.array([0, 1, 1, 1]), jnp.array([0, 1, 0, 1])
         >>> float({name}(y_true, y_pred, num_classes=2))
         {example}
@@ -420,6 +426,7 @@ class ConfusionMatrix(NamedTuple):
 
     Example:
         >>> import jax.numpy as jnp
+        >>> from dlopt.metrics import ConfusionMatrix
         >>> acc = ConfusionMatrix.empty(3)
         >>> acc = acc.update(jnp.array([0, 1]), jnp.array([0, 2]))
         >>> acc = acc.update(jnp.array([2]), jnp.array([2]))

@@ -125,8 +125,10 @@ def stateless(
     """Lifts ``f(updates, params) -> updates`` to a transform with no state.
 
     Example:
-        >>> import jax, dlopt
+        >>> import jax, jax.numpy as jnp, dlopt
         >>> halve = dlopt.stateless(lambda u, p: jax.tree.map(lambda x: x / 2, u))
+        >>> halve.update({"w": jnp.ones(2)}, halve.init(None))[0]["w"]
+        Array([0.5, 0.5], dtype=float32)
     """
 
     def update_fn(updates, state, params=None):

@@ -32,8 +32,11 @@ def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArg
     their tree must match the updates' tree (a ``ValueError`` names the differing path).
 
     Example:
-        >>> import dlopt
+        >>> import jax.numpy as jnp, dlopt
         >>> tx = dlopt.chain(dlopt.clip_by_global_norm(1.0), dlopt.adam(1e-3))
+        >>> updates, state = tx.update(jnp.array([3.0, 4.0]), tx.init(jnp.zeros(2)))
+        >>> jnp.round(updates, 4)  # Adam's first step: -lr * sign(g)
+        Array([-0.001, -0.001], dtype=float32)
     """
     wrapped = [with_extra_args_support(t) for t in transforms]
 
@@ -60,8 +63,13 @@ def named_chain(*named: tuple[str, GradientTransformation]) -> GradientTransform
     """Like `chain`, with the state a dict keyed by the given names (easy to inspect).
 
     Example:
-        >>> import dlopt
+        >>> import jax.numpy as jnp, dlopt
         >>> tx = dlopt.named_chain(("clip", dlopt.clip(1.0)), ("opt", dlopt.sgd(0.1)))
+        >>> state = tx.init(jnp.zeros(2))
+        >>> list(state)
+        ['clip', 'opt']
+        >>> tx.update(jnp.array([5.0, -0.5]), state)[0]
+        Array([-0.1 ,  0.05], dtype=float32)
     """
     names = [name for name, _ in named]
     if len(set(names)) != len(names):
@@ -115,9 +123,13 @@ def masked(inner: GradientTransformation, mask: Mask) -> GradientTransformationE
     with none selected (a `partition` label no leaf carries) it is not called.
 
     Example:
-        >>> import dlopt
+        >>> import jax.numpy as jnp, dlopt
         >>> only_weights = lambda p: {"w": True, "b": False}
         >>> tx = dlopt.masked(dlopt.add_decayed_weights(1e-4), only_weights)
+        >>> params = {"w": jnp.ones(2), "b": jnp.ones(2)}
+        >>> zeros = {"w": jnp.zeros(2), "b": jnp.zeros(2)}
+        >>> tx.update(zeros, tx.init(params), params)[0]
+        {'b': Array([0., 0.], dtype=float32), 'w': Array([0.0001, 0.0001], dtype=float32)}
     """
     inner = with_extra_args_support(inner)
 
@@ -155,11 +167,17 @@ def partition(
     ``params -> labels``. Each group's transform sees and keeps state for its leaves only.
 
     Example:
-        >>> import dlopt
+        >>> import jax, jax.numpy as jnp, dlopt
         >>> tx = dlopt.partition(
         ...     {"body": dlopt.adam(1e-3), "head": dlopt.sgd(1e-2)},
         ...     lambda p: {k: "head" if k == "out" else "body" for k in p},
         ... )
+        >>> params = {"hidden": jnp.zeros(2), "out": jnp.zeros(2)}
+        >>> grads = {"hidden": jnp.ones(2), "out": jnp.ones(2)}
+        >>> updates, _ = tx.update(grads, tx.init(params), params)
+        >>> jax.tree.map(lambda u: jnp.round(u, 4), updates)
+        {'hidden': Array([-0.001, -0.001], dtype=float32),
+         'out': Array([-0.01, -0.01], dtype=float32)}
     """
 
     def masks(tree):

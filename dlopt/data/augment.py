@@ -14,8 +14,13 @@ Common arguments and results:
   Returns: images of the input's shape and dtype (and float soft labels for mixup/cutmix).
 
 Example:
+  >>> from functools import partial
+  >>> import jax, jax.numpy as jnp
+  >>> from dlopt.data import compose, random_crop, random_flip
   >>> augment = jax.jit(compose(partial(random_crop, padding=4), random_flip))
-  >>> images = augment(jax.random.key(0), images)
+  >>> images = jnp.linspace(0, 1, 8 * 32 * 32 * 3).reshape(8, 32, 32, 3)
+  >>> augment(jax.random.key(0), images).shape
+  (8, 32, 32, 3)
 """
 
 from __future__ import annotations
@@ -366,9 +371,14 @@ def compose(*transforms: Transform) -> Transform:
     also take and return labels. Bind hyperparameters with ``functools.partial``.
 
     Example:
-      >>> augment = compose(partial(random_crop, padding=4), random_flip,
-      ...                   partial(cutmix, alpha=1.0, num_classes=10))
-      >>> images, labels = jax.jit(augment)(key, images, labels)
+      >>> from functools import partial
+      >>> import jax, jax.numpy as jnp
+      >>> from dlopt.data import compose, cutmix, random_flip
+      >>> augment = compose(random_flip, partial(cutmix, alpha=1.0, num_classes=10))
+      >>> images, labels = jnp.zeros((8, 32, 32, 3)), jnp.arange(8) % 10
+      >>> images, labels = jax.jit(augment)(jax.random.key(0), images, labels)
+      >>> images.shape, labels.shape
+      ((8, 32, 32, 3), (8, 10))
     """
 
     def mixes(t: Transform) -> bool:

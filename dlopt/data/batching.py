@@ -88,10 +88,12 @@ def batches(
       are checked when ``batches`` is called, before the first batch is asked for.
 
     Example:
+      >>> import numpy as np
+      >>> from dlopt.data import batches
       >>> data = {"image": np.zeros((10, 8, 8, 1)), "label": np.arange(10)}
       >>> [len(b["label"]) for b in batches(data, 4)]
       [4, 4, 2]
-      >>> [b["mask"].sum() for b in batches(data, 4, pad=True)]
+      >>> [int(b["mask"].sum()) for b in batches(data, 4, pad=True)]
       [4, 4, 2]
     """
     if not isinstance(batch_size, int | np.integer) or batch_size <= 0:

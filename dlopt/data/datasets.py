@@ -186,6 +186,7 @@ def load(
         alternatives.
 
     Example:
+      >>> from dlopt.data import load
       >>> data = load("digits")
       >>> data["image"].shape, data["label"].shape
       ((1797, 8, 8, 1), (1797,))

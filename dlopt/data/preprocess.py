@@ -60,6 +60,8 @@ def train_val_test_split(
       in shuffled order.
 
     Example:
+      >>> import numpy as np
+      >>> from dlopt.data import train_val_test_split
       >>> x, y = np.arange(20.0).reshape(10, 2), np.array([0, 1] * 5)
       >>> (xt, yt), (xv, yv), (xs, ys) = train_val_test_split(x, y, val=0.2, test=0.2)
       >>> len(yt), len(yv), len(ys)
@@ -162,8 +164,14 @@ class Standardizer(_Scaler):
     is a pytree (leaves ``offset`` = mean and ``scale`` = std).
 
     Example:
-      >>> scaler = Standardizer().fit(x_train)
-      >>> x_val = scaler.transform(x_val)   # the train statistics, unchanged
+      >>> import numpy as np
+      >>> from dlopt.data import Standardizer
+      >>> scaler = Standardizer().fit(np.array([[0.0, 10.0], [4.0, 10.0]]))
+      >>> print(scaler.mean, scaler.std)   # the second feature is constant: std 1
+      [ 2. 10.] [2. 1.]
+      >>> print(scaler.transform(np.array([[2.0, 11.0], [6.0, 10.0]])))  # train statistics
+      [[0. 1.]
+       [2. 0.]]
 
     References:
       scikit-learn ``StandardScaler``.
@@ -194,8 +202,12 @@ class MinMaxScaler(_Scaler):
     Validation and test values outside the training range land outside [0, 1].
 
     Example:
-      >>> scaler = MinMaxScaler().fit(x_train)
-      >>> x_test = scaler.transform(x_test)
+      >>> import numpy as np
+      >>> from dlopt.data import MinMaxScaler
+      >>> scaler = MinMaxScaler().fit(np.array([[0.0, 10.0], [4.0, 10.0]]))
+      >>> print(scaler.transform(np.array([[1.0, 10.0], [8.0, 12.0]])))  # 8 is out of range
+      [[0.25 0.  ]
+       [2.   2.  ]]
 
     References:
       scikit-learn ``MinMaxScaler``.

@@ -446,8 +446,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``dlopt`` command; returns the exit status (0 ok, 2 bad arguments).
 
     Example:
-        >>> main(["schedule", "step", "--args", "init_value=0.1", "step_size=30",
-        ...       "decay_rate=0.5", "--plot", "/tmp/step.png"])  # doctest: +SKIP
+        >>> import tempfile
+        >>> from dlopt.lab.cli import main
+        >>> with tempfile.TemporaryDirectory() as out:
+        ...     main(["schedule", "step", "--steps", "4", "--args", "init_value=0.1",
+        ...           "step_size=2", "decay_rate=0.5", "--out", out])
+        step       0  0.1
+        step       1  0.1
+        step       2  0.05
+        step       3  0.05
+        wrote .../schedule_step.png
+        0
     """
     parser = build_parser()
     args = parser.parse_args(argv)

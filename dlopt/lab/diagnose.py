@@ -402,6 +402,7 @@ def diagnose(
         kind, epoch, message and remedy, a confidence and its evidence numbers.
 
     Example:
+        >>> from dlopt.lab.diagnose import diagnose
         >>> history = {"loss": [1.0, 0.6, 0.4, 0.3, 0.25, 0.2, 0.18, 0.16, 0.14, 0.12, 0.1],
         ...            "val_loss": [1.0, 0.7, 0.6, 0.62, 0.66, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]}
         >>> [(f.kind, f.epoch) for f in diagnose(history)]

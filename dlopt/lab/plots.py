@@ -74,7 +74,10 @@ def plot_curves(
         The figure; line ``i * len(keys) + j`` is run ``i``, key ``j`` (runs lacking a key skip it).
 
     Example:
+        >>> from dlopt.lab.plots import plot_curves
         >>> fig = plot_curves({"sgd": {"loss": [1.0, 0.5], "val_loss": [1.1, 0.7]}})
+        >>> [line.get_label() for line in fig.axes[0].lines]
+        ['sgd', 'sgd (val_loss)']
     """
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
@@ -171,8 +174,11 @@ def plot_curve_panels(
         best-epoch dot.
 
     Example:
+        >>> from dlopt.lab.plots import plot_curve_panels
         >>> fig = plot_curve_panels({"sgd": {"loss": [1.0, 0.5], "val_loss": [1.1, 0.7]},
         ...                          "adam": {"loss": [0.8, 0.3], "val_loss": [0.9, 0.6]}})
+        >>> [ax.get_title() for ax in fig.axes]
+        ['sgd', 'adam']
     """
     runs = {name: _history_dict(h) for name, h in histories.items()}
     n = len(runs)
@@ -256,10 +262,13 @@ def plot_dots(
         path: where to save the PNG.
 
     Returns:
-        The figure; ``fig.axes[0].collections[0]`` holds the dots (value, row), top row last.
+        The figure; ``fig.axes[0].collections[-1]`` holds the dots (value, row), top row last.
 
     Example:
+        >>> from dlopt.lab.plots import plot_dots
         >>> fig = plot_dots({"sgd": 0.956, "adam": 0.967}, step=1 / 270)
+        >>> fig.axes[0].collections[-1].get_offsets().tolist()  # (value, row), best on top
+        [[0.956, 0.0], [0.967, 1.0]]
     """
     items = list(values.items())
     if sort:

@@ -7,11 +7,15 @@ tqdm installed (the ``progress`` extra), it draws a bar; otherwise it writes pla
 per epoch (`EpochProgress`) or one per finished run (`Progress.note`), and nothing per batch.
 
 Example:
-    >>> with Progress(total=2, unit="run") as bar:  # doctest: +SKIP
+    >>> import sys
+    >>> from dlopt.lab.progress import Progress
+    >>> with Progress(total=2, unit="run", stream=sys.stdout) as bar:  # not a terminal: lines
     ...     for name in ("sgd", "adam"):
     ...         bar.describe(name)
     ...         bar.update()
     ...         bar.note(f"{name}: done")
+    sgd: done
+    adam: done
 """
 
 from __future__ import annotations

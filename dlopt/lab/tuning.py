@@ -64,7 +64,11 @@ def log_uniform(low: float, high: float) -> LogUniform:
     """A log-uniform distribution on ``[low, high]``, ``0 < low < high``.
 
     Example:
+        >>> from dlopt.lab.tuning import log_uniform, random_search
         >>> space = {"learning_rate": log_uniform(1e-4, 1e-1), "batch_size": [32, 64]}
+        >>> result = random_search(lambda c: abs(c["learning_rate"] - 3e-3), space, num_trials=8)
+        >>> result.best_config
+        {'learning_rate': 0.00427..., 'batch_size': 64}
     """
     validation.check_positive("low", low)
     if not high > low:
@@ -150,6 +154,7 @@ def grid_search(
         A `SearchResult`, best first.
 
     Example:
+        >>> from dlopt.lab.tuning import grid_search
         >>> result = grid_search(lambda c: (c["lr"] - 0.1) ** 2, {"lr": [0.01, 0.1, 1.0]})
         >>> result.best_config
         {'lr': 0.1}
@@ -291,6 +296,7 @@ def vmap_trials(
 
     Example:
         >>> import jax.numpy as jnp, dlopt
+        >>> from dlopt.lab.tuning import vmap_trials
         >>> loss = lambda p, b: jnp.sum((p - b) ** 2)
         >>> out = vmap_trials(dlopt.sgd, loss, jnp.zeros(2), [jnp.ones(2)] * 5, [0.01, 0.1])
         >>> out.losses.shape
@@ -408,6 +414,7 @@ def lr_find(
 
     Example:
         >>> import jax.numpy as jnp
+        >>> from dlopt.lab.tuning import lr_find
         >>> loss = lambda p, b: jnp.mean((b["x"] * p - b["y"]) ** 2)
         >>> xs = jnp.linspace(-1.0, 1.0, 50)
         >>> found = lr_find(loss, jnp.zeros(()), [{"x": xs, "y": 3 * xs}] * 60)

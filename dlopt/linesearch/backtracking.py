@@ -388,12 +388,19 @@ def value_and_grad_from_state(
         without ``store_grad=True``), a ``KeyError`` when it holds several.
 
     Example:
-        >>> import jax.numpy as jnp, dlopt
+        >>> import jax, jax.numpy as jnp, dlopt
         >>> f = lambda w: jnp.sum(w**2)
         >>> tx, w = dlopt.lbfgs(), jnp.array([1.0, 2.0])
         >>> state, value_and_grad = tx.init(w), dlopt.value_and_grad_from_state(f)
-        >>> v, g = value_and_grad(w, state=state)
-        >>> u, state = tx.update(g, state, w, value=v, grad=g, value_fn=f)
+        >>> @jax.jit
+        ... def step(w, state):
+        ...     v, g = value_and_grad(w, state=state)  # the search's stored value and gradient
+        ...     u, state = tx.update(g, state, w, value=v, grad=g, value_fn=f)
+        ...     return dlopt.apply_updates(w, u), state
+        >>> w, state = step(w, state)
+        >>> w, state = step(w, state)
+        >>> float(f(w)) < 1e-12
+        True
     """
 
     def value_and_grad(params, *fn_args, state, **fn_kwargs):

@@ -233,14 +233,17 @@ def lbfgs(
         scale_by_learning_rate(learning_rate), linesearch)``.
 
     Example:
-        >>> import jax.numpy as jnp, dlopt
+        >>> import jax, jax.numpy as jnp, dlopt
         >>> f = lambda w: jnp.sum((w - 1.0) ** 2)
         >>> tx, w = dlopt.lbfgs(), jnp.zeros(3)
         >>> state, value_and_grad = tx.init(w), dlopt.value_and_grad_from_state(f)
-        >>> for _ in range(3):
+        >>> @jax.jit
+        ... def step(w, state):
         ...     v, g = value_and_grad(w, state=state)
         ...     u, state = tx.update(g, state, w, value=v, grad=g, value_fn=f)
-        ...     w = dlopt.apply_updates(w, u)
+        ...     return dlopt.apply_updates(w, u), state
+        >>> for _ in range(3):
+        ...     w, state = step(w, state)
         >>> w
         Array([1., 1., 1.], dtype=float32)
 

@@ -297,6 +297,8 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
         >>> import dlopt
         >>> warm = dlopt.linear_schedule(0.0, 1.0, 10)
         >>> s = dlopt.join_schedules([warm, dlopt.constant_schedule(1.0)], [10])
+        >>> float(s(5)), float(s(20))
+        (0.5, 1.0)
     """
     schedules, boundaries = list(schedules), list(boundaries)
     if not schedules or len(boundaries) != len(schedules) - 1:

@@ -107,7 +107,15 @@ def swap_averages(state: Any) -> Any:
     swapping twice gives ``state`` back). After training: the averaged model.
 
     Example:
-        >>> final = swap_averages(state)  # doctest: +SKIP
+        >>> import jax.numpy as jnp, dlopt
+        >>> from dlopt.training import ModelEMA, TrainState, swap_averages
+        >>> state = TrainState.create(apply_fn=None, params={"w": jnp.ones(())},
+        ...                           tx=dlopt.sgd(0.1), rng=0)
+        >>> state = ModelEMA().prepare_state(state)  # as fit does: the average starts as a copy
+        >>> state = state.replace(params={"w": jnp.full((), 3.0)})  # as if trained
+        >>> swapped = swap_averages(state)
+        >>> float(swapped.params["w"]), float(swapped.averages.params["w"])
+        (1.0, 3.0)
     """
     averages = getattr(state, "averages", None)
     if averages is None:
@@ -197,10 +205,19 @@ class ModelEMA(_Averaging):
         eval_on_average: run validation on the averaged params.
 
     Example:
-        >>> from dlopt.training import ModelEMA, fit
-        >>> ema = ModelEMA(decay=0.999, eval_on_average=True)
-        >>> # state, history = fit(state, data, epochs=10, loss_fn=loss_fn, callbacks=[ema])
-        >>> # final = swap_averages(state)  # the EMA weights
+        >>> import jax.numpy as jnp, dlopt
+        >>> from dlopt.training import ModelEMA, TrainState, fit, swap_averages
+        >>> def loss_fn(params, batch, *, model_state, rng, train):
+        ...     return jnp.mean((batch["x"] * params["w"] - batch["y"]) ** 2)
+        >>> data = [{"x": jnp.arange(4.0), "y": 2 * jnp.arange(4.0)}]
+        >>> state = TrainState.create(apply_fn=None, params={"w": jnp.zeros(())},
+        ...                           tx=dlopt.sgd(0.1), rng=0)
+        >>> ema = ModelEMA(decay=0.5)
+        >>> state, history = fit(state, data, epochs=3, loss_fn=loss_fn, callbacks=[ema],
+        ...                      progress=False)  # w: 1.4, 1.82, 1.946
+        >>> final = swap_averages(state)  # the EMA weights: 1.4, then 0.5 w_avg + 0.5 w
+        >>> round(float(state.params["w"]), 3), round(float(final.params["w"]), 3)
+        (1.946, 1.778)
 
     References:
         Polyak and Juditsky, "Acceleration of stochastic approximation by averaging", 1992;
@@ -262,12 +279,22 @@ class SWA(_Averaging):
         bn_momentum: the model's BatchNorm momentum, for `update_bn`.
 
     Example:
-        >>> import dlopt
-        >>> from dlopt.training import SWA
-        >>> tx = dlopt.inject_hyperparams(dlopt.sgd)(learning_rate=0.1, momentum=0.9)
-        >>> swa = SWA(start_epoch=75, swa_lr=0.05)
-        >>> # state, history = fit(state, data, epochs=100, loss_fn=loss_fn, callbacks=[swa])
-        >>> # final = update_bn(swap_averages(state), train_batches, loss_fn)
+        >>> import jax.numpy as jnp, dlopt
+        >>> from dlopt.training import SWA, TrainState, fit, swap_averages
+        >>> def loss_fn(params, batch, *, model_state, rng, train):
+        ...     return jnp.mean((batch["x"] * params["w"] - batch["y"]) ** 2)
+        >>> data = [{"x": jnp.arange(4.0), "y": 2 * jnp.arange(4.0)}]
+        >>> tx = dlopt.inject_hyperparams(dlopt.sgd)(learning_rate=0.1)
+        >>> state = TrainState.create(apply_fn=None, params={"w": jnp.zeros(())}, tx=tx, rng=0)
+        >>> swa = SWA(start_epoch=2, swa_lr=0.05)
+        >>> state, history = fit(state, data, epochs=4, loss_fn=loss_fn, callbacks=[swa],
+        ...                      progress=False)
+        >>> lr = dlopt.get_hyperparam(state.opt_state, "learning_rate")
+        >>> int(state.averages.count), round(float(lr), 6)  # epochs 2 and 3 averaged, at swa_lr
+        (2, 0.05)
+        >>> final = swap_averages(state)  # with BatchNorm, then update_bn(final, batches, loss_fn)
+        >>> round(float(final.params["w"]), 4)  # the mean of the epoch 2 and 3 ends
+        1.9035
 
     References:
         Izmailov et al., "Averaging Weights Leads to Wider Optima and Better Generalization",

@@ -54,9 +54,23 @@ class BackupAndRestore(Callback):
             first epoch it ran).
 
     Example:
-        >>> import tempfile
-        >>> backup = BackupAndRestore(tempfile.mkdtemp())
-        >>> # state, history = fit(state, data, epochs=50, callbacks=[EarlyStopping(), backup])
+        >>> import tempfile, jax.numpy as jnp, dlopt
+        >>> from dlopt.training import BackupAndRestore, TrainState, fit
+        >>> def loss_fn(params, batch, *, model_state, rng, train):
+        ...     return jnp.mean((batch["x"] * params["w"] - batch["y"]) ** 2)
+        >>> data = [{"x": jnp.arange(4.0), "y": 2 * jnp.arange(4.0)}]
+        >>> state = TrainState.create(apply_fn=None, params={"w": jnp.zeros(())},
+        ...                           tx=dlopt.sgd(0.1), rng=0)
+        >>> with tempfile.TemporaryDirectory() as directory:
+        ...     backup = BackupAndRestore(directory, delete_checkpoint=False)
+        ...     _ = fit(state, data, epochs=2, loss_fn=loss_fn, callbacks=[backup],
+        ...             progress=False)  # a run that stopped after epoch 1
+        ...     fresh = TrainState.create(apply_fn=None, params={"w": jnp.zeros(())},
+        ...                               tx=dlopt.sgd(0.1), rng=0)
+        ...     state, history = fit(fresh, data, epochs=4, loss_fn=loss_fn, callbacks=[backup],
+        ...                          progress=False)  # the script run again
+        >>> backup.resumed, backup.resumed_epoch, len(history), int(state.step)
+        (True, 2, 4, 4)
 
     References:
         ``keras.callbacks.BackupAndRestore``.

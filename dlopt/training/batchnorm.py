@@ -91,7 +91,21 @@ def update_bn(
         ``state`` with the new statistics in ``model_state`` (everything else unchanged).
 
     Example:
-        >>> final = update_bn(swap_averages(state), train_batches, loss_fn)  # doctest: +SKIP
+        >>> import jax, jax.numpy as jnp, flax.linen as nn, dlopt
+        >>> from dlopt.training import TrainState, update_bn
+        >>> model = nn.BatchNorm(momentum=0.9)
+        >>> variables = model.init(jax.random.key(0), jnp.zeros((1, 1)), use_running_average=True)
+        >>> def loss_fn(params, batch, *, model_state, rng, train):
+        ...     y, updates = model.apply({"params": params, **model_state}, batch["x"],
+        ...                              use_running_average=not train, mutable=["batch_stats"])
+        ...     return jnp.mean(y**2), {"model_state": updates}
+        >>> state = TrainState.create(apply_fn=model.apply, params=variables["params"],
+        ...                           tx=dlopt.sgd(0.1), rng=0,
+        ...                           model_state={"batch_stats": variables["batch_stats"]})
+        >>> batches = [{"x": jnp.array([[1.0], [3.0]])}, {"x": jnp.array([[5.0], [7.0]])}]
+        >>> stats = update_bn(state, batches, loss_fn, momentum=0.9).model_state["batch_stats"]
+        >>> stats["mean"], stats["var"]  # means 2 and 6, variances 1 and 1
+        (Array([4.], dtype=float32), Array([1.], dtype=float32))
 
     References:
         Izmailov et al., "Averaging Weights Leads to Wider Optima and Better Generalization",

@@ -39,10 +39,13 @@ class Callback:
             they save includes every other callback's update of the epoch.
 
     Example:
+        >>> from dlopt.training import Callback
         >>> class PrintLoss(Callback):
         ...     def on_epoch_end(self, epoch, state, history, logs):
         ...         print(epoch, logs["loss"])
         ...         return state
+        >>> state = PrintLoss().on_epoch_end(0, None, None, {"loss": 0.25})  # as fit calls it
+        0 0.25
     """
 
     stop_training: bool = False
@@ -148,7 +151,14 @@ class EarlyStopping(Callback):
         best, best_epoch, stopped_epoch, wait: as in Keras (``stopped_epoch`` 0: no stop).
 
     Example:
-        >>> stop = EarlyStopping(monitor="val_loss", patience=3)
+        >>> from dlopt.training import EarlyStopping
+        >>> stop = EarlyStopping(monitor="val_loss", patience=2, restore_best=False)
+        >>> for epoch, val_loss in enumerate([1.0, 0.8, 0.9, 0.85, 0.7]):  # as fit calls it
+        ...     _ = stop.on_epoch_end(epoch, None, None, {"val_loss": val_loss})
+        ...     if stop.stop_training:
+        ...         break
+        >>> stop.stopped_epoch, stop.best, stop.best_epoch
+        (3, 0.8, 1)
     """
 
     def __init__(
@@ -297,9 +307,16 @@ class ReduceLROnPlateau(Callback):
             is saved by `state_dict`.
 
     Example:
-        >>> import dlopt
+        >>> import jax.numpy as jnp, dlopt
+        >>> from dlopt.training import ReduceLROnPlateau, TrainState
         >>> tx = dlopt.inject_hyperparams(dlopt.sgd)(learning_rate=0.1)
-        >>> cb = ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=2)
+        >>> state = TrainState.create(apply_fn=None, params=jnp.zeros(2), tx=tx, rng=0)
+        >>> cb = ReduceLROnPlateau(monitor="val_loss", factor=0.5, patience=1)
+        >>> state = cb.on_train_begin(state, None)  # as fit calls it
+        >>> for epoch in range(3):  # no improvement after epoch 0: two bad epochs > patience
+        ...     state = cb.on_epoch_end(epoch, state, None, {"val_loss": 1.0})
+        >>> round(float(dlopt.get_hyperparam(state.opt_state, "learning_rate")), 6)
+        0.05
     """
 
     def __init__(
@@ -399,7 +416,12 @@ class TerminateOnNaN(Callback):
         stopped_batch: the index (within its epoch) of that step, or None.
 
     Example:
+        >>> from dlopt.training import TerminateOnNaN
         >>> guard = TerminateOnNaN()
+        >>> for batch, loss in enumerate([0.5, float("inf")]):  # as fit calls it
+        ...     _ = guard.on_train_batch_end(batch, None, {"loss": loss})
+        >>> guard.stop_training, guard.stopped_batch
+        (True, 1)
     """
 
     def __init__(self, monitor: str = "loss"):
@@ -433,8 +455,12 @@ class LambdaCallback(Callback):
     ...) and returns a new state, or None to keep the state unchanged.
 
     Example:
+        >>> from dlopt.training import LambdaCallback
         >>> losses = []
         >>> cb = LambdaCallback(on_epoch_end=lambda e, s, h, logs: losses.append(logs["loss"]))
+        >>> _ = cb.on_epoch_end(0, None, None, {"loss": 0.5})  # as fit calls it
+        >>> losses
+        [0.5]
     """
 
     def __init__(

@@ -98,8 +98,22 @@ def restore(
         All are `CheckpointError`s; the message names the directory and the good checkpoints.
 
     Example:
-        >>> # state, history = restore("/tmp/run1", target=state)             # latest
-        >>> # state, history = restore("/tmp/run1", target=state, step=300)   # a given one
+        >>> import tempfile, jax.numpy as jnp, dlopt
+        >>> from dlopt.training import ModelCheckpoint, TrainState, available_steps, fit, restore
+        >>> def loss_fn(params, batch, *, model_state, rng, train):
+        ...     return jnp.mean((batch["x"] * params["w"] - batch["y"]) ** 2)
+        >>> data = [{"x": jnp.arange(4.0), "y": 2 * jnp.arange(4.0)}]
+        >>> state = TrainState.create(apply_fn=None, params={"w": jnp.zeros(())},
+        ...                           tx=dlopt.sgd(0.1), rng=0)
+        >>> with tempfile.TemporaryDirectory() as directory:
+        ...     state, history = fit(state, data, epochs=3, val_data=data, loss_fn=loss_fn,
+        ...                          callbacks=[ModelCheckpoint(directory)], progress=False)
+        ...     print(available_steps(directory))
+        ...     latest, history = restore(directory, target=state)  # the latest
+        ...     first, first_history = restore(directory, target=state, step=1)  # a given one
+        [1, 2, 3]
+        >>> int(latest.step), len(history), int(first.step), len(first_history)
+        (3, 3, 1, 1)
     """
     directory = os.path.abspath(os.fspath(directory))
     steps = available_steps(directory)
@@ -153,10 +167,20 @@ class ModelCheckpoint(Callback):
             replace a checkpoint of the same number (written in full before the old one goes).
 
     Example:
-        >>> import tempfile
-        >>> ckpt = ModelCheckpoint(tempfile.mkdtemp(), monitor="val_loss", mode="min")
-        >>> # state, history = fit(state, data, epochs=10, val_data=val, callbacks=[ckpt])
-        >>> # state, history = restore(ckpt.directory, target=state)
+        >>> import tempfile, jax.numpy as jnp, dlopt
+        >>> from dlopt.training import ModelCheckpoint, TrainState, fit, restore
+        >>> def loss_fn(params, batch, *, model_state, rng, train):
+        ...     return jnp.mean((batch["x"] * params["w"] - batch["y"]) ** 2)
+        >>> data = [{"x": jnp.arange(4.0), "y": 2 * jnp.arange(4.0)}]
+        >>> state = TrainState.create(apply_fn=None, params={"w": jnp.zeros(())},
+        ...                           tx=dlopt.sgd(0.1), rng=0)
+        >>> with tempfile.TemporaryDirectory() as directory:
+        ...     ckpt = ModelCheckpoint(directory, monitor="val_loss", mode="min")
+        ...     state, history = fit(state, data, epochs=3, val_data=data, loss_fn=loss_fn,
+        ...                          callbacks=[ckpt], progress=False)
+        ...     best, best_history = restore(ckpt.directory, target=state)
+        >>> ckpt.saved_steps, len(best_history)  # val_loss improved every epoch
+        ([1, 2, 3], 3)
 
     References:
         ``keras.callbacks.ModelCheckpoint``; orbax-checkpoint ``CheckpointManager``.

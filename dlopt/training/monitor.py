@@ -16,6 +16,7 @@ def resolve_mode(mode: str, monitor: str) -> str:
     ``monitor`` names an accuracy (contains ``"acc"``) or ends in ``"auc"``, else ``"min"``.
 
     Example:
+        >>> from dlopt.training.monitor import resolve_mode
         >>> resolve_mode("auto", "val_accuracy"), resolve_mode("auto", "val_loss")
         ('max', 'min')
     """
@@ -44,6 +45,7 @@ def improves(value: float, best: float | None, mode: str, min_delta: float = 0.0
     ``value < best - min_delta``). Any number beats ``best=None``; NaN never improves.
 
     Example:
+        >>> from dlopt.training.monitor import improves
         >>> improves(0.5, 0.6, "min"), improves(0.5, 0.6, "max"), improves(0.5, None, "max")
         (True, False, True)
     """

@@ -78,6 +78,7 @@ def pad_batch(batch: Any, multiple: int) -> Any:
 
     Example:
         >>> import numpy as np
+        >>> from dlopt.training import pad_batch
         >>> pad_batch({"x": np.ones((5, 2))}, 4)["mask"]
         array([1., 1., 1., 1., 1., 0., 0., 0.], dtype=float32)
     """

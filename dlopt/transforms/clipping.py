@@ -208,6 +208,9 @@ def adaptive_grad_clip(
         >>> tx = dlopt.adaptive_grad_clip(0.01)
         >>> params = {"w": jnp.ones((2, 3))}
         >>> u, _ = tx.update({"w": jnp.full((2, 3), 10.0)}, tx.init(params), params)
+        >>> u["w"]  # each unit's gradient norm cut to 0.01 times its weight norm
+        Array([[0.01, 0.01, 0.01],
+               [0.01, 0.01, 0.01]], dtype=float32)
 
     References:
         Brock et al., 2021, "High-Performance Large-Scale Image Recognition Without

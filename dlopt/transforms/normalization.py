@@ -112,8 +112,11 @@ def normalize() -> GradientTransformation:
         A stateless `GradientTransformation`.
 
     Example:
-        >>> import dlopt
+        >>> import jax.numpy as jnp, dlopt
         >>> adv_optimizer = dlopt.chain(dlopt.normalize(), dlopt.sgd(0.05))
+        >>> g = jnp.array([3.0, 4.0])
+        >>> adv_optimizer.update(g, adv_optimizer.init(g))[0]  # a step of length 0.05
+        Array([-0.03, -0.04], dtype=float32)
     """
 
     def update_fn(updates, state, params=None):

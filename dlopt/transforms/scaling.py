@@ -27,8 +27,10 @@ def scale(step_size: chex.Numeric) -> GradientTransformation:
     """``u <- step_size * u``, returned in each parameter's dtype when params are given.
 
     Example:
-        >>> import dlopt
+        >>> import jax.numpy as jnp, dlopt
         >>> tx = dlopt.scale(-0.1)  # plain gradient descent with lr 0.1
+        >>> tx.update(jnp.array([1.0, 2.0]), tx.init(None))[0]
+        Array([-0.1, -0.2], dtype=float32)
     """
     validation.check_finite("step_size", step_size)
 
@@ -46,8 +48,10 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
     """``u <- step_size_fn(t) * u`` where ``t`` counts updates from 0 (saturating int32).
 
     Example:
-        >>> import dlopt
+        >>> import jax.numpy as jnp, dlopt
         >>> tx = dlopt.scale_by_schedule(lambda t: -0.1 * 0.5 ** (t // 100))
+        >>> tx.update(jnp.array([1.0, 2.0]), tx.init(jnp.zeros(2)))[0]  # step 0: factor -0.1
+        Array([-0.1, -0.2], dtype=float32)
     """
 
     if not callable(step_size_fn):

@@ -270,6 +270,8 @@ def set_hyperparam(opt_state: Any, name: str, value: chex.Numeric) -> Any:
         >>> import jax.numpy as jnp, dlopt
         >>> tx = dlopt.inject_hyperparams(dlopt.adam)(learning_rate=1e-3)
         >>> state = dlopt.set_hyperparam(tx.init(jnp.zeros(2)), "learning_rate", 3e-4)
+        >>> round(float(dlopt.get_hyperparam(state, "learning_rate")), 6)
+        0.0003
     """
     hits = []
 

@@ -103,6 +103,8 @@ def lookahead(
         >>> grads = jax.grad(lambda p: jnp.sum(p["w"] ** 2))(params.fast)
         >>> updates, state = tx.update(grads, state, params)
         >>> params = dlopt.apply_updates(params, updates)
+        >>> params.fast["w"], params.slow["w"]  # the slow weights move every 5th step
+        (Array([0.8, 0.8], dtype=float32), Array([1., 1.], dtype=float32))
 
     References:
         Zhang, Lucas, Hinton and Ba, 2019, "Lookahead Optimizer: k steps forward, 1 step

@@ -325,9 +325,9 @@ def quantized(
         such as ``value=`` are passed to ``tx``.
 
     Example:
-        >>> import jax.numpy as jnp, dlopt
+        >>> import jax, jax.numpy as jnp, dlopt
         >>> tx = dlopt.quantized(dlopt.adam(1e-3))
-        >>> state = tx.init({"w": jnp.zeros((512, 512))})
+        >>> state = jax.jit(tx.init)({"w": jnp.zeros((512, 512))})
         >>> state.inner_state[0].mu["w"].codes.dtype
         dtype('uint8')
 
