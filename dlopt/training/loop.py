@@ -29,6 +29,7 @@ class History:
     epoch lacks the name); ``to_dict``/``from_dict`` round-trip through JSON.
 
     Example:
+        >>> from dlopt.training import History
         >>> h = History()
         >>> h.append({"loss": 0.5, "val_loss": 0.6})
         >>> h.history
@@ -190,8 +191,18 @@ def fit(
         ``(state, history)``.
 
     Example:
-        >>> state, history = fit(state, batches, epochs=5, val_data=val,  # doctest: +SKIP
-        ...                      loss_fn=loss_fn, callbacks=[EarlyStopping(patience=2)])
+        >>> import jax.numpy as jnp, dlopt
+        >>> from dlopt.training import EarlyStopping, TrainState, fit
+        >>> def loss_fn(params, batch, *, model_state, rng, train):
+        ...     return jnp.mean((batch["x"] * params["w"] - batch["y"]) ** 2)
+        >>> state = TrainState.create(apply_fn=None, params={"w": jnp.zeros(())},
+        ...                           tx=dlopt.sgd(0.1), rng=0)
+        >>> batches = [{"x": jnp.ones(4), "y": jnp.full(4, 2.0)}] * 3
+        >>> state, history = fit(state, batches, epochs=5, val_data=batches[:1],
+        ...                      loss_fn=loss_fn, callbacks=[EarlyStopping(patience=2)],
+        ...                      progress=False)
+        >>> len(history.history["loss"]), round(float(state.params["w"]), 2)
+        (5, 1.93)
     """
     validation.check_int("epochs", epochs, 0)
     train_step, eval_step = _steps(loss_fn, train_step, eval_step, options)

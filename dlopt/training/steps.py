@@ -363,8 +363,16 @@ def make_train_step(
         The jitted step. Extra keyword arguments (``value=``) are forwarded to ``tx.update``.
 
     Example:
-        >>> step = make_train_step(loss_fn)            # doctest: +SKIP
-        >>> state, metrics = step(state, {"x": x, "y": y})  # doctest: +SKIP
+        >>> import jax.numpy as jnp, dlopt
+        >>> from dlopt.training import TrainState, make_train_step
+        >>> def loss_fn(params, batch, *, model_state, rng, train):
+        ...     return jnp.mean((batch["x"] * params["w"] - batch["y"]) ** 2)
+        >>> state = TrainState.create(apply_fn=None, params={"w": jnp.zeros(())},
+        ...                           tx=dlopt.sgd(0.1), rng=0)
+        >>> step = make_train_step(loss_fn)
+        >>> state, metrics = step(state, {"x": jnp.ones(4), "y": jnp.full(4, 2.0)})
+        >>> sorted(metrics), float(metrics["loss"]), round(float(state.params["w"]), 2)
+        (['loss', 'num_examples'], 4.0, 0.4)
     """
     options = StepOptions.merge(options, flags)
     fn = train_step_fn(loss_fn, tx, options)
@@ -375,6 +383,14 @@ def make_eval_step(loss_fn: LossFn) -> Callable[[TrainState, Any], dict[str, jax
     """One jit-compiled eval step ``(state, batch) -> metrics`` (``train=False``, no donation).
 
     Example:
-        >>> metrics = make_eval_step(loss_fn)(state, batch)  # doctest: +SKIP
+        >>> import jax.numpy as jnp, dlopt
+        >>> from dlopt.training import TrainState, make_eval_step
+        >>> def loss_fn(params, batch, *, model_state, rng, train):
+        ...     return jnp.mean((batch["x"] * params["w"] - batch["y"]) ** 2)
+        >>> state = TrainState.create(apply_fn=None, params={"w": jnp.ones(())},
+        ...                           tx=dlopt.sgd(0.1), rng=0)
+        >>> metrics = make_eval_step(loss_fn)(state, {"x": jnp.ones(4), "y": jnp.full(4, 2.0)})
+        >>> float(metrics["loss"]), float(metrics["num_examples"])
+        (1.0, 4.0)
     """
     return jax.jit(eval_step_fn(loss_fn))
