@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlopt.core import numerics
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
     GradientTransformation,
@@ -26,12 +27,6 @@ from dlopt.core.base import (
     StatefulSchedule,
 )
 from dlopt.core.base import with_extra_args_support as _extra_args
-
-
-def _widest_float(params: chex.ArrayTree) -> Any:
-    """float64 when a parameter is float64, else float32 (never narrower than float32)."""
-    dtypes = {jnp.asarray(p).dtype for p in jax.tree.leaves(params)}
-    return jnp.float64 if jnp.dtype(jnp.float64) in dtypes else jnp.float32
 
 
 def _is_float(x: Any) -> bool:
@@ -164,7 +159,7 @@ def inject_hyperparams(
             return _extra_args(inner_factory(**other, **hyperparams))
 
         def init_fn(params):
-            dtype = _widest_float(params) if hyperparam_dtype is None else hyperparam_dtype
+            dtype = numerics.scalar_dtype(params) if hyperparam_dtype is None else hyperparam_dtype
             hyperparams = {k: _as_hyperparam(v, dtype) for k, v in numeric.items()}
             count = jnp.zeros([], jnp.int32)
             hyperparams |= {k: _as_scheduled(s(count), dtype) for k, s in schedules.items()}
@@ -177,7 +172,7 @@ def inject_hyperparams(
         def update_fn(updates, state, params=None, **extra_args):
             dtype = hyperparam_dtype
             if dtype is None:
-                dtype = _widest_float(updates if params is None else params)
+                dtype = numerics.scalar_dtype(updates if params is None else params)
             hyperparams = {k: _as_hyperparam(v, dtype) for k, v in state.hyperparams.items()}
             scales = dict(state.schedule_scales)
             values = {k: s(state.count) for k, s in schedules.items()}
@@ -210,11 +205,7 @@ def _is_injected(node: Any) -> bool:
 
 def _injected_nodes(opt_state: Any) -> list[Any]:
     """Every injected state in ``opt_state``, outermost first (wrapped ones included)."""
-    found = []
-    for node in jax.tree.leaves(opt_state, is_leaf=_is_injected):
-        if _is_injected(node):
-            found += [node, *_injected_nodes(node.inner_state)]
-    return found
+    return tree_lib.find_nodes(opt_state, _is_injected)
 
 
 def _missing(opt_state: Any, name: str) -> ValueError:
