@@ -140,10 +140,7 @@ def orthogonalize_via_newton_schulz(
         )
     if x.ndim == 2:
         dimension_numbers = MuonDimensionNumbers(0, 1)
-    if preconditioning not in PRECONDITIONINGS:
-        raise ValueError(
-            f"preconditioning must be one of {PRECONDITIONINGS}, got {preconditioning=!r}."
-        )
+    validation.check_choice("preconditioning", preconditioning, PRECONDITIONINGS)
     coeffs = jnp.asarray(ns_coeffs)
     if coeffs.ndim > 2 or coeffs.shape[-1] != 3:
         raise ValueError(f"ns_coeffs must have shape (3,) or (n, 3), got {coeffs.shape}.")

@@ -310,11 +310,7 @@ def scale_by_zoom_linesearch(
     if approx_dec_rtol is not None:
         validation.check_non_negative("approx_dec_rtol", approx_dec_rtol)
     validation.check_non_negative("stepsize_precision", stepsize_precision)
-    if initial_guess_strategy not in GUESSES:
-        raise ValueError(
-            f"initial_guess_strategy must be one of {GUESSES}, got "
-            f"initial_guess_strategy={initial_guess_strategy!r}."
-        )
+    validation.check_choice("initial_guess_strategy", initial_guess_strategy, GUESSES)
     validation.check_flag("verbose", verbose)
     hp = _Hyper(
         max_linesearch_steps, max_learning_rate, tol, increase_factor, slope_rtol, curv_rtol,

@@ -116,7 +116,7 @@ def clip_by_block_rms(threshold: chex.Numeric) -> GradientTransformation:
     def clip_leaf(u):
         if jnp.size(u) == 0:
             return u
-        wide = u.astype(numerics.compute_dtype(u.dtype))  # complex stays complex
+        wide = numerics.widen(u)  # complex stays complex
         rms = jnp.sqrt(jnp.mean(numerics.abs_sq(wide)))
         denom = jnp.maximum(jnp.ones_like(rms), rms / jnp.asarray(threshold).astype(rms.dtype))
         return (wide / denom.astype(wide.dtype)).astype(u.dtype)

@@ -247,6 +247,26 @@ def _cast_like(value: Any, old: Any) -> jax.Array:
     return jnp.broadcast_to(value, old.shape) if value.ndim == 0 else value
 
 
+def _set_entry(opt_state: Any, field: str, name: str, value: Any) -> tuple[Any, bool]:
+    """``opt_state`` with entry ``name`` of the dict ``field`` (``hyperparams`` or
+    ``schedule_scales``) set to ``value`` in every injected state holding it, and whether
+    one did."""
+    hits = []
+
+    def replace(node):
+        if not _is_injected(node):
+            return node
+        inner = jax.tree.map(replace, node.inner_state, is_leaf=_is_injected)
+        entries = getattr(node, field, None)
+        if not entries or name not in entries:
+            return node._replace(inner_state=inner)
+        hits.append(name)
+        new = {**entries, name: _cast_like(value, entries[name])}
+        return node._replace(inner_state=inner, **{field: new})
+
+    return jax.tree.map(replace, opt_state, is_leaf=_is_injected), bool(hits)
+
+
 def set_hyperparam(opt_state: Any, name: str, value: chex.Numeric) -> Any:
     """A copy of ``opt_state`` whose injected hyperparameter ``name`` is ``value``.
 
@@ -262,20 +282,8 @@ def set_hyperparam(opt_state: Any, name: str, value: chex.Numeric) -> Any:
         >>> tx = dlopt.inject_hyperparams(dlopt.adam)(learning_rate=1e-3)
         >>> state = dlopt.set_hyperparam(tx.init(jnp.zeros(2)), "learning_rate", 3e-4)
     """
-    hits = []
-
-    def replace(node):
-        if not _is_injected(node):
-            return node
-        hyperparams = dict(node.hyperparams)
-        if name in hyperparams:
-            hyperparams[name] = _cast_like(value, hyperparams[name])
-            hits.append(name)
-        inner = jax.tree.map(replace, node.inner_state, is_leaf=_is_injected)
-        return node._replace(hyperparams=hyperparams, inner_state=inner)
-
-    new_state = jax.tree.map(replace, opt_state, is_leaf=_is_injected)
-    if not hits:
+    new_state, found = _set_entry(opt_state, "hyperparams", name, value)
+    if not found:
         raise _missing(opt_state, name)
     return new_state
 
@@ -309,22 +317,8 @@ def set_schedule_scale(opt_state: Any, name: str, scale: chex.Numeric) -> Any:
         >>> float(state.hyperparams["learning_rate"])
         0.05000000074505806
     """
-    hits = []
-
-    def replace(node):
-        if not _is_injected(node):
-            return node
-        inner = jax.tree.map(replace, node.inner_state, is_leaf=_is_injected)
-        scales = getattr(node, "schedule_scales", None)
-        if not scales or name not in scales:
-            return node._replace(inner_state=inner)
-        hits.append(name)
-        return node._replace(
-            inner_state=inner, schedule_scales={**scales, name: _cast_like(scale, scales[name])}
-        )
-
-    new_state = jax.tree.map(replace, opt_state, is_leaf=_is_injected)
-    if not hits:
+    new_state, found = _set_entry(opt_state, "schedule_scales", name, scale)
+    if not found:
         raise ValueError(
             f"no injected schedule named {name!r} in the optimizer state: pass {name} to "
             "dlopt.inject_hyperparams(factory)(...) as a schedule (step -> value), or set a "
