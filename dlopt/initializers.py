@@ -181,10 +181,8 @@ def variance_scaling(
         0.089
     """
     validation.check_positive("scale", scale)
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode=}.")
-    if distribution not in DISTRIBUTIONS:
-        raise ValueError(f"distribution must be one of {DISTRIBUTIONS}, got {distribution=}.")
+    validation.check_choice("mode", mode, MODES)
+    validation.check_choice("distribution", distribution, DISTRIBUTIONS)
 
     def init(key: jax.Array, shape: Sequence[int], dtype: Any = jnp.float32) -> jax.Array:
         _check_float(dtype)

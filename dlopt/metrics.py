@@ -22,6 +22,8 @@ from typing import NamedTuple
 import chex
 import jax.numpy as jnp
 
+from dlopt.core import validation
+
 AVERAGES = ("binary", "macro", "micro", "weighted", None)
 
 
@@ -246,16 +248,14 @@ def _divide(numerator: chex.Array, denominator: chex.Array, zero_division: float
 
 
 def _check_average(average: str | None, num_classes: int, pos_label: int) -> None:
-    if average not in AVERAGES:
-        raise ValueError(f"average must be one of {AVERAGES}, got {average=}.")
+    validation.check_choice("average", average, AVERAGES)
     if average == "binary":
         if num_classes != 2:
             raise ValueError(
                 f"average='binary' needs num_classes=2, got num_classes={num_classes}. Pass "
                 "average='macro', 'micro' or 'weighted' for multiclass targets."
             )
-        if pos_label not in (0, 1):
-            raise ValueError(f"pos_label must be 0 or 1, got {pos_label=}.")
+        validation.check_choice("pos_label", pos_label, (0, 1))
 
 
 def _check_zero_division(zero_division: float) -> float:

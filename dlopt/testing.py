@@ -42,6 +42,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.tree_util import keystr, tree_flatten_with_path
 
+from dlopt.core import validation
+
 INIT_PURE = "init is pure"
 UPDATE_PURE = "update is pure"
 JIT = "jit == no-jit"
@@ -244,10 +246,8 @@ def check_transformation(
         >>> from dlopt.testing import check_transformation
         >>> check_transformation(dlopt.sgd(0.1, momentum=0.9))
     """
-    if steps < 2:
-        raise ValueError(f"steps must be >= 2 to see retraces, got {steps=}.")
-    if num_devices < 1:
-        raise ValueError(f"num_devices must be >= 1, got {num_devices=}.")
+    validation.check_int("steps", steps, 2)  # two steps at least, to see retraces
+    validation.check_int("num_devices", num_devices, 1)
     params = default_params(seed) if params is None else params
     extra = dict(extra_args or {})
     grads = [random_like(params, seed + 1 + k) for k in range(steps)]

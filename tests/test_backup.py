@@ -231,8 +231,9 @@ def test_other_callbacks_on_resume_raise_naming_the_difference(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "kwargs, match", [({"save_freq": 10}, "save_freq"), ({"delete_checkpoint": 1}, "delete")]
+    "kwargs, error, match",
+    [({"save_freq": 10}, ValueError, "save_freq"), ({"delete_checkpoint": 1}, TypeError, "delete")],
 )
-def test_bad_arguments(tmp_path, kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_arguments(tmp_path, kwargs, error, match):
+    with pytest.raises(error, match=match):
         BackupAndRestore(tmp_path, **kwargs)

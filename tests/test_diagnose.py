@@ -259,21 +259,22 @@ def test_format_findings():
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"window": 1}, "window"),
-        ({"tol": -0.1}, "tol"),
-        ({"osc_tol": math.nan}, "osc_tol"),
-        ({"underfit_drop": "0.1"}, "underfit_drop"),
-        ({"diverge_factor": 1.0}, "diverge_factor"),
-        ({"gap_factor": math.inf}, "gap_factor"),
-        ({"underfit_level": 1.0}, "underfit_level"),
-        ({"min_accuracy": math.nan}, "min_accuracy"),
-        ({"loss": "train_loss"}, "train_loss"),
+    "kwargs, error, match",
+    [  # a wrong value raises ValueError, a wrong type (a string, a float count) TypeError
+        ({"window": 1}, ValueError, "window"),
+        ({"window": 2.0}, TypeError, "window"),
+        ({"tol": -0.1}, ValueError, "tol"),
+        ({"osc_tol": math.nan}, ValueError, "osc_tol"),
+        ({"underfit_drop": "0.1"}, TypeError, "underfit_drop"),
+        ({"diverge_factor": 1.0}, ValueError, "diverge_factor"),
+        ({"gap_factor": math.inf}, ValueError, "gap_factor"),
+        ({"underfit_level": 1.0}, ValueError, "underfit_level"),
+        ({"min_accuracy": math.nan}, ValueError, "min_accuracy"),
+        ({"loss": "train_loss"}, ValueError, "train_loss"),
     ],
 )
-def test_bad_arguments_name_themselves(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_arguments_name_themselves(kwargs, error, match):
+    with pytest.raises(error, match=match):
         diagnose({"loss": [1.0, 0.5, 0.4]}, **kwargs)
 
 

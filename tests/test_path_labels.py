@@ -59,18 +59,18 @@ def test_unmatched_leaves_without_a_default_are_named():
 
 
 @pytest.mark.parametrize(
-    "rules, default, match",
+    "rules, default, error, match",
     [
-        ({"(": "x"}, "y", "not a regular expression"),
-        ({"^head/": None}, "y", "None"),
-        ({"^head/": ["a"]}, "y", "hashable"),
-        ({"^head/": "x"}, ["y"], "default must be hashable"),
-        ({1: "x"}, "y", "strings"),
-        ("^head/", "y", "mapping"),
+        ({"(": "x"}, "y", ValueError, "not a regular expression"),
+        ({"^head/": None}, "y", TypeError, "None"),
+        ({"^head/": ["a"]}, "y", TypeError, "hashable"),
+        ({"^head/": "x"}, ["y"], TypeError, "default must be hashable"),
+        ({1: "x"}, "y", TypeError, "strings"),
+        ("^head/", "y", TypeError, "mapping"),
     ],
 )
-def test_bad_rules_are_rejected_at_once(rules, default, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_rules_are_rejected_at_once(rules, default, error, match):
+    with pytest.raises(error, match=match):
         dlopt.path_labels(PARAMS, rules, default=default)
 
 

@@ -279,25 +279,25 @@ def test_non_scalar_value_raises():
         tx.update(params, tx.init(params), params, value=jnp.ones(2))
 
 
-INVALID = [
-    ("factor", dict(factor=1.0)),
-    ("factor", dict(factor=-0.1)),
-    ("patience", dict(patience=-1)),
-    ("patience", dict(patience=1.5)),
-    ("threshold", dict(threshold=-1e-3)),
-    ("threshold_mode", dict(threshold_mode="relative")),
-    ("mode", dict(mode="avg")),
-    ("cooldown", dict(cooldown=-2)),
-    ("min_scale", dict(min_scale=1.5)),
-    ("min_scale", dict(min_scale=-0.1)),
-    ("accumulation_size", dict(accumulation_size=0)),
-    ("accumulation_size", dict(accumulation_size=2.5)),
+INVALID = [  # a wrong value raises ValueError, a wrong type (a float count) TypeError
+    ("factor", dict(factor=1.0), ValueError),
+    ("factor", dict(factor=-0.1), ValueError),
+    ("patience", dict(patience=-1), ValueError),
+    ("patience", dict(patience=1.5), TypeError),
+    ("threshold", dict(threshold=-1e-3), ValueError),
+    ("threshold_mode", dict(threshold_mode="relative"), ValueError),
+    ("mode", dict(mode="avg"), ValueError),
+    ("cooldown", dict(cooldown=-2), ValueError),
+    ("min_scale", dict(min_scale=1.5), ValueError),
+    ("min_scale", dict(min_scale=-0.1), ValueError),
+    ("accumulation_size", dict(accumulation_size=0), ValueError),
+    ("accumulation_size", dict(accumulation_size=2.5), TypeError),
 ]
 
 
-@pytest.mark.parametrize("argument,kwargs", INVALID, ids=[a for a, _ in INVALID])
-def test_invalid_argument_raises_naming_it(argument, kwargs):
-    with pytest.raises(ValueError, match=f"{argument}="):
+@pytest.mark.parametrize("argument,kwargs,error", INVALID, ids=[a for a, *_ in INVALID])
+def test_invalid_argument_raises_naming_it(argument, kwargs, error):
+    with pytest.raises(error, match=f"{argument}="):
         dlopt.reduce_on_plateau(**kwargs)
 
 

@@ -9,7 +9,6 @@ from typing import Any, NamedTuple
 
 import chex
 import jax
-from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
@@ -214,30 +213,10 @@ def partition(
     return GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-# Attribute names that wrap a parameter rather than name it (flax.nnx Variables' ``.value``).
-_WRAPPERS = frozenset({"value", "raw_value"})
-
-
 def leaf_path(path: tuple) -> str:
-    """A key path from ``jax.tree_util.tree_flatten_with_path`` as ``"a/b/0/kernel"``: dict
-    keys, attribute names and sequence indices joined by "/", a trailing nnx ``.value``
-    dropped."""
-    keys = list(path)
-    if keys and isinstance(keys[-1], GetAttrKey) and keys[-1].name in _WRAPPERS:
-        keys.pop()
-    parts = []
-    for key in keys:
-        if isinstance(key, DictKey):
-            parts.append(str(key.key))
-        elif isinstance(key, GetAttrKey):
-            parts.append(key.name)
-        elif isinstance(key, SequenceKey):
-            parts.append(str(key.idx))
-        elif isinstance(key, FlattenedIndexKey):
-            parts.append(str(key.key))
-        else:
-            parts.append(str(key))
-    return "/".join(parts)
+    """A parameter's key path as `path_labels` matches it: ``"a/b/0/kernel"``
+    (`tree.path_name`), a trailing nnx ``.value`` dropped."""
+    return tree_lib.path_name(tree_lib.strip_wrappers(path))
 
 
 def path_labels(
@@ -295,11 +274,11 @@ def path_labels(
         ``lambda p: dlopt.path_labels(p, rules, default="train")``.
     """
     if not isinstance(rules, Mapping):
-        raise ValueError(f"rules must be a mapping {{pattern: label}}, got {type(rules).__name__}.")
+        raise TypeError(f"rules must be a mapping {{pattern: label}}, got {type(rules).__name__}.")
     compiled = []
     for pattern, label in rules.items():
         if not isinstance(pattern, str):
-            raise ValueError(f"rules patterns must be strings, got {pattern!r}.")
+            raise TypeError(f"rules patterns must be strings, got {pattern!r}.")
         try:
             regex = re.compile(pattern)
         except re.error as e:
@@ -334,8 +313,8 @@ def path_labels(
 
 def _check_label(label: Any, what: str) -> None:
     if label is None:
-        raise ValueError(f"{what} is None; a label must be a hashable value such as a string.")
+        raise TypeError(f"{what} is None; a label must be a hashable value such as a string.")
     try:
         hash(label)
     except TypeError:
-        raise ValueError(f"{what} must be hashable, got {label!r}.") from None
+        raise TypeError(f"{what} must be hashable, got {label!r}.") from None

@@ -55,9 +55,9 @@ def scalar_dtype(params: chex.ArrayTree) -> Any:
     """The real dtype of an optimizer's scalar state (step sizes, weight sums, distance
     estimates): float32, float64 when a parameter is float64 or complex128. Never the
     parameters' narrowest dtype: a bfloat16 running sum stops growing after a few hundred
-    steps."""
+    steps. Canonical: float32 for float64 (numpy) leaves while x64 is off."""
     dtypes = [dtype_of(p) for p in jax.tree.leaves(params)]
-    return jnp.finfo(compute_dtype(jnp.float32, *dtypes)).dtype
+    return canonical_dtype(jnp.finfo(compute_dtype(jnp.float32, *dtypes)).dtype)
 
 
 def moment_dtype(

@@ -12,7 +12,7 @@ from typing import Any
 import chex
 import jax
 import jax.numpy as jnp
-from jax.tree_util import keystr, tree_flatten_with_path
+from jax.tree_util import DictKey, GetAttrKey, keystr, tree_flatten_with_path
 
 INT32_MAX = jnp.iinfo(jnp.int32).max
 
@@ -168,29 +168,80 @@ def unshard(x: chex.Array) -> tuple[chex.Array, Callable[[chex.Array], chex.Arra
     )
 
 
-def find_fields(tree: Any, name: str) -> list:
-    """Every field or dict entry called ``name`` in ``tree`` (NamedTuples, dicts, lists and any
-    other pytree node, e.g. an optimizer state nested in chains and wrappers), outermost first.
-    The one way dlopt finds a part of an optimizer state by name."""
+# --- key paths: `keystr` (``['a']['b']``) in messages, `path_name` (``a/b``) as identifiers
+
+# Attribute names that wrap a parameter rather than name it (flax.nnx Variables' ``.value``).
+WRAPPER_NAMES = frozenset({"value", "raw_value"})
+
+
+def path_name(path: tuple) -> str:
+    """A key path from ``jax.tree_util.tree_flatten_with_path`` as ``"a/b/0/kernel"``: dict
+    keys, attribute names and sequence indices joined by "/" (a NamedTuple and the dict it
+    restores to read the same). The one identifier form of a path (checkpoint fingerprints,
+    `path_labels`); messages use ``jax.tree_util.keystr``."""
+    parts = []
+    for key in path:
+        for attr in ("name", "key", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+def strip_wrappers(path: tuple) -> tuple:
+    """``path`` without its trailing `WRAPPER_NAMES` attributes (nnx's ``.value``)."""
+    path = tuple(path)
+    while path and isinstance(path[-1], GetAttrKey) and path[-1].name in WRAPPER_NAMES:
+        path = path[:-1]
+    return path
+
+
+def leaf_name(path: tuple) -> str | None:
+    """The leaf's own name (its dict key or attribute, nnx's ``.value`` skipped), or None
+    for an unnamed leaf (a sequence entry, the root)."""
+    path = strip_wrappers(path)
+    if not path:
+        return None
+    key = path[-1]
+    name = key.key if isinstance(key, DictKey) else getattr(key, "name", None)
+    return None if name is None else str(name)
+
+
+# --- finding parts of an optimizer state
+
+
+def _children(node: Any) -> list:
+    """``node``'s direct children in JAX's flattening order (dicts by sorted key)."""
+    children = jax.tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)[0]
+    return [] if len(children) == 1 and children[0] is node else children
+
+
+def find_nodes(tree: Any, match: Callable[[Any], bool]) -> list:
+    """Every node of ``tree`` (NamedTuples, dicts, lists and any other pytree node, e.g. an
+    optimizer state nested in chains and wrappers) for which ``match`` holds, outermost
+    first, siblings in JAX's flattening order; the search goes on inside a matching node."""
     found: list = []
 
     def visit(node: Any) -> None:
-        if isinstance(node, tuple) and hasattr(node, "_fields"):
-            if name in node._fields:
-                found.append(getattr(node, name))
-            children = list(node)
-        elif isinstance(node, dict):
-            if name in node:
-                found.append(node[name])
-            children = list(node.values())
-        elif isinstance(node, list | tuple):
-            children = list(node)
-        else:
-            children = jax.tree_util.tree_flatten(node, is_leaf=lambda x: x is not node)[0]
-            if len(children) == 1 and children[0] is node:
-                return
-        for child in children:
+        if match(node):
+            found.append(node)
+        for child in _children(node):
             visit(child)
 
     visit(tree)
     return found
+
+
+def _has_field(node: Any, name: str) -> bool:
+    if isinstance(node, tuple) and hasattr(node, "_fields"):
+        return name in node._fields
+    return isinstance(node, dict) and name in node
+
+
+def find_fields(tree: Any, name: str) -> list:
+    """Every field or dict entry called ``name`` in ``tree`` (see `find_nodes`), outermost
+    first. The one way dlopt finds a part of an optimizer state by name."""
+    nodes = find_nodes(tree, lambda node: _has_field(node, name))
+    return [node[name] if isinstance(node, dict) else getattr(node, name) for node in nodes]

@@ -48,14 +48,73 @@ def check_finite(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a finite number, got {name}={value!r}.")
 
 
-def check_int(name: str, value: Any, low: int = 0) -> None:
-    """``value`` is an integer (Python or numpy; not a bool) >= ``low``."""
+def check_int(name: str, value: Any, low: int = 0, *, array_ok: bool = False) -> None:
+    """``value`` is an integer (Python or numpy; not a bool) >= ``low``.
+
+    With ``array_ok``, a one-element integer array (a hyperparameter injected into state) is
+    checked by its value, and a traced one passes.
+    """
+    if array_ok and isinstance(value, jax.core.Tracer):
+        return
+    if array_ok and isinstance(value, np.ndarray | jax.Array) and value.size == 1:
+        if jnp.issubdtype(value.dtype, jnp.integer):
+            value = int(value.reshape(()))
     if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
         raise TypeError(
             f"{name} must be an int >= {low}, got {name}={value!r} ({type(value).__name__})."
         )
     if value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {name}={value!r}.")
+
+
+# --- flags, choices, unbounded limits, transformations
+
+
+def check_flag(name: str, value: Any) -> None:
+    """``value`` is a bool (Python or numpy): ``TypeError`` naming ``name`` otherwise."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(
+            f"{name} must be True or False, got {name}={value!r} ({type(value).__name__})."
+        )
+
+
+def check_choice(name: str, value: Any, choices: tuple) -> None:
+    """``value`` is one of ``choices`` (compared with ``==``): ``ValueError`` listing them."""
+    if not any(value == choice for choice in choices):
+        options = ", ".join(repr(c) for c in choices)
+        raise ValueError(f"{name} must be one of {options}; got {name}={value!r}.")
+
+
+def _is_plus_inf(value: Any) -> bool:
+    if value is None or isinstance(value, jax.core.Tracer | str | bytes | bool | np.bool_):
+        return False
+    try:
+        return np.size(value) == 1 and float(value) == math.inf
+    except (TypeError, ValueError):
+        return False
+
+
+def check_positive_or_inf(name: str, value: Any) -> None:
+    """``value > 0``; ``+inf`` allowed (no bound)."""
+    if not _is_plus_inf(value):
+        check_positive(name, value)
+
+
+def check_non_negative_or_inf(name: str, value: Any) -> None:
+    """``value >= 0``; ``+inf`` allowed (the condition it weighs is off)."""
+    if not _is_plus_inf(value):
+        check_non_negative(name, value)
+
+
+def check_transformation(name: str, tx: Any) -> None:
+    """``tx`` has ``init`` and ``update`` (a ``GradientTransformation``, dlopt's or optax's)."""
+    if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+        raise TypeError(
+            f"{name} must be a GradientTransformation (init, update), got {name}={tx!r}."
+        )
+
+
+# --- numbers
 
 
 def check_learning_rate(learning_rate: Any, name: str = "learning_rate") -> None:

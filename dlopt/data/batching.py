@@ -10,6 +10,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from dlopt.core import validation
 from dlopt.data.datasets import gather
 
 MASK_KEY = "mask"
@@ -96,10 +97,8 @@ def batches(
       >>> [int(b["mask"].sum()) for b in batches(data, 4, pad=True)]
       [4, 4, 2]
     """
-    if not isinstance(batch_size, int | np.integer) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size=}.")
-    if prefetch < 0:
-        raise ValueError(f"prefetch must be >= 0, got {prefetch=}.")
+    validation.check_int("batch_size", batch_size, 1)
+    validation.check_int("prefetch", prefetch)
     n = _length(data)
     if isinstance(data, Mapping):
         arrays = {k: np.asarray(v) for k, v in data.items()}

@@ -140,15 +140,6 @@ class _Curve:
         return math.exp(y) if self.log else y * self.span
 
 
-def _check_number(name: str, value: Any, low: float, high: float, *, low_closed=True) -> None:
-    """A real number (not a bool or string) in the interval, via `dlopt.core.validation`."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ValueError(f"{name} must be a number, got {name}={value!r}.")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {name}={value!r}.")
-    validation.check_in_range(name, value, low, high, low_closed=low_closed)
-
-
 def _find(kind: str, epoch: int, message: str, margin: float, **evidence: float) -> Finding:
     """A `Finding` with its evidence (the named numbers, rounded, and the ``margin``: how many
     times its threshold the deciding number is, >= 1) and confidence ``1 - 0.5 / margin``: 0.5
@@ -412,8 +403,7 @@ def diagnose(
         Goodfellow, Bengio & Courville, 2016, "Deep Learning", ch. 11 (practical methodology);
         Smith, 2018, "A disciplined approach to neural network hyper-parameters".
     """
-    if isinstance(window, bool) or not isinstance(window, int) or window < 2:
-        raise ValueError(f"window must be an int >= 2, got {window=}.")
+    validation.check_int("window", window, 2)
     inf = math.inf
     for name, value, low, high, low_closed in (
         ("tol", tol, 0.0, inf, True),
@@ -424,9 +414,9 @@ def diagnose(
         ("gap_factor", gap_factor, 1.0, inf, False),
         ("underfit_level", underfit_level, 0.0, 1.0, False),
     ):
-        _check_number(name, value, low, high, low_closed=low_closed)
+        validation.check_in_range(name, value, low, high, low_closed=low_closed)
     if min_accuracy is not None:
-        _check_number("min_accuracy", min_accuracy, -inf, inf)
+        validation.check_finite("min_accuracy", min_accuracy)
     series = _series(history)
     if loss not in series:
         raise ValueError(f"history has no {loss!r} (the train loss); it has {sorted(series)}.")

@@ -116,8 +116,7 @@ class SearchResult(NamedTuple):
 
 
 def _run_trials(train_fn, configs, metric, mode, keys) -> SearchResult:
-    if mode not in ("min", "max"):
-        raise ValueError(f"mode must be 'min' or 'max', got mode={mode!r}.")
+    validation.check_choice("mode", mode, ("min", "max"))
     trials = []
     for config in configs:
         start = time.perf_counter()
@@ -191,8 +190,7 @@ def random_search(
     References:
         Bergstra & Bengio, 2012, "Random search for hyper-parameter optimization".
     """
-    if isinstance(num_trials, bool) or not isinstance(num_trials, int) or num_trials < 1:
-        raise ValueError(f"num_trials must be an int >= 1, got {num_trials=}.")
+    validation.check_int("num_trials", num_trials, 1)
     rng = np.random.default_rng(seed)
 
     def draw(spec):

@@ -11,7 +11,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.tree_util import DictKey, GetAttrKey
 
 from dlopt.core import tree as tree_lib
 from dlopt.core import validation
@@ -141,10 +140,7 @@ def orthogonalize_via_newton_schulz(
         )
     if x.ndim == 2:
         dimension_numbers = MuonDimensionNumbers(0, 1)
-    if preconditioning not in PRECONDITIONINGS:
-        raise ValueError(
-            f"preconditioning must be one of {PRECONDITIONINGS}, got {preconditioning=!r}."
-        )
+    validation.check_choice("preconditioning", preconditioning, PRECONDITIONINGS)
     coeffs = jnp.asarray(ns_coeffs)
     if coeffs.ndim > 2 or coeffs.shape[-1] != 3:
         raise ValueError(f"ns_coeffs must have shape (3,) or (n, 3), got {coeffs.shape}.")
@@ -169,20 +165,12 @@ def orthogonalize_via_newton_schulz(
 # --- which leaves are matrices, and how
 
 
-_WRAPPERS = frozenset({"value", "raw_value"})  # nnx Variables and flax boxes: not the name
 EMBEDDING_NAMES = frozenset({"embedding", "embeddings", "embed", "wte", "wpe"})
 
 
 def _split_path(path: tuple) -> tuple[tuple, str | None]:
     """(the path of the leaf's container, the leaf's own name), skipping ``.value``."""
-    path = list(path)
-    while path and isinstance(path[-1], GetAttrKey) and path[-1].name in _WRAPPERS:
-        path.pop()
-    if not path:
-        return (), None
-    key = path[-1]
-    name = key.key if isinstance(key, DictKey) else getattr(key, "name", None)
-    return tuple(path[:-1]), None if name is None else str(name)
+    return tree_lib.strip_wrappers(path)[:-1], tree_lib.leaf_name(path)
 
 
 def kernel_dims(kernel: Any, bias: Any | None) -> MuonDimensionNumbers:

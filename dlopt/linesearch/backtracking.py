@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from dlopt.core import numerics, validation
 from dlopt.core import tree as tree_lib
@@ -28,66 +25,8 @@ from dlopt.core.base import GradientTransformationExtraArgs
 # --- helpers shared by the second-order family
 
 
-def check_flag(name: str, value: Any) -> None:
-    """``value`` is a bool (Python or numpy), naming ``name`` otherwise."""
-    if not isinstance(value, bool | np.bool_):
-        raise TypeError(f"{name} must be a bool, got {name}={value!r} ({type(value).__name__}).")
-
-
-def _is_plus_inf(value: Any) -> bool:
-    if value is None or isinstance(value, jax.core.Tracer | str | bytes | bool | np.bool_):
-        return False
-    try:
-        return np.size(value) == 1 and float(value) == math.inf
-    except (TypeError, ValueError):
-        return False
-
-
-def check_positive_or_inf(name: str, value: Any) -> None:
-    """``value > 0``; ``+inf`` allowed (no bound)."""
-    if not _is_plus_inf(value):
-        validation.check_positive(name, value)
-
-
-def check_non_negative_or_inf(name: str, value: Any) -> None:
-    """``value >= 0``; ``+inf`` allowed (the condition it weighs is off)."""
-    if not _is_plus_inf(value):
-        validation.check_non_negative(name, value)
-
-
-def real_dtype(params: chex.ArrayTree) -> Any:
-    """The real dtype scalars on the line use: float32, float64 if a parameter is 64-bit."""
-    leaves = jax.tree.leaves(params)
-    f = numerics.compute_dtype(*(tree_lib.dtype_of(x) for x in leaves)) if leaves else None
-    return jax.dtypes.canonicalize_dtype(jnp.finfo(f or jnp.float32).dtype)
-
-
 def as_real(x: chex.Numeric, dtype: Any) -> jax.Array:
     return jnp.asarray(x).astype(dtype)
-
-
-def vdot_real(x: chex.ArrayTree, y: chex.ArrayTree, dtype: Any) -> jax.Array:
-    """``Re <x, y> = Re sum conj(x) y`` over all leaves, summed in ``dtype``."""
-    total = jnp.zeros((), dtype)
-    for a, b in zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True):
-        a, b = jnp.asarray(a), jnp.asarray(b)
-        f = numerics.compute_dtype(a.dtype, b.dtype)
-        a, b = a.astype(f), b.astype(f)
-        a = jnp.conj(a) if jnp.iscomplexobj(a) else a
-        mesh = jax.typeof(a).sharding.mesh  # explicit sharding: say the scalar is replicated
-        out = NamedSharding(mesh, PartitionSpec()) if mesh.are_all_axes_explicit else None
-        dot = jnp.tensordot(a, b, a.ndim, precision=jax.lax.Precision.HIGHEST, out_sharding=out)
-        total = total + jnp.real(dot).astype(dtype)
-    return total
-
-
-def sq_norm(x: chex.ArrayTree, dtype: Any) -> jax.Array:
-    """``||x||^2`` over all leaves (``|z|^2`` for complex leaves), summed in ``dtype``."""
-    total = jnp.zeros((), dtype)
-    for a in map(jnp.asarray, jax.tree.leaves(x)):
-        a = a.astype(numerics.compute_dtype(a.dtype))
-        total = total + jnp.sum(numerics.abs_sq(a)).astype(dtype)
-    return total
 
 
 def _axpy(x: chex.Array, s: chex.Array, y: chex.Array) -> chex.Array:
@@ -237,16 +176,16 @@ def scale_by_backtracking_linesearch(
     validation.check_in_range(
         "decrease_factor", decrease_factor, 0.0, 1.0, low_closed=False, high_closed=True
     )
-    check_positive_or_inf("increase_factor", increase_factor)
-    check_positive_or_inf("max_learning_rate", max_learning_rate)
+    validation.check_positive_or_inf("increase_factor", increase_factor)
+    validation.check_positive_or_inf("max_learning_rate", max_learning_rate)
     validation.check_non_negative("atol", atol)
     validation.check_non_negative("rtol", rtol)
-    check_flag("store_grad", store_grad)
-    check_flag("verbose", verbose)
+    validation.check_flag("store_grad", store_grad)
+    validation.check_flag("verbose", verbose)
     owner = "scale_by_backtracking_linesearch"
 
     def init_fn(params):
-        dtype = real_dtype(params)
+        dtype = numerics.scalar_dtype(params)
         return ScaleByBacktrackingLinesearchState(
             learning_rate=jnp.ones((), dtype),
             value=jnp.full((), jnp.inf, dtype),
@@ -259,13 +198,13 @@ def scale_by_backtracking_linesearch(
         require_objective(owner, params, value, grad, value_fn)
         params, updates = jax.tree.map(jnp.asarray, (params, updates))  # numpy in, jax dtypes
         fn = functools.partial(value_fn, **split_fn_kwargs(value_fn, extra_args, owner))
-        dtype = real_dtype(params)
+        dtype = numerics.scalar_dtype(params)
         s = functools.partial(as_real, dtype=dtype)
         value = as_real(value, dtype)
         # the slope of eta -> f(w + eta u) at 0, written as optax does: Re sum(conj(u)
         # conj(g)); for complex params that is the slope when grad is jax.grad's raw output
         # (the zoom search, like optax's, expects the conjugate: Re sum(conj(u) g))
-        slope = vdot_real(updates, jax.tree.map(jnp.conj, grad), dtype)
+        slope = numerics.real_vdot(updates, jax.tree.map(jnp.conj, grad), dtype)
         max_steps = max_backtracking_steps
 
         def decrease_error(lr, new_value):
@@ -330,30 +269,8 @@ def scale_by_backtracking_linesearch(
 # --- reusing the last search's value and gradient
 
 
-def _find_all(tree: Any, name: str, found: list) -> None:
-    """Appends every field or dict entry called ``name`` in ``tree`` (NamedTuples, dicts,
-    lists and any other pytree node), outermost first."""
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        if name in tree._fields:
-            found.append(getattr(tree, name))
-        children = list(tree)
-    elif isinstance(tree, dict):
-        if name in tree:
-            found.append(tree[name])
-        children = list(tree.values())
-    elif isinstance(tree, list | tuple):
-        children = list(tree)
-    else:
-        children = jax.tree_util.tree_flatten(tree, is_leaf=lambda x: x is not tree)[0]
-        if len(children) == 1 and children[0] is tree:
-            return
-    for child in children:
-        _find_all(child, name, found)
-
-
 def _get(state: Any, name: str) -> Any:
-    found: list = []
-    _find_all(state, name, found)
+    found = tree_lib.find_fields(state, name)
     if len(found) > 1:
         raise KeyError(
             f"found {len(found)} fields named {name!r} in the optimizer state; "

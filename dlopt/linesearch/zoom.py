@@ -12,21 +12,16 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from dlopt.core import numerics, validation
 from dlopt.core import tree as tree_lib
-from dlopt.core import validation
 from dlopt.core.base import GradientTransformationExtraArgs
 from dlopt.linesearch import zoom_diagnostics
 from dlopt.linesearch.backtracking import (
     add_scale,
     as_real,
-    check_flag,
-    check_non_negative_or_inf,
-    check_positive_or_inf,
-    real_dtype,
     require_objective,
     scale_updates,
     split_fn_kwargs,
-    vdot_real,
 )
 
 GUESSES = ("one", "keep")
@@ -122,7 +117,7 @@ def _trial(line: _Line, stepsize):
     """f, its gradient, and the slope of eta -> f(w + eta u), at ``stepsize``."""
     value, grad = line.value_and_grad(add_scale(line.params, stepsize, line.updates))
     grad = tree_lib.cast_like(grad, line.params)
-    slope = vdot_real(jax.tree.map(jnp.conj, grad), line.updates, line.dtype)
+    slope = numerics.real_vdot(jax.tree.map(jnp.conj, grad), line.updates, line.dtype)
     return as_real(value, line.dtype), grad, slope
 
 
@@ -307,20 +302,16 @@ def scale_by_zoom_linesearch(
     """
     validation.check_int("max_linesearch_steps", max_linesearch_steps, low=1)
     if max_learning_rate is not None:
-        check_positive_or_inf("max_learning_rate", max_learning_rate)
+        validation.check_positive_or_inf("max_learning_rate", max_learning_rate)
     validation.check_non_negative("tol", tol)
-    check_positive_or_inf("increase_factor", increase_factor)
+    validation.check_positive_or_inf("increase_factor", increase_factor)
     validation.check_in_range("slope_rtol", slope_rtol, 0.0, 1.0)
-    check_non_negative_or_inf("curv_rtol", curv_rtol)
+    validation.check_non_negative_or_inf("curv_rtol", curv_rtol)
     if approx_dec_rtol is not None:
         validation.check_non_negative("approx_dec_rtol", approx_dec_rtol)
     validation.check_non_negative("stepsize_precision", stepsize_precision)
-    if initial_guess_strategy not in GUESSES:
-        raise ValueError(
-            f"initial_guess_strategy must be one of {GUESSES}, got "
-            f"initial_guess_strategy={initial_guess_strategy!r}."
-        )
-    check_flag("verbose", verbose)
+    validation.check_choice("initial_guess_strategy", initial_guess_strategy, GUESSES)
+    validation.check_flag("verbose", verbose)
     hp = _Hyper(
         max_linesearch_steps, max_learning_rate, tol, increase_factor, slope_rtol, curv_rtol,
         approx_dec_rtol, stepsize_precision, verbose,
@@ -328,7 +319,7 @@ def scale_by_zoom_linesearch(
     owner = "scale_by_zoom_linesearch"
 
     def init_fn(params):
-        dtype = real_dtype(params)
+        dtype = numerics.scalar_dtype(params)
         inf = jnp.full((), jnp.inf, dtype)
         return ScaleByZoomLinesearchState(
             learning_rate=jnp.ones((), dtype),
@@ -342,10 +333,10 @@ def scale_by_zoom_linesearch(
         require_objective(owner, params, value, grad, value_fn)
         params, updates = jax.tree.map(jnp.asarray, (params, updates))  # numpy in, jax dtypes
         fn_kwargs = split_fn_kwargs(value_fn, extra_args, owner)
-        dtype = real_dtype(params)
+        dtype = numerics.scalar_dtype(params)
         grad = tree_lib.cast_like(grad, params)
         value = as_real(value, dtype)
-        slope = vdot_real(updates, grad, dtype)
+        slope = numerics.real_vdot(updates, grad, dtype)
         guess = jnp.ones((), dtype)
         if initial_guess_strategy == "keep":
             guess = as_real(state.learning_rate, dtype)

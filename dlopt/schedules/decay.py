@@ -42,13 +42,6 @@ def _floor_div(count: chex.Numeric, n: int) -> chex.Array:
     return jnp.floor(_step(count) / _F32(n))
 
 
-def _check_values(**values: chex.Numeric) -> None:
-    """Schedule values are finite numbers of any sign (a schedule is not only a learning
-    rate: momentum, weight decay or an annealed penalty may go negative)."""
-    for name, value in values.items():
-        validation.check_finite(name, value)
-
-
 def constant_schedule(value: chex.Numeric) -> Schedule:
     """``v(t) = value``.
 
@@ -57,7 +50,7 @@ def constant_schedule(value: chex.Numeric) -> Schedule:
         >>> float(dlopt.constant_schedule(0.1)(1000))
         0.10000000149011612
     """
-    _check_values(value=value)
+    validation.check_finite("value", value)
     return lambda count: jnp.full(jnp.shape(count), value, _F32)
 
 
@@ -77,7 +70,8 @@ def step_decay_schedule(init_value: chex.Numeric, step_size: int, decay_rate: fl
         >>> float(dlopt.step_decay_schedule(1.0, step_size=30, decay_rate=0.1)(65))
         0.010000000707805157
     """
-    _check_values(init_value=init_value, decay_rate=decay_rate)
+    validation.check_finite("init_value", init_value)
+    validation.check_finite("decay_rate", decay_rate)
     validation.check_positive("step_size", step_size)
     return lambda count: _f32(init_value) * _f32(decay_rate) ** _floor_div(count, step_size)
 
@@ -115,9 +109,9 @@ def exponential_decay(
         >>> float(dlopt.exponential_decay(1.0, transition_steps=10, decay_rate=0.5)(20))
         0.25
     """
-    _check_values(init_value=init_value)
+    validation.check_finite("init_value", init_value)
     if end_value is not None:
-        _check_values(end_value=end_value)
+        validation.check_finite("end_value", end_value)
     validation.check_positive("transition_steps", transition_steps)
     validation.check_non_negative("decay_rate", decay_rate)
     validation.check_non_negative("transition_begin", transition_begin)
@@ -158,10 +152,10 @@ def piecewise_constant_schedule(
         >>> float(dlopt.piecewise_constant_schedule(1.0, {100: 0.1, 200: 0.1})(250))
         0.010000000707805157
     """
-    _check_values(init_value=init_value)
+    validation.check_finite("init_value", init_value)
     items = sorted((boundaries_and_scales or {}).items())
     for boundary, scale in items:
-        _check_values(**{f"boundaries_and_scales[{boundary}]": scale})
+        validation.check_finite(f"boundaries_and_scales[{boundary}]", scale)
 
     def schedule(count):
         t = _f32(count)
@@ -200,7 +194,8 @@ def polynomial_schedule(
         >>> float(dlopt.polynomial_schedule(1.0, 0.0, power=2, transition_steps=10)(5))
         0.25
     """
-    _check_values(init_value=init_value, end_value=end_value)
+    validation.check_finite("init_value", init_value)
+    validation.check_finite("end_value", end_value)
     validation.check_positive("power", power)
     validation.check_non_negative("transition_steps", transition_steps)
     validation.check_non_negative("transition_begin", transition_begin)
@@ -268,7 +263,8 @@ def cosine_decay_schedule(
     References:
         Loshchilov & Hutter, 2017, "SGDR: Stochastic Gradient Descent with Warm Restarts".
     """
-    _check_values(init_value=init_value, alpha=alpha)
+    validation.check_finite("init_value", init_value)
+    validation.check_finite("alpha", alpha)
     validation.check_positive("decay_steps", decay_steps)
     validation.check_positive("exponent", exponent)
 
@@ -353,7 +349,9 @@ def warmup_cosine_decay_schedule(
         >>> round(float(s(10)), 6), round(float(s(60)), 6)
         (1.0, 0.5)
     """
-    _check_values(init_value=init_value, peak_value=peak_value, end_value=end_value)
+    validation.check_finite("init_value", init_value)
+    validation.check_finite("peak_value", peak_value)
+    validation.check_finite("end_value", end_value)
     validation.check_non_negative("warmup_steps", warmup_steps)
     if not decay_steps > warmup_steps:
         raise ValueError(
@@ -452,7 +450,7 @@ def cosine_onecycle_schedule(
         Large Learning Rates".
     """
     validation.check_positive("transition_steps", transition_steps)
-    _check_values(peak_value=peak_value)
+    validation.check_finite("peak_value", peak_value)
     validation.check_in_range("pct_start", pct_start, 0.0, 1.0, high_closed=True)
     validation.check_positive("div_factor", div_factor)
     validation.check_positive("final_div_factor", final_div_factor)

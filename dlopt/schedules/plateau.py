@@ -14,8 +14,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from dlopt.core import numerics, validation
 from dlopt.core import tree as tree_lib
-from dlopt.core import validation
 from dlopt.core.base import GradientTransformationExtraArgs
 
 
@@ -43,26 +43,14 @@ class PlateauState(NamedTuple):
     cooldown_count: jax.Array  # int32, observations left in cooldown
 
 
-def _check_count(name: str, value: Any) -> None:
-    validation.check_finite(name, value)
-    if isinstance(value, bool) or not float(value).is_integer() or value < 0:
-        raise ValueError(f"{name} must be an integer >= 0, got {name}={value!r}.")
-
-
-def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        options = " or ".join(repr(c) for c in choices)
-        raise ValueError(f"{name} must be {options}, got {name}={value!r}.")
-
-
 def _check_config(config: PlateauConfig) -> None:
     """Raises ``ValueError`` naming the first invalid field of ``config``."""
     validation.check_in_range("factor", config.factor, 0.0, 1.0)
-    _check_count("patience", config.patience)
+    validation.check_int("patience", config.patience)
     validation.check_non_negative("threshold", config.threshold)
-    _check_choice("threshold_mode", config.threshold_mode, ("rel", "abs"))
-    _check_choice("mode", config.mode, ("min", "max"))
-    _check_count("cooldown", config.cooldown)
+    validation.check_choice("threshold_mode", config.threshold_mode, ("rel", "abs"))
+    validation.check_choice("mode", config.mode, ("min", "max"))
+    validation.check_int("cooldown", config.cooldown)
     validation.check_in_range("min_scale", config.min_scale, 0.0, 1.0, high_closed=True)
     validation.check_non_negative("atol", config.atol)
 
@@ -138,12 +126,6 @@ class ReduceLROnPlateauState(NamedTuple):
     def plateau(self) -> PlateauState:
         """The plateau rule's part of the state, for `plateau_step`."""
         return PlateauState(self.scale, self.best_value, self.plateau_count, self.cooldown_count)
-
-
-def _state_dtype(params: Any) -> Any:
-    """float64 when a parameter is float64, else float32."""
-    dtypes = {jnp.asarray(p).dtype for p in jax.tree.leaves(params)}
-    return jnp.float64 if jnp.dtype(jnp.float64) in dtypes else jnp.float32
 
 
 def reduce_on_plateau(
@@ -238,7 +220,7 @@ def reduce_on_plateau(
             "pass optax's rtol/atol or torch's threshold/threshold_mode, not both; got "
             f"{rtol=}, {atol=}, {threshold=}, {threshold_mode=}."
         )
-    _check_count("patience", patience)
+    validation.check_int("patience", patience)
     if torch_style:
         tau = 1e-4 if threshold is None else threshold
         config = PlateauConfig(
@@ -248,14 +230,10 @@ def reduce_on_plateau(
         torch_patience = max(int(patience) - 1, 0)
         config = PlateauConfig(factor, torch_patience, rtol, "rel", mode, cooldown, min_scale, atol)
     _check_config(config)
-    validation.check_finite("accumulation_size", accumulation_size)
-    if isinstance(accumulation_size, bool) or not (
-        float(accumulation_size).is_integer() and accumulation_size >= 1
-    ):
-        raise ValueError(f"accumulation_size must be an integer >= 1, got {accumulation_size=}.")
+    validation.check_int("accumulation_size", accumulation_size, 1)
 
     def init_fn(params):
-        dtype = _state_dtype(params)
+        dtype = numerics.scalar_dtype(params)
         return ReduceLROnPlateauState(
             *plateau_init(config, dtype),
             count=jnp.zeros([], jnp.int32),

@@ -141,11 +141,6 @@ def _swa_update(averages: Averages, params: chex.ArrayTree) -> Averages:
     return averages.replace(count=tree_lib.safe_increment(averages.count), params=mean)
 
 
-def _check_flag(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {name}={value!r}.")
-
-
 class _Averaging(Callback):
     """What `ModelEMA` and `SWA` share: the average in the state, validation on it."""
 
@@ -234,8 +229,8 @@ class ModelEMA(_Averaging):
     ):
         validation.check_in_range("decay", decay, 0.0, 1.0, high_closed=True)
         validation.check_int("every", every, 1)
-        _check_flag("warmup", warmup)
-        _check_flag("eval_on_average", eval_on_average)
+        validation.check_flag("warmup", warmup)
+        validation.check_flag("eval_on_average", eval_on_average)
         self.decay, self.every, self.warmup = float(decay), int(every), warmup
         self.eval_on_average = eval_on_average
         self.rule = EmaRule(self.decay, self.every, warmup)
@@ -317,7 +312,7 @@ class SWA(_Averaging):
             validation.check_learning_rate(swa_lr, "swa_lr")
             if callable(swa_lr):
                 raise ValueError(f"swa_lr must be a number or None, got {swa_lr=!r}.")
-        _check_flag("eval_on_average", eval_on_average)
+        validation.check_flag("eval_on_average", eval_on_average)
         if (bn_data is None) != (loss_fn is None):
             raise ValueError("SWA: pass bn_data and loss_fn together (or neither).")
         validation.check_in_range("bn_momentum", bn_momentum, 0.0, 1.0)

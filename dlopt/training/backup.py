@@ -17,6 +17,7 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from dlopt.core import validation
 from dlopt.training.callbacks import Callback
 from dlopt.training.loop import History, Resume
 from dlopt.training.store import (
@@ -89,10 +90,7 @@ class BackupAndRestore(Callback):
                 f"save_freq must be 'epoch' (a backup at every epoch end), got {save_freq=!r}; "
                 "a run resumes at an epoch boundary."
             )
-        if not isinstance(delete_checkpoint, bool):
-            raise ValueError(
-                f"delete_checkpoint must be True or False, got {delete_checkpoint=!r}."
-            )
+        validation.check_flag("delete_checkpoint", delete_checkpoint)
         self.directory = os.path.abspath(os.fspath(directory))
         self.save_freq = save_freq
         self.delete_checkpoint = delete_checkpoint

@@ -171,8 +171,8 @@ class EarlyStopping(Callback):
         start_from_epoch: int = 0,
         restore_best: bool = True,
     ):
-        _check_count("patience", patience)
-        _check_count("start_from_epoch", start_from_epoch)
+        validation.check_int("patience", patience)
+        validation.check_int("start_from_epoch", start_from_epoch)
         validation.check_non_negative("min_delta", min_delta)
         self.monitor = monitor
         self.mode = resolve_mode(mode, monitor)
@@ -268,11 +268,6 @@ class EarlyStopping(Callback):
                 params, model_state = self.best_weights
                 state = state.replace(params=params, model_state=model_state)
         return state
-
-
-def _check_count(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {name}={value!r}.")
 
 
 class ReduceLROnPlateau(Callback):

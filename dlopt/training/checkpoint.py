@@ -32,6 +32,7 @@ from typing import Any
 
 import orbax.checkpoint as ocp
 
+from dlopt.core import validation
 from dlopt.training.callbacks import Callback
 from dlopt.training.loop import History
 from dlopt.training.monitor import improves, monitored_value, resolve_mode
@@ -199,8 +200,8 @@ class ModelCheckpoint(Callback):
         overwrite: bool = False,
     ):
         mode = resolve_mode(mode, monitor)
-        if max_to_keep is not None and max_to_keep < 1:
-            raise ValueError(f"max_to_keep must be >= 1 or None, got {max_to_keep=}.")
+        if max_to_keep is not None:
+            validation.check_int("max_to_keep", max_to_keep, 1)
         self.directory = os.path.abspath(os.fspath(directory))
         self.monitor = monitor
         self.mode = mode

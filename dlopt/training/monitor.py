@@ -10,6 +10,8 @@ import math
 import warnings
 from collections.abc import Mapping
 
+from dlopt.core import validation
+
 
 def resolve_mode(mode: str, monitor: str) -> str:
     """``"min"`` or ``"max"``: ``mode``, or for ``"auto"`` (Keras's rule) ``"max"`` when
@@ -20,10 +22,9 @@ def resolve_mode(mode: str, monitor: str) -> str:
         >>> resolve_mode("auto", "val_accuracy"), resolve_mode("auto", "val_loss")
         ('max', 'min')
     """
+    validation.check_choice("mode", mode, ("min", "max", "auto"))
     if mode == "auto":
         return "max" if ("acc" in monitor or monitor.endswith("auc")) else "min"
-    if mode not in ("min", "max"):
-        raise ValueError(f"mode must be 'min', 'max' or 'auto', got mode={mode!r}.")
     return mode
 
 

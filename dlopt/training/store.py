@@ -15,8 +15,9 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.tree_util import keystr, tree_flatten_with_path
+from jax.tree_util import tree_flatten_with_path
 
+from dlopt.core import tree as tree_lib
 from dlopt.training import callback_state
 from dlopt.training.layout import from_saved, saved_form
 from dlopt.training.loop import History
@@ -105,19 +106,6 @@ def available_steps(directory: str | os.PathLike) -> list[int]:
 # --------------------------------------------------------------------------- fingerprints
 
 
-def _path_name(path: tuple) -> str:
-    """``"opt_state/0/trace/w"``: the same for a NamedTuple/dataclass and its dict restore."""
-    parts = []
-    for key in path:
-        for attr in ("name", "key", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-        else:
-            parts.append(keystr((key,)))
-    return "/".join(parts)
-
-
 def fingerprint(state: Any) -> dict[str, list]:
     """``{path: [dtype, shape, sha256]}`` of every array leaf of ``state`` (host copies).
 
@@ -131,7 +119,7 @@ def fingerprint(state: Any) -> dict[str, list]:
             continue
         array = np.asarray(leaf)
         digest = hashlib.sha256(array.tobytes(order="C")).hexdigest()
-        out[_path_name(path)] = [str(array.dtype), list(array.shape), digest]
+        out[tree_lib.path_name(path)] = [str(array.dtype), list(array.shape), digest]
     return out
 
 
@@ -300,7 +288,7 @@ def _check_target(target: Any, meta: Mapping[str, Any], number: int, directory: 
     checkpoint and ``target`` differ in presence, shape or dtype."""
     saved = {path: (v[0], tuple(v[1])) for path, v in meta["fingerprint"].items()}
     wanted = {
-        _path_name(path): (str(np.dtype(getattr(leaf, "dtype", np.asarray(leaf).dtype))),
+        tree_lib.path_name(path): (str(np.dtype(getattr(leaf, "dtype", np.asarray(leaf).dtype))),
                            tuple(np.shape(leaf)))
         for path, leaf in tree_flatten_with_path(target)[0]
     }  # fmt: skip

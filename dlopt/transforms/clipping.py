@@ -18,12 +18,6 @@ from dlopt.core import tree as tree_lib
 from dlopt.core.base import GradientTransformation, init_empty_state
 
 
-def _wide(x: chex.Array) -> chex.Array:
-    """``x`` in float32, or float64 when it already is (the accumulation dtype of norms)."""
-    x = jnp.asarray(x)
-    return x.astype(jnp.float64 if x.dtype == jnp.float64 else jnp.float32)
-
-
 def clip(max_delta: chex.Numeric) -> GradientTransformation:
     """Clips every update element to ``[-max_delta, max_delta]``.
 
@@ -122,7 +116,7 @@ def clip_by_block_rms(threshold: chex.Numeric) -> GradientTransformation:
     def clip_leaf(u):
         if jnp.size(u) == 0:
             return u
-        wide = u.astype(numerics.compute_dtype(u.dtype))  # complex stays complex
+        wide = numerics.widen(u)  # complex stays complex
         rms = jnp.sqrt(jnp.mean(numerics.abs_sq(wide)))
         denom = jnp.maximum(jnp.ones_like(rms), rms / jnp.asarray(threshold).astype(rms.dtype))
         return (wide / denom.astype(wide.dtype)).astype(u.dtype)
@@ -146,8 +140,8 @@ def unitwise_norm(x: chex.Array, axis: Axis = None) -> chex.Array:
     ``(H, W, in, out)``) reduces ``(0, 1, 2)``; rank 5 (3-D conv) reduces ``(0, 1, 2, 3)``.
     Pass ``axis`` for other layouts.
     """
-    x = _wide(x)
-    squares = jnp.square(jnp.abs(x))
+    x = numerics.widen(x)
+    squares = numerics.abs_sq(x)
     if axis is not None:
         reduce = axis
     elif jnp.squeeze(x).ndim <= 1:
@@ -173,7 +167,8 @@ def _agc_leaf(u, p, clipping, eps, axis):
     )
     # The floor on the divisor only avoids 0/0; where it could engage, g_norm < max_norm.
     factor = max_norm / jnp.maximum(g_norm, jnp.asarray(1e-6, g_norm.dtype))
-    clipped = (_wide(u) * factor).astype(u.dtype)
+    wide = numerics.widen(u)
+    clipped = (wide * factor.astype(wide.dtype)).astype(u.dtype)
     return jnp.where(g_norm < max_norm, u, clipped)
 
 

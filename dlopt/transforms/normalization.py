@@ -14,7 +14,7 @@ from dlopt.core.base import GradientTransformation, init_empty_state
 def _centralize_leaf(u, out_dtype):
     if jnp.ndim(u) <= 1:
         return u.astype(out_dtype)
-    u_f = u.astype(numerics.compute_dtype(u.dtype))
+    u_f = numerics.widen(u)
     return (u_f - jnp.mean(u_f, axis=tuple(range(1, u.ndim)), keepdims=True)).astype(out_dtype)
 
 

@@ -16,10 +16,9 @@ from typing import Any, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
-from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
+from dlopt.core import numerics, validation
 from dlopt.core import tree as tree_lib
-from dlopt.core import validation
 from dlopt.core.base import EmptyState, GradientTransformation, ScalarOrSchedule
 from dlopt.core.combine import Mask, masked, resolve_mask
 
@@ -27,23 +26,6 @@ from dlopt.core.combine import Mask, masked, resolve_mask
 # scale/offset of normalization layers (Flax linen and nnx: "bias", "scale"; Haiku: "b",
 # "offset"; Keras-style: "beta", "gamma").
 NOT_WEIGHTS = frozenset({"bias", "b", "scale", "offset", "beta", "gamma"})
-
-# Path entries that name a container's attribute rather than the parameter (nnx Variables).
-_WRAPPER_NAMES = frozenset({"value", "raw_value"})
-
-
-def _leaf_name(path: tuple) -> str | None:
-    """The innermost name on ``path``, skipping nnx's ``.value`` wrapper; None if unnamed."""
-    for key in reversed(path):
-        if isinstance(key, DictKey):
-            return str(key.key)
-        if isinstance(key, GetAttrKey):
-            if key.name in _WRAPPER_NAMES:
-                continue
-            return key.name
-        if isinstance(key, SequenceKey | FlattenedIndexKey):
-            return None
-    return None
 
 
 def weights_only(params: chex.ArrayTree) -> chex.ArrayTree:
@@ -68,7 +50,7 @@ def weights_only(params: chex.ArrayTree) -> chex.ArrayTree:
     """
 
     def select(path, leaf):
-        return bool(jnp.ndim(leaf) >= 2 and _leaf_name(path) not in NOT_WEIGHTS)
+        return bool(jnp.ndim(leaf) >= 2 and tree_lib.leaf_name(path) not in NOT_WEIGHTS)
 
     return jax.tree_util.tree_map_with_path(select, params)
 
@@ -94,16 +76,15 @@ def _total(
     """``sum over selected leaves of per_leaf(leaf)``, accumulated in float32 (or float64)."""
     total = jnp.zeros((), jnp.float32)
     for leaf in _selected_leaves(params, mask):
-        leaf = jnp.asarray(leaf)
-        wide = leaf.astype(jnp.float64 if leaf.dtype == jnp.float64 else jnp.float32)
-        term = jnp.sum(per_leaf(wide))
+        term = jnp.sum(per_leaf(numerics.widen(leaf)))
         total = total.astype(term.dtype) + term
     return total
 
 
 def _abs(x: chex.Array) -> chex.Array:
-    """``|x|`` written as ``x * sign(x)`` so that its gradient at 0 is 0 (``jnp.abs``'s is 1)."""
-    return x * jnp.sign(x)
+    """``|x|`` written as ``x * sign(x)`` so that its gradient at 0 is 0 (``jnp.abs``'s is 1);
+    the modulus for a complex ``x``."""
+    return jnp.abs(x) if jnp.iscomplexobj(x) else x * jnp.sign(x)
 
 
 def l1_penalty(
@@ -164,7 +145,7 @@ def l2_penalty(
         Krogh & Hertz, 1991, "A simple weight decay can improve generalization".
     """
     validation.check_non_negative("rate", rate)
-    total = _total(params, mask, jnp.square)
+    total = _total(params, mask, numerics.abs_sq)
     return tree_lib.scalar_like(0.5 * rate, total) * total
 
 
@@ -201,7 +182,7 @@ def elastic_net_penalty(
     validation.check_non_negative("rate", rate)
     validation.check_in_range("l1_ratio", l1_ratio, 0.0, 1.0, high_closed=True)
     l1 = _total(params, mask, _abs)
-    l2 = _total(params, mask, jnp.square)
+    l2 = _total(params, mask, numerics.abs_sq)
     rho = tree_lib.scalar_like(l1_ratio, l1)
     return tree_lib.scalar_like(rate, l1) * (rho * l1 + (1 - rho) * 0.5 * l2)
 

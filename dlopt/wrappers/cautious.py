@@ -76,13 +76,9 @@ def cautious(
         Liang, Chen, Liu and Liu, 2024, "Cautious Optimizers: Improving Training with One Line
         of Code", arXiv:2411.16085.
     """
-    if not (hasattr(tx, "init") and hasattr(tx, "update")):
-        raise TypeError(f"tx must be a GradientTransformation, got tx={tx!r}.")
+    validation.check_transformation("tx", tx)
     validation.check_non_negative("eps", eps)
-    if not isinstance(updates_are_steps, bool):
-        raise TypeError(
-            f"updates_are_steps must be a bool, got updates_are_steps={updates_are_steps!r}."
-        )
+    validation.check_flag("updates_are_steps", updates_are_steps)
     inner = with_extra_args_support(tx)
 
     def update_fn(updates, state, params=None, **extra_args):

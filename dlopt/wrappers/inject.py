@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlopt.core import numerics
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
     GradientTransformation,
@@ -26,12 +27,6 @@ from dlopt.core.base import (
     StatefulSchedule,
 )
 from dlopt.core.base import with_extra_args_support as _extra_args
-
-
-def _widest_float(params: chex.ArrayTree) -> Any:
-    """float64 when a parameter is float64, else float32 (never narrower than float32)."""
-    dtypes = {jnp.asarray(p).dtype for p in jax.tree.leaves(params)}
-    return jnp.float64 if jnp.dtype(jnp.float64) in dtypes else jnp.float32
 
 
 def _is_float(x: Any) -> bool:
@@ -164,7 +159,7 @@ def inject_hyperparams(
             return _extra_args(inner_factory(**other, **hyperparams))
 
         def init_fn(params):
-            dtype = _widest_float(params) if hyperparam_dtype is None else hyperparam_dtype
+            dtype = numerics.scalar_dtype(params) if hyperparam_dtype is None else hyperparam_dtype
             hyperparams = {k: _as_hyperparam(v, dtype) for k, v in numeric.items()}
             count = jnp.zeros([], jnp.int32)
             hyperparams |= {k: _as_scheduled(s(count), dtype) for k, s in schedules.items()}
@@ -177,7 +172,7 @@ def inject_hyperparams(
         def update_fn(updates, state, params=None, **extra_args):
             dtype = hyperparam_dtype
             if dtype is None:
-                dtype = _widest_float(updates if params is None else params)
+                dtype = numerics.scalar_dtype(updates if params is None else params)
             hyperparams = {k: _as_hyperparam(v, dtype) for k, v in state.hyperparams.items()}
             scales = dict(state.schedule_scales)
             values = {k: s(state.count) for k, s in schedules.items()}
@@ -210,11 +205,7 @@ def _is_injected(node: Any) -> bool:
 
 def _injected_nodes(opt_state: Any) -> list[Any]:
     """Every injected state in ``opt_state``, outermost first (wrapped ones included)."""
-    found = []
-    for node in jax.tree.leaves(opt_state, is_leaf=_is_injected):
-        if _is_injected(node):
-            found += [node, *_injected_nodes(node.inner_state)]
-    return found
+    return tree_lib.find_nodes(opt_state, _is_injected)
 
 
 def _missing(opt_state: Any, name: str) -> ValueError:
@@ -256,6 +247,26 @@ def _cast_like(value: Any, old: Any) -> jax.Array:
     return jnp.broadcast_to(value, old.shape) if value.ndim == 0 else value
 
 
+def _set_entry(opt_state: Any, field: str, name: str, value: Any) -> tuple[Any, bool]:
+    """``opt_state`` with entry ``name`` of the dict ``field`` (``hyperparams`` or
+    ``schedule_scales``) set to ``value`` in every injected state holding it, and whether
+    one did."""
+    hits = []
+
+    def replace(node):
+        if not _is_injected(node):
+            return node
+        inner = jax.tree.map(replace, node.inner_state, is_leaf=_is_injected)
+        entries = getattr(node, field, None)
+        if not entries or name not in entries:
+            return node._replace(inner_state=inner)
+        hits.append(name)
+        new = {**entries, name: _cast_like(value, entries[name])}
+        return node._replace(inner_state=inner, **{field: new})
+
+    return jax.tree.map(replace, opt_state, is_leaf=_is_injected), bool(hits)
+
+
 def set_hyperparam(opt_state: Any, name: str, value: chex.Numeric) -> Any:
     """A copy of ``opt_state`` whose injected hyperparameter ``name`` is ``value``.
 
@@ -273,20 +284,8 @@ def set_hyperparam(opt_state: Any, name: str, value: chex.Numeric) -> Any:
         >>> round(float(dlopt.get_hyperparam(state, "learning_rate")), 6)
         0.0003
     """
-    hits = []
-
-    def replace(node):
-        if not _is_injected(node):
-            return node
-        hyperparams = dict(node.hyperparams)
-        if name in hyperparams:
-            hyperparams[name] = _cast_like(value, hyperparams[name])
-            hits.append(name)
-        inner = jax.tree.map(replace, node.inner_state, is_leaf=_is_injected)
-        return node._replace(hyperparams=hyperparams, inner_state=inner)
-
-    new_state = jax.tree.map(replace, opt_state, is_leaf=_is_injected)
-    if not hits:
+    new_state, found = _set_entry(opt_state, "hyperparams", name, value)
+    if not found:
         raise _missing(opt_state, name)
     return new_state
 
@@ -320,22 +319,8 @@ def set_schedule_scale(opt_state: Any, name: str, scale: chex.Numeric) -> Any:
         >>> float(state.hyperparams["learning_rate"])
         0.05000000074505806
     """
-    hits = []
-
-    def replace(node):
-        if not _is_injected(node):
-            return node
-        inner = jax.tree.map(replace, node.inner_state, is_leaf=_is_injected)
-        scales = getattr(node, "schedule_scales", None)
-        if not scales or name not in scales:
-            return node._replace(inner_state=inner)
-        hits.append(name)
-        return node._replace(
-            inner_state=inner, schedule_scales={**scales, name: _cast_like(scale, scales[name])}
-        )
-
-    new_state = jax.tree.map(replace, opt_state, is_leaf=_is_injected)
-    if not hits:
+    new_state, found = _set_entry(opt_state, "schedule_scales", name, scale)
+    if not found:
         raise ValueError(
             f"no injected schedule named {name!r} in the optimizer state: pass {name} to "
             "dlopt.inject_hyperparams(factory)(...) as a schedule (step -> value), or set a "

@@ -45,17 +45,6 @@ def _lookahead_leaf(fast, slow, u, *, sync, alpha):
     return fast_u.astype(tree_lib.dtype_of(fast)), slow_u.astype(tree_lib.dtype_of(slow))
 
 
-def _check_sync_period(sync_period: Any) -> None:
-    """An int >= 1; an integer array (e.g. injected as a hyperparameter) is checked if concrete."""
-    if isinstance(sync_period, jax.core.Tracer):
-        return
-    if isinstance(sync_period, jax.Array | chex.Array) and jnp.issubdtype(
-        jnp.result_type(sync_period), jnp.integer
-    ):
-        sync_period = int(sync_period)
-    validation.check_int("sync_period", sync_period, 1)
-
-
 def lookahead(
     fast_optimizer: GradientTransformation,
     sync_period: int,
@@ -110,11 +99,8 @@ def lookahead(
         Zhang, Lucas, Hinton and Ba, 2019, "Lookahead Optimizer: k steps forward, 1 step
         back", NeurIPS.
     """
-    if not (hasattr(fast_optimizer, "init") and hasattr(fast_optimizer, "update")):
-        raise TypeError(
-            f"fast_optimizer must be a GradientTransformation, got {fast_optimizer=!r}."
-        )
-    _check_sync_period(sync_period)
+    validation.check_transformation("fast_optimizer", fast_optimizer)
+    validation.check_int("sync_period", sync_period, 1, array_ok=True)
     validation.check_in_range("slow_step_size", slow_step_size, 0.0, 1.0, high_closed=True)
     inner = with_extra_args_support(fast_optimizer)
 

@@ -335,15 +335,13 @@ def quantized(
         Dettmers, Lewis, Shleifer and Zettlemoyer, 2022, "8-bit Optimizers via Block-wise
         Quantization", ICLR; bitsandbytes (``functional.create_dynamic_map``).
     """
-    if not (hasattr(tx, "init") and hasattr(tx, "update")):
-        raise TypeError(f"tx must be a GradientTransformation, got tx={tx!r}.")
+    validation.check_transformation("tx", tx)
     validation.check_int("bits", bits, 1)
     if bits != 8:
         raise ValueError(f"bits must be 8 (only 8-bit codes are implemented), got bits={bits}.")
     validation.check_int("block_size", block_size, 1)
     validation.check_int("min_size", min_size, 0)
-    if code not in CODES:
-        raise ValueError(f"code must be one of {CODES}, got code={code!r}.")
+    validation.check_choice("code", code, CODES)
     numerics.check_rounding(state_rounding)
     inner = with_extra_args_support(tx)
 

@@ -99,13 +99,11 @@ def sam(
         Foret, Kleiner, Mobahi and Neyshabur, 2021, "Sharpness-Aware Minimization for
         Efficiently Improving Generalization", ICLR.
     """
-    for name, tx in (("optimizer", optimizer), ("adv_optimizer", adv_optimizer)):
-        if not (hasattr(tx, "init") and hasattr(tx, "update")):
-            raise TypeError(f"{name} must be a GradientTransformation, got {name}={tx!r}.")
+    validation.check_transformation("optimizer", optimizer)
+    validation.check_transformation("adv_optimizer", adv_optimizer)
     validation.check_int("sync_period", sync_period, 1)
-    for name, flag in (("reset_state", reset_state), ("opaque_mode", opaque_mode)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool, got {name}={flag!r}.")
+    validation.check_flag("reset_state", reset_state)
+    validation.check_flag("opaque_mode", opaque_mode)
     if batch_axis_name is not None and not isinstance(batch_axis_name, str):
         raise TypeError(f"batch_axis_name must be a str or None, got {batch_axis_name=!r}.")
     outer = with_extra_args_support(optimizer)
