@@ -159,9 +159,3 @@ def check_positive(name: str, value: Any) -> None:
     v = _concrete_float(name, value)
     if v is not None and not (math.isfinite(v) and v > 0):
         raise ValueError(f"{name} must be finite and > 0, got {name}={value!r}.")
-
-
-def check_flag(name: str, value: Any) -> None:
-    """``value`` is a bool (Python or numpy); anything else is a ``TypeError`` naming it."""
-    if not isinstance(value, bool | np.bool_):
-        raise TypeError(f"{name} must be True or False, got {name}={value!r}.")
