@@ -8,17 +8,16 @@ table with ``python examples/diagnose_histories.py --table``.
 
 import importlib.util
 import math
-import pathlib
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support import ROOT
 
 from dlopt.lab.diagnose import KINDS, REMEDIES, Finding, diagnose, format_findings
 from dlopt.training import History
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location(
     "diagnose_histories", ROOT / "examples" / "diagnose_histories.py"
 )
