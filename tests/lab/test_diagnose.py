@@ -1,6 +1,6 @@
 """diagnose(): a labelled set of real training runs, synthetic histories of each kind, inputs.
 
-The labelled set (tests/data/diagnose_histories.json) is made by
+The labelled set (tests/fixtures/diagnose_histories.json) is made by
 ``examples/diagnose_histories.py``: real runs of dlopt's training loop on scikit-learn digits
 and breast cancer (MLP and CNN, three seeds), each labelled by its recipe. Print its confusion
 table with ``python examples/diagnose_histories.py --table``.
@@ -23,8 +23,8 @@ _spec = importlib.util.spec_from_file_location(
 )
 labelled = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(labelled)
-RUNS = labelled.load(str(ROOT / "tests" / "data" / "diagnose_histories.json"))
-DEMO = labelled.load(str(ROOT / "tests" / "data" / "diagnose_histories.json"), "demo")
+RUNS = labelled.load(str(ROOT / "tests" / "fixtures" / "diagnose_histories.json"))
+DEMO = labelled.load(str(ROOT / "tests" / "fixtures" / "diagnose_histories.json"), "demo")
 
 E = np.arange(30)
 NOISE = 0.002 * np.sin(1.7 * E)  # a small deterministic wiggle
