@@ -24,7 +24,7 @@ is 1.5x its healthy twin's best, or its own best for one too high); the generato
 runs it drops. The nine runs of ``dlopt demo`` are stored too, unlabelled ("demo").
 
 ``python examples/diagnose_histories.py`` trains them all (about 6 minutes on 2 shared CPU
-cores) and writes ``tests/data/diagnose_histories.json``, which ``tests/test_diagnose.py``
+cores) and writes ``tests/fixtures/diagnose_histories.json``, which ``tests/lab/test_diagnose.py``
 reads; ``python examples/diagnose_histories.py --table`` only reads that file and prints the
 confusion table: for each finding (and "none"), how many runs of each true label get it, with
 its precision and recall.
@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from dlopt.lab.diagnose import KINDS, diagnose
 
 PATH = os.path.normpath(
-    os.path.join(os.path.dirname(__file__), "..", "tests", "data", "diagnose_histories.json")
+    os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "diagnose_histories.json")
 )
 LABELS = ("healthy", *KINDS)
 SEEDS = (0, 1, 2)

@@ -6,9 +6,6 @@ a public function returning a GradientTransformation has no entry, so no export 
 
 from __future__ import annotations
 
-import functools
-import inspect
-
 import cases_adam_family
 import cases_large_batch
 import cases_modern
@@ -18,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 from helpers import Entry
+from support.exports import exported_transform_factories
 
 import dlopt
 from dlopt.testing import check_transformation
@@ -187,20 +185,6 @@ def _id(entry: Entry) -> str:
 @pytest.mark.parametrize("entry", TRANSFORMS, ids=_id)
 def test_conformance(entry):
     check_transformation(entry.make(), **entry.kwargs)
-
-
-def exported_transform_factories() -> set[str]:
-    """Public dlopt functions (or aliases of them), defined in dlopt, returning a transform."""
-    names = set()
-    for name, obj in vars(dlopt).items():
-        fn = obj.func if isinstance(obj, functools.partial) else obj  # aliases (nadam)
-        if name.startswith("_") or not inspect.isfunction(fn):
-            continue
-        if not (fn.__module__ or "").startswith("dlopt"):
-            continue
-        if "GradientTransformation" in str(inspect.signature(obj).return_annotation):
-            names.add(name)
-    return names
 
 
 def test_table_is_complete():

@@ -28,7 +28,7 @@ import cases_second_order
 import jax
 import jax.numpy as jnp
 import pytest
-from test_conformance import exported_transform_factories
+from support.exports import exported_transform_factories
 
 import dlopt
 

@@ -13,7 +13,8 @@ import chex
 import jax
 import numpy as np
 import pytest
-from test_checkpoint import EVAL_STEP, loss_fn, make_data, make_state
+from support import TESTS
+from support.checkpoint import EVAL_STEP, loss_fn, make_data, make_state
 
 import dlopt
 from dlopt.training import (
@@ -74,7 +75,7 @@ def lr(state):
 SCRIPT = textwrap.dedent(
     """
     import json, os, signal, sys
-    sys.path.insert(0, {here!r})
+    sys.path[:0] = [{here!r}, {tests!r}]  # this module, and tests/ for support/
     import numpy as np
     import jax
     from orbax.checkpoint import handlers
@@ -130,7 +131,7 @@ SCRIPT = textwrap.dedent(
 
 
 def run_script(out, backup, kill=None):
-    script = SCRIPT.format(here=HERE, out=out)
+    script = SCRIPT.format(here=HERE, tests=str(TESTS), out=out)
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",

@@ -26,12 +26,15 @@ from helpers import (
     random_tree,
     rosenbrock,
 )
-from test_optimizer_properties import _map_counts, counts
-from test_optimizers import (
+from support.optimizers import (
     CASES,
+    counts,
     optax_signature_prefix,
     run_case,
     stacked_gradients,
+)
+from support.optimizers import (
+    map_counts as _map_counts,
 )
 
 import dlopt

@@ -13,14 +13,18 @@ import pytest
 from helpers import random_tree
 from hypothesis import given
 from hypothesis import strategies as st
-from test_optimizers import (
+from support.optimizers import (
     CASES,
     OPTIMIZERS,
     WITH_REFERENCE,
     by_case,
+    counts,
     moment_buffers,
     run_case,
     stacked_gradients,
+)
+from support.optimizers import (
+    map_counts as _map_counts,
 )
 
 import dlopt
@@ -197,27 +201,6 @@ def test_float32_first_moment_for_bfloat16_params(name):
     assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(moments.get("nu", [])))
     chex.assert_trees_all_equal_shapes_and_dtypes(updates, params)
     chex.assert_tree_all_finite(updates)
-
-
-def _map_counts(fn, state):
-    if hasattr(state, "_fields"):
-        return type(state)(
-            *(
-                fn(v) if f == "count" else _map_counts(fn, v)
-                for f, v in zip(state._fields, state, strict=True)
-            )
-        )
-    if isinstance(state, tuple | list):
-        return type(state)(_map_counts(fn, s) for s in state)
-    if isinstance(state, dict):
-        return {k: _map_counts(fn, v) for k, v in state.items()}
-    return state
-
-
-def counts(state) -> list:
-    found: list = []
-    _map_counts(lambda c: found.append(c) or c, state)
-    return found
 
 
 COUNTED = [

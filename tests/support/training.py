@@ -1,17 +1,19 @@
-"""TrainState; also the tiny models and loss functions the training tests share."""
+"""The tiny models, data and loss the training tests share (steps, parallel, loop, callbacks,
+distributed, flat layout): an MLP with BatchNorm and per-example dropout, a binary problem,
+a TrainState on it, and a 20-step run over fixed global batches.
+"""
 
 from __future__ import annotations
+
+import functools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 import dlopt
 from dlopt.training import TrainState
-
-# --- shared by test_steps / test_parallel / test_loop / test_callbacks / test_distributed
 
 
 class ExampleDropout(nn.Module):
@@ -107,54 +109,21 @@ def batches(data, batch_size: int):
     return [{k: v[i : i + batch_size] for k, v in data.items()} for i in range(0, n, batch_size)]
 
 
-# --- TrainState tests
+# --- a run over fixed global batches (test_parallel, test_flat_training)
+
+STEPS = 20
+GLOBAL_BATCH = 32
+N_DEV = 8
 
 
-def test_create_fields():
-    state = make_state()
-    assert state.step.dtype == jnp.int32 and int(state.step) == 0
-    assert state.skipped_steps.dtype == jnp.int32 and int(state.skipped_steps) == 0
-    assert state.rng.dtype == jnp.uint32
-    assert set(state.model_state) == {"batch_stats"}
-    assert set(state.variables) == {"params", "batch_stats"}
-    jax.tree.map(
-        lambda a, b: np.testing.assert_array_equal(a, b),
-        state.opt_state,
-        state.tx.init(state.params),
-    )
+@functools.cache
+def data_batches():
+    return batches(make_data(4 * GLOBAL_BATCH, seed=1), GLOBAL_BATCH)
 
 
-@pytest.mark.parametrize(
-    "rng",
-    [3, jax.random.key(3), jax.random.key_data(jax.random.key(3))],
-    ids=["int", "typed-key", "raw"],
-)
-def test_rng_forms_agree(rng):
-    state = TrainState.create(apply_fn=None, params={"w": jnp.ones(2)}, tx=dlopt.sgd(0.1), rng=rng)
-    np.testing.assert_array_equal(state.rng, jax.random.key_data(jax.random.key(3)))
-    np.testing.assert_array_equal(jax.random.key_data(state.key), state.rng)
-
-
-def test_bad_rng_raises():
-    with pytest.raises(ValueError, match="rng"):
-        TrainState.create(apply_fn=None, params={"w": jnp.ones(2)}, tx=dlopt.sgd(0.1), rng=1.5)
-
-
-def test_is_pytree_with_static_tx():
-    state = make_state()
-    leaves, treedef = jax.tree.flatten(state)
-    # step, rng, skipped_steps and every params/opt/model leaf; tx and apply_fn are static
-    expected = 3 + sum(
-        len(jax.tree.leaves(t)) for t in (state.params, state.opt_state, state.model_state)
-    )
-    assert len(leaves) == expected
-    back = jax.tree.unflatten(treedef, leaves)
-    assert back.tx is state.tx and back.apply_fn is state.apply_fn
-
-
-def test_apply_gradients_is_one_sgd_step():
-    params = {"w": jnp.array([1.0, -2.0])}
-    state = TrainState.create(apply_fn=None, params=params, tx=dlopt.sgd(0.5), rng=0)
-    state = state.apply_gradients({"w": jnp.array([2.0, 4.0])})
-    np.testing.assert_allclose(state.params["w"], [0.0, -4.0])
-    assert int(state.step) == 1
+def run(step, state, prepare, steps=STEPS):
+    losses = []
+    for t in range(steps):
+        state, metrics = step(state, prepare(data_batches()[t % len(data_batches())]))
+        losses.append(float(metrics["loss"]))
+    return state, np.array(losses)

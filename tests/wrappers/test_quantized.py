@@ -16,7 +16,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 from sklearn.datasets import load_digits
-from test_train_state import MLP, batches, make_data, make_loss_fn, make_state
+from support.training import MLP, batches, make_data, make_loss_fn, make_state
 
 import dlopt
 from dlopt import training

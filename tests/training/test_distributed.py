@@ -9,13 +9,13 @@ import subprocess
 import sys
 import textwrap
 import time
-from pathlib import Path
 
 import chex
 import jax
 import numpy as np
 import pytest
-from test_train_state import MLP, batches, make_data, make_loss_fn, make_state
+from support import TESTS
+from support.training import MLP, batches, make_data, make_loss_fn, make_state
 
 from dlopt import training
 from dlopt.training import distributed
@@ -35,7 +35,7 @@ WORKER = textwrap.dedent(
     distributed.initialize(f"127.0.0.1:{port}", 2, pid, initialization_timeout=60)
     import numpy as np
     from dlopt import training
-    from test_train_state import MLP, batches, make_data, make_loss_fn, make_state
+    from support.training import MLP, batches, make_data, make_loss_fn, make_state
 
     assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()
     mesh = training.make_mesh()
@@ -62,7 +62,7 @@ def free_port() -> int:
 def test_two_processes_match_one(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    tests_dir = str(Path(__file__).parent)
+    tests_dir = str(TESTS)  # support/ lives there
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")]),

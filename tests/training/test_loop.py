@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_train_state import MLP, batches, make_data, make_loss_fn, make_state
+from support.training import MLP, batches, make_data, make_loss_fn, make_state
 
 import dlopt
 from dlopt import training

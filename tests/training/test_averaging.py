@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from test_checkpoint import EVAL_STEP, TRAIN_STEP, loss_fn, make_data, make_state
+from support.checkpoint import EVAL_STEP, TRAIN_STEP, loss_fn, make_data, make_state
 
 import dlopt
 from dlopt import training

@@ -3,7 +3,6 @@
 
 import json
 import os
-import pathlib
 import re
 import subprocess
 import sys
@@ -11,12 +10,11 @@ import sys
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from support import ROOT
 
 import dlopt
 from dlopt.lab import cli
 from dlopt.lab.cli import DEMO_OPTIMIZERS, SCHEDULE_ALIASES, main
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import pytest
 from helpers import from_lib, random_tree
-from test_optimizers import moment_buffers
+from support.optimizers import moment_buffers
 
 import dlopt
 

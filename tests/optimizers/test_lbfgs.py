@@ -12,7 +12,7 @@ import numpy as np
 import optax
 import pytest
 import torch
-from test_optimizers import optax_signature_prefix
+from support.optimizers import optax_signature_prefix
 
 import dlopt
 from dlopt.optimizers.lbfgs import _two_loop

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx, struct
-from test_train_state import MLP, make_data, make_loss_fn, make_state
+from support.training import MLP, make_data, make_loss_fn, make_state
 
 import dlopt
 from dlopt.training import TrainState, make_eval_step, make_train_step

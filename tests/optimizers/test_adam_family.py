@@ -19,7 +19,7 @@ import numpy as np
 import optax
 import pytest
 import torch
-from test_optimizers import W0, dlopt_iterates, grad_fn, optax_signature_prefix
+from support.optimizers import W0, dlopt_iterates, grad_fn, optax_signature_prefix
 
 import dlopt
 from dlopt.optimizers.radam import rectification

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import pytest
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
-from test_optimizers import by_case
+from support.optimizers import by_case
 
 import dlopt
 

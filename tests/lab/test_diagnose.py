@@ -1,6 +1,6 @@
 """diagnose(): a labelled set of real training runs, synthetic histories of each kind, inputs.
 
-The labelled set (tests/data/diagnose_histories.json) is made by
+The labelled set (tests/fixtures/diagnose_histories.json) is made by
 ``examples/diagnose_histories.py``: real runs of dlopt's training loop on scikit-learn digits
 and breast cancer (MLP and CNN, three seeds), each labelled by its recipe. Print its confusion
 table with ``python examples/diagnose_histories.py --table``.
@@ -8,24 +8,23 @@ table with ``python examples/diagnose_histories.py --table``.
 
 import importlib.util
 import math
-import pathlib
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from support import ROOT
 
 from dlopt.lab.diagnose import KINDS, REMEDIES, Finding, diagnose, format_findings
 from dlopt.training import History
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location(
     "diagnose_histories", ROOT / "examples" / "diagnose_histories.py"
 )
 labelled = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(labelled)
-RUNS = labelled.load(str(ROOT / "tests" / "data" / "diagnose_histories.json"))
-DEMO = labelled.load(str(ROOT / "tests" / "data" / "diagnose_histories.json"), "demo")
+RUNS = labelled.load(str(ROOT / "tests" / "fixtures" / "diagnose_histories.json"))
+DEMO = labelled.load(str(ROOT / "tests" / "fixtures" / "diagnose_histories.json"), "demo")
 
 E = np.arange(30)
 NOISE = 0.002 * np.sin(1.7 * E)  # a small deterministic wiggle

@@ -18,7 +18,7 @@ import numpy as np
 import optax
 import pytest
 from helpers import from_lib, quadratic, random_tree
-from test_optimizers import optax_signature_prefix
+from support.optimizers import optax_signature_prefix
 
 import dlopt
 

@@ -23,7 +23,7 @@ from flax import nnx
 from helpers import PARITY_SHAPES, random_tree
 from jax.sharding import AxisType
 from jax.sharding import PartitionSpec as P
-from test_optimizers import optax_signature_prefix
+from support.optimizers import optax_signature_prefix
 
 import dlopt
 

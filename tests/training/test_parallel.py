@@ -9,28 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
-from test_train_state import MLP, batches, make_data, make_loss_fn, make_state
+from support.training import MLP, N_DEV, data_batches, make_data, make_loss_fn, make_state, run
 
 import dlopt
 from dlopt import training
 from dlopt.training import TrainState
-
-STEPS = 20
-GLOBAL_BATCH = 32
-N_DEV = 8
-
-
-@functools.cache
-def data_batches():
-    return batches(make_data(4 * GLOBAL_BATCH, seed=1), GLOBAL_BATCH)
-
-
-def run(step, state, prepare, steps=STEPS):
-    losses = []
-    for t in range(steps):
-        state, metrics = step(state, prepare(data_batches()[t % len(data_batches())]))
-        losses.append(float(metrics["loss"]))
-    return state, np.array(losses)
 
 
 @functools.cache

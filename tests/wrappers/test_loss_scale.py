@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_conformance import exported_transform_factories
+from support.exports import exported_transform_factories
 
 import dlopt
 from dlopt import training

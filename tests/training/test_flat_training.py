@@ -10,8 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
-from test_parallel import N_DEV, STEPS, data_batches, run
-from test_train_state import MLP, make_loss_fn
+from support.training import MLP, N_DEV, STEPS, data_batches, make_loss_fn, run
 
 import dlopt
 from dlopt import training
