@@ -22,10 +22,10 @@ guard `dlopt.wrappers.finite.guarded` (a ``lax.cond``); its flags are one `StepO
 optional parts ride in the state: ``state.averages`` (a `dlopt.training.ModelEMA` average,
 updated after each applied update) and ``state.loss_scale`` (with ``loss_scale=``).
 
-A flat state (``TrainState.create(..., flat=True)``) is differentiated with respect to its
+A flat state (`TrainState.create`'s default where it is faster) is differentiated with respect to its
 flat buffers (``state.stored_params``): the loss function still gets the params tree (a view
-of the buffers), the gradients come back flat, and the optimizer runs as ``dlopt.fused(tx)``
-over the buffers, one fused pass each.
+of the buffers), the gradients come back flat, and the optimizer ``tx`` runs
+over the buffers, one fused pass each (`dlopt.training.state`).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from dlopt.wrappers.finite import (
     count_nonfinite,
     guarded,
 )
-from dlopt.wrappers.fused import FlatParams
+from dlopt.core.flat import Buffers
 from dlopt.wrappers.loss_scale import DynamicLossScale
 
 LossFn = Callable[..., Any]
@@ -118,7 +118,7 @@ def batch_weight(batch: Any) -> jax.Array:
 
 
 def _call_loss(loss_fn, params, batch, model_state, rng, train):
-    if isinstance(params, FlatParams):  # the loss sees the tree; gradients stay flat
+    if isinstance(params, Buffers):  # the loss sees the tree; gradients stay flat
         params = params.unflatten()
     out = loss_fn(params, batch, model_state=model_state, rng=rng, train=train)
     loss, aux = out if isinstance(out, tuple) else (out, {})
