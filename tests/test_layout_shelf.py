@@ -71,7 +71,7 @@ ZERO = jax.tree.map(jnp.zeros_like, GRADS)
 def test_weights_only_decay_decays_kernels_in_both_layouts():
     tx = dlopt.adamw(0.1, weight_decay=0.5, mask=dlopt.weights_only)
     tree, flat = (train(tx, flat=f, grads=ZERO) for f in (False, True))
-    chex.assert_trees_all_close(flat, tree, rtol=1e-6)
+    chex.assert_trees_all_close(flat, tree, rtol=1e-5, atol=1e-6)
     kernel = PARAMS["Dense_0"]["kernel"]
     assert float(jnp.max(jnp.abs(flat["Dense_0"]["kernel"] - kernel))) > 1e-3  # decayed
     chex.assert_trees_all_equal(flat["Dense_0"]["bias"], PARAMS["Dense_0"]["bias"])  # not
@@ -83,14 +83,16 @@ def test_weights_only_decay_decays_kernels_in_both_layouts():
     ids=["muon", "clip_by_block_rms"],
 )
 def test_shape_reading_transforms_match(make):
-    chex.assert_trees_all_close(train(make(), flat=True), train(make(), flat=False), rtol=1e-5)
+    chex.assert_trees_all_close(
+        train(make(), flat=True), train(make(), flat=False), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_a_tree_shaped_mask_dict_works_flat():
     mask = jax.tree.map(lambda p: p.ndim > 1, PARAMS)
     tx = dlopt.adamw(0.1, weight_decay=0.5, mask=mask)
     tree, flat = (train(tx, flat=f, grads=ZERO) for f in (False, True))
-    chex.assert_trees_all_close(flat, tree, rtol=1e-6)
+    chex.assert_trees_all_close(flat, tree, rtol=1e-5, atol=1e-6)
 
 
 def test_default_layout_is_flat_for_elementwise_chains_and_tree_otherwise():
@@ -117,4 +119,4 @@ def test_own_transform_marked_per_leaf_runs_on_leaves():
         return dlopt.stateless(lambda u, p: jax.tree.map(lambda x: x / x.size, u))
 
     tree, flat = (train(scale_by_leaf_size(), flat=f) for f in (False, True))
-    chex.assert_trees_all_close(flat, tree, rtol=1e-6)
+    chex.assert_trees_all_close(flat, tree, rtol=1e-5, atol=1e-6)

@@ -43,7 +43,9 @@ def _shapes(tree: Any) -> list[tuple[int, ...]]:
 
 def opt_state_to_tree(opt_state: Any, tx: Any, flat: Buffers) -> Any:
     """``tx``'s state over ``flat``'s buffers as ``tx``'s state over the params tree."""
-    state = jax.tree.map(lambda x: x.unflatten() if _is_buffers(x) else x, opt_state, is_leaf=_is_buffers)
+    state = jax.tree.map(
+        lambda x: x.unflatten() if _is_buffers(x) else x, opt_state, is_leaf=_is_buffers
+    )
     template = jax.eval_shape(tx.init, flat.layout.abstract_params())
     if jax.tree.structure(state) != jax.tree.structure(template) or _shapes(state) != _shapes(
         template
@@ -105,7 +107,9 @@ def to_flat(
         layout = like.layout
     else:
         pad_to = jax.device_count() if pad_to is None else pad_to
-        plan = plan_layout(params, state.tx, group_by=group_by, pack_below=pack_below, pad_to=pad_to)
+        plan = plan_layout(
+            params, state.tx, group_by=group_by, pack_below=pack_below, pad_to=pad_to
+        )
         layout = plan.layout
     flat = Buffers(pack(params, layout), layout)
     opt_state = opt_state_to_flat(state.opt_state, state.tx, layout)

@@ -172,6 +172,7 @@ def fused(
     arithmetic as ``tx`` itself, done in one pass; the state (e.g. Adam's ``mu`` and ``nu``)
     is one buffer per group. Trees in, trees out; masks, labels and `dlopt.per_leaf`
     transforms inside ``tx`` mean what they mean on the tree (see the module docstring).
+    Inside a flat `dlopt.training.TrainState` (already buffers) it is ``tx`` itself.
 
     Args:
         tx: any transform (usually an optimizer chain).
@@ -215,9 +216,14 @@ def fused(
         return Buffers(pack(tree, layout, keep_own_shapes=True), layout)
 
     def init_fn(params):
+        if isinstance(params, Buffers):  # already flat (a flat TrainState's): run as it is
+            return FusedState(inner.init(params))
         return FusedState(inner.init(buffers(params, layout_for(params))))
 
     def update_fn(updates, state, params=None, **extra_args):
+        if isinstance(updates, Buffers):
+            new, inner_state = inner.update(updates, state.inner, params, **extra_args)
+            return new, FusedState(inner_state)
         layout = layout_for(updates if params is None else params)
         new, inner_state = inner.update(
             buffers(updates, layout),
