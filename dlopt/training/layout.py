@@ -43,15 +43,11 @@ def _shapes(tree: Any) -> list[tuple[int, ...]]:
 
 def opt_state_to_tree(opt_state: Any, tx: Any, flat: Buffers) -> Any:
     """``tx``'s state over ``flat``'s buffers as ``tx``'s state over the params tree."""
-    state = jax.tree.map(
-        lambda x: x.unflatten() if _is_buffers(x) else x, opt_state, is_leaf=_is_buffers
-    )
+    state = _map_flat(opt_state, Buffers.unflatten)
     template = jax.eval_shape(tx.init, flat.layout.abstract_params())
-    if jax.tree.structure(state) != jax.tree.structure(template) or _shapes(state) != _shapes(
-        template
-    ):
-        detail = f" (tree layout: {jax.tree.structure(template)}; from flat: {jax.tree.structure(state)})"
-        raise ValueError(_NO_MAP.format(detail=detail))
+    got, want = jax.tree.structure(state), jax.tree.structure(template)
+    if got != want or _shapes(state) != _shapes(template):
+        raise ValueError(_NO_MAP.format(detail=f" (tree layout: {want}; from flat: {got})"))
     return jax.tree.map(lambda x, t: jnp.asarray(x).astype(t.dtype), state, template)
 
 
