@@ -206,9 +206,19 @@ class TrainState:
 
     def _stored(self, params: chex.ArrayTree) -> chex.ArrayTree:
         stored = self.stored_params
-        if isinstance(stored, Buffers) and not isinstance(params, Buffers):
-            return Buffers(pack(params, stored.layout), stored.layout)
-        return params
+        if not isinstance(stored, Buffers) or isinstance(params, Buffers):
+            return params
+        layout = stored.layout
+        shapes = [tuple(jnp.shape(x)) for x in jax.tree.leaves(params)]
+        if jax.tree.structure(params) != layout.treedef or shapes != [
+            s.shape for s in layout.slots
+        ]:
+            raise ValueError(
+                "params do not fit this flat state's layout (another structure or leaf shapes); "
+                "build a new state with TrainState.create, or convert it with "
+                "dlopt.training.layout.to_tree first."
+            )
+        return Buffers(pack(params, layout), layout)
 
     def apply_gradients(self, grads: chex.ArrayTree, **extra_args: Any) -> TrainState:
         """One optimizer update: ``params <- params + tx.update(grads, ...)``, ``step += 1``.
