@@ -229,6 +229,7 @@ def _unless_empty(tx: GradientTransformation) -> GradientTransformationExtraArgs
     return GradientTransformationExtraArgs(tx.init, update_fn)
 
 
+@per_leaf
 def muon(
     learning_rate: ScalarOrSchedule,
     ns_coeffs: Any = DEFAULT_NS_COEFFS,
