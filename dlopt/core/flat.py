@@ -178,26 +178,21 @@ def unpack(
     buffers: dict[Hashable, dict[str, Any]], layout: Layout, dtypes: list[Any] | None = None
 ) -> chex.ArrayTree:
     """The inverse of `pack`: slices each buffer back into leaves (cast to ``dtypes``); the
-    leaves of a masked-out buffer are that buffer's `dlopt.MaskedNode`."""
-    pieces = {}
-    for label, key, _ in layout.groups:
-        buf = buffers[label][key]
-        if _is_empty(buf):
-            pieces[(label, key)] = None
-            continue
-        slots = [s for s in layout.slots if (s.label, s.key) == (label, key)]
-        if len(slots) == 1 and is_own(key):
-            pieces[(label, key)] = iter([buf])
-            continue
-        flat = jnp.ravel(buf)
-        pieces[(label, key)] = iter([flat[s.offset : s.offset + s.size] for s in slots])
+    leaves of a masked-out buffer are that buffer's `dlopt.MaskedNode`. Leading axes of the
+    buffers (a replicated state's device axis) lead every leaf."""
     leaves = []
     for slot, dtype in zip(layout.slots, dtypes or [None] * layout.num_leaves, strict=True):
-        it = pieces[(slot.label, slot.key)]
-        if it is None:
-            leaves.append(buffers[slot.label][slot.key])
+        buf = buffers[slot.label][slot.key]
+        if _is_empty(buf):
+            leaves.append(buf)
             continue
-        leaf = jnp.reshape(next(it), slot.shape)
+        rank = len(slot.shape)
+        if is_own(slot.key) and tuple(buf.shape[jnp.ndim(buf) - rank :]) == slot.shape:
+            leaf = buf  # kept in its own shape (`pack` with keep_own_shapes)
+        else:
+            lead = tuple(buf.shape[:-1])
+            piece = buf[..., slot.offset : slot.offset + slot.size]
+            leaf = jnp.reshape(piece, lead + slot.shape)
         leaves.append(leaf if dtype is None else leaf.astype(dtype))
     return layout.treedef.unflatten(leaves)
 

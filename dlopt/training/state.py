@@ -202,6 +202,10 @@ class TrainState:
         stored params in this state's layout."""
         if "params" in updates:
             updates["stored_params"] = self._stored(updates.pop("params"))
+        stored = updates.get("stored_params", self.stored_params)
+        if "opt_state" in updates and isinstance(stored, Buffers):
+            tx = updates.get("tx", self.tx)
+            updates["opt_state"] = _opt_state_in_layout(updates["opt_state"], tx, stored)
         return dataclasses.replace(self, **updates)
 
     def _stored(self, params: chex.ArrayTree) -> chex.ArrayTree:
@@ -246,6 +250,20 @@ jax.tree_util.register_dataclass(
         f.name for f in dataclasses.fields(TrainState) if not f.metadata.get("pytree_node", True)
     ],
 )
+
+
+def _opt_state_in_layout(opt_state: Any, tx: GradientTransformation, stored: Buffers) -> Any:
+    """``opt_state`` over ``stored``'s buffers: a state built over the params tree
+    (``tx.init(state.params)``) is packed into the layout; a flat one is returned as is."""
+    leaves = jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, Buffers))
+    if any(isinstance(x, Buffers) for x in leaves) or len(leaves) < stored.layout.num_leaves:
+        return opt_state
+    from dlopt.training.layout import opt_state_to_flat  # the layout module builds on this one
+
+    try:
+        return opt_state_to_flat(opt_state, tx, stored.layout)
+    except ValueError:  # not the tree layout's state either: the caller's business
+        return opt_state
 
 
 def _check_flat(plan: Any) -> None:
