@@ -53,7 +53,12 @@ def _id(entry: Entry) -> str:
     return f"{entry.name}-{entry.variant}" if entry.variant else entry.name
 
 
-@pytest.mark.parametrize("entry", TRANSFORMS, ids=_id)
+# entries wrapped for the kit's own params (lookahead's `LookaheadParams` view, an objective
+# written for the kit's default params): not transforms of a plain params tree
+KIT_ADAPTERS = {"lookahead-reset", "lbfgs-zoom"}
+
+
+@pytest.mark.parametrize("entry", [e for e in TRANSFORMS if _id(e) not in KIT_ADAPTERS], ids=_id)
 def test_flat_and_tree_give_the_same_parameters(entry):
     extra_args = entry.kwargs.get("extra_args")
     tree = train(entry.make(), flat=False, extra_args=extra_args)
