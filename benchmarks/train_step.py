@@ -5,9 +5,11 @@ Models: the seed's MNIST MLP (4 hidden layers of 100 with BatchNorm and dropout,
 3x1024 MLP (8 leaves, 2.9M params, batch 256 of 784 features: large leaves) and a deep narrow
 residual MLP (194 leaves, 47 Dense 64 + LayerNorm blocks, batch 128: the cost per leaf).
 Random inputs with MNIST's shapes (no download). Every step uses Adam, donates its state and
-returns the loss. Contenders: ``optax`` (hand-written), ``dlopt`` (`make_train_step` with its
-defaults: the NaN guard on), ``dlopt_flat`` (the same with ``TrainState.create(...,
-flat=True)``) and ``dlopt_no_guard`` (``skip_nonfinite=False``, like for like with optax).
+returns the loss. Contenders: ``optax`` (hand-written), ``dlopt`` (`make_train_step` and
+`TrainState.create` with their defaults: the NaN guard on, the layout chosen by ``flat=None``,
+flat where `dlopt.wrappers.fused.prefers_flat` holds), ``dlopt_tree`` and ``dlopt_flat`` (the
+same with ``flat=False`` / ``flat=True``) and ``dlopt_no_guard`` (``skip_nonfinite=False``,
+like for like with optax).
 
 `accumulation_memory` compares the compiled memory (``.lower().compile().memory_analysis()``)
 of ``make_train_step(accumulation_steps=k)`` on a batch of ``k * b`` rows with a step of
@@ -157,7 +159,7 @@ def dlopt_loss_fn(model):
     return loss_fn
 
 
-def dlopt_state(model, variables, tx, flat: bool = False) -> TrainState:
+def dlopt_state(model, variables, tx, flat: bool | None = None) -> TrainState:
     return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
@@ -168,8 +170,9 @@ def dlopt_state(model, variables, tx, flat: bool = False) -> TrainState:
     )
 
 
-def dlopt_runner(model, variables, batch, tx, *, flat: bool = False, **flags) -> Runner:
-    """dlopt's `make_train_step` with its defaults (NaN guard on) unless ``flags`` say."""
+def dlopt_runner(model, variables, batch, tx, *, flat: bool | None = None, **flags) -> Runner:
+    """dlopt's `make_train_step` with its defaults (NaN guard on, the default layout) unless
+    ``flat`` or ``flags`` say."""
     step = make_train_step(dlopt_loss_fn(model), **flags)
     state = dlopt_state(model, variables, tx, flat)
     return Runner(lambda carry, b: step(carry[0], b), (state, None), batch)
@@ -187,6 +190,7 @@ def run(
         runners = {
             "optax": optax_runner(model, copy(variables), batch),
             "dlopt": dlopt_runner(model, copy(variables), batch, dlopt.adam(LR)),
+            "dlopt_tree": dlopt_runner(model, copy(variables), batch, dlopt.adam(LR), flat=False),
             "dlopt_flat": dlopt_runner(model, copy(variables), batch, dlopt.adam(LR), flat=True),
             "dlopt_no_guard": dlopt_runner(
                 model, copy(variables), batch, dlopt.adam(LR), skip_nonfinite=False

@@ -10,8 +10,9 @@ Trees (parameter layouts, filled with small random values):
 * ``large``: 4 leaves of ``large_size / 4`` (16M parameters by default; ``--large-size``).
 
 Contenders per optimizer: ``optax``, ``dlopt`` (the plain rule), ``fused`` (`dlopt.fused`,
-pytree in and out, packing at the edges every step) and ``fused_flat`` (`dlopt.fused` with the
-params and gradients held flat as `FlatParams`, nothing re-packed per step).
+pytree in and out, packing at the edges every step) and ``fused_flat`` (the plain rule on
+params and gradients held flat as `dlopt.core.flat.Buffers`, a flat `TrainState`'s layout,
+nothing re-packed per step).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import optax
 import dlopt
 from benchmarks.report import case_line
 from benchmarks.timing import Runner, interleaved
-from dlopt.wrappers.fused import flatten
+from dlopt.core.flat import flatten
 
 LR = 1e-3
 
@@ -160,9 +161,9 @@ def runners_for(opt: str, params: Any, grads: Any) -> dict[str, Runner]:
         "fused": Runner(
             step_fn(tx_fused, dlopt.apply_updates), (copy(params), tx_fused.init(params)), grads
         ),
-        "fused_flat": Runner(
-            step_fn(tx_fused, dlopt.apply_updates),
-            (flat_params, tx_fused.init(flat_params)),
+        "fused_flat": Runner(  # the plain rule over the flat buffers (a flat TrainState's)
+            step_fn(tx_dlopt, dlopt.apply_updates),
+            (flat_params, tx_dlopt.init(flat_params)),
             flat_grads,
         ),
     }

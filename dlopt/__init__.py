@@ -20,6 +20,7 @@ from dlopt.core.combine import masked as masked
 from dlopt.core.combine import named_chain as named_chain
 from dlopt.core.combine import partition as partition
 from dlopt.core.combine import path_labels as path_labels
+from dlopt.core.per_leaf import per_leaf as per_leaf
 
 # --- optimizers
 from dlopt.optimizers.adadelta import ScaleByAdaDeltaState as ScaleByAdaDeltaState

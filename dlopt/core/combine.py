@@ -16,6 +16,7 @@ from dlopt.core.base import (
     GradientTransformationExtraArgs,
     with_extra_args_support,
 )
+from dlopt.core.flat import Buffers
 
 
 def _check_params(updates: chex.ArrayTree, params: chex.ArrayTree | None) -> None:
@@ -104,7 +105,11 @@ def resolve_mask(mask: Mask, tree: chex.ArrayTree) -> chex.ArrayTree:
 
     A mask is callable when all its leaves are (a plain function is its own only leaf); a
     pytree of bools that is also callable (an equinox module) is used as a tree, as in optax.
+    Over flat `dlopt.core.flat.Buffers` the mask is evaluated on the params tree they hold
+    and mapped onto the buffers (`Buffers.translate`), so it means the same in both layouts.
     """
+    if isinstance(tree, Buffers):
+        return tree.translate(mask)
     leaves = jax.tree.leaves(jax.tree.map(callable, mask))
     return mask(tree) if leaves and all(leaves) else mask
 

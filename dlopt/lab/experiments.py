@@ -156,26 +156,6 @@ def classifier_loss(model: Any, *, l2: float = 0.0) -> Callable:
     return loss_fn
 
 
-FLAT_MIN_SMALL_LEAVES = 2
-
-
-def prefers_flat(params: Any) -> bool:
-    """Whether to train ``params`` in the flat layout: when at least 2 leaves are below
-    ``dlopt.wrappers.fused.PACK_BELOW`` elements (so packing saves per-leaf work). From the
-    train-step benchmark on 2 CPU cores (Adam, defaults on), flat was never measurably slower
-    and often faster: the demo's 6-leaf MLP 1.48x, the 4x100 BatchNorm MLP 1.11x, the small
-    CNN 1.04x, the 194-leaf residual MLP 1.82x; the 3x1024 MLP (its weight is in 4 large
-    leaves, which keep their own buffers) 0.997x.
-
-    The flat layout is chosen where dlopt builds the optimizer (the demo, `train_classifier`);
-    `TrainState.create` keeps ``flat=False`` as its default, because a user's ``tx`` may hold
-    masks written for the params tree, which mean something else over flat buffers."""
-    from dlopt.wrappers.fused import PACK_BELOW
-
-    small = [x for x in jax.tree.leaves(params) if np.size(x) < PACK_BELOW]
-    return len(small) >= FLAT_MIN_SMALL_LEAVES
-
-
 def train_classifier(
     tx: Any,
     data: dict,
@@ -193,9 +173,8 @@ def train_classifier(
     """Fits ``model`` with ``tx`` on ``data`` (from `load_dataset`); returns the history, test
     accuracy and macro F1 (of the best-val-loss weights with ``patience``), epochs, seconds.
 
-    ``flat``: train in the flat layout (``TrainState.create(..., flat=True)``); None decides by
-    `prefers_flat`. Pass False for a ``tx`` with masks written for the params tree (e.g.
-    ``adamw(..., mask=dlopt.weights_only)``): over flat buffers they would select nothing."""
+    ``flat``: the layout, as `TrainState.create`'s ``flat`` (None: flat where it is faster;
+    both layouts give the same parameters)."""
     from dlopt import metrics
     from dlopt.training import EarlyStopping, LambdaCallback, TrainState, fit
 
@@ -208,7 +187,7 @@ def train_classifier(
         tx=tx,
         rng=seed,
         model_state=model_state,
-        flat=prefers_flat(params) if flat is None else flat,
+        flat=flat,
     )
     callbacks = [LambdaCallback(on_epoch_end=on_epoch)] if on_epoch else []
     if patience is not None:

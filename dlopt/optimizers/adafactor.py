@@ -20,6 +20,7 @@ from dlopt.core.base import (
     ScalarOrSchedule,
 )
 from dlopt.core.combine import Mask, chain
+from dlopt.core.per_leaf import per_leaf
 from dlopt.transforms.clipping import clip_by_block_rms
 from dlopt.transforms.ema import ema
 from dlopt.transforms.regularizers import add_decayed_weights
@@ -96,6 +97,7 @@ class FactoredState(NamedTuple):
     v: chex.ArrayTree  # the full second moment of leaves that are not factored
 
 
+@per_leaf
 def scale_by_factored_rms(
     factored: bool = True,
     decay_rate: chex.Numeric = 0.8,
@@ -218,6 +220,7 @@ def _safe_rms(x: chex.Array, min_rms: chex.Numeric) -> chex.Array:
     return jnp.where(rms <= floor, floor, jnp.sqrt(jnp.mean(numerics.abs_sq(x))))
 
 
+@per_leaf
 def scale_by_param_block_rms(min_scale: chex.Numeric = 1e-3) -> GradientTransformation:
     """Multiplies each leaf's update by the root mean square of its parameter (a block).
 

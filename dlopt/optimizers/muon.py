@@ -18,6 +18,7 @@ from dlopt.core.base import (
     init_empty_state,
 )
 from dlopt.core.combine import Mask, MaskedNode, chain, partition
+from dlopt.core.per_leaf import per_leaf
 from dlopt.linalg.newton_schulz import (
     DEFAULT_NS_COEFFS,
     PRECONDITIONINGS,
@@ -111,6 +112,7 @@ def _block_dims(weight_dimension_numbers: Any, updates: chex.ArrayTree) -> chex.
     return treedef.unflatten(dims)
 
 
+@per_leaf
 def scale_by_muon(
     ns_coeffs: Any = DEFAULT_NS_COEFFS,
     ns_steps: int = 5,
@@ -227,6 +229,7 @@ def _unless_empty(tx: GradientTransformation) -> GradientTransformationExtraArgs
     return GradientTransformationExtraArgs(tx.init, update_fn)
 
 
+@per_leaf
 def muon(
     learning_rate: ScalarOrSchedule,
     ns_coeffs: Any = DEFAULT_NS_COEFFS,

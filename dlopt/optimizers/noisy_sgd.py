@@ -17,6 +17,7 @@ from dlopt.core.base import (
     ScalarOrSchedule,
 )
 from dlopt.core.combine import chain
+from dlopt.core.per_leaf import per_leaf
 from dlopt.transforms.scaling import scale_by_learning_rate
 
 
@@ -49,6 +50,7 @@ class AddNoiseState(NamedTuple):
     rng_key: chex.Array  # the key for the next step, as raw key data (uint32[2] for threefry)
 
 
+@per_leaf
 def add_noise(
     eta: chex.Numeric,
     gamma: chex.Numeric,

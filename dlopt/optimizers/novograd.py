@@ -17,6 +17,7 @@ from dlopt.core.base import (
     ScalarOrSchedule,
 )
 from dlopt.core.combine import chain
+from dlopt.core.per_leaf import per_leaf
 from dlopt.transforms.scaling import scale_by_learning_rate
 
 
@@ -42,6 +43,7 @@ class ScaleByNovogradState(NamedTuple):
     nu: chex.ArrayTree  # v, one scalar per leaf: the EMA of ||g||^2 over the leaf
 
 
+@per_leaf
 def scale_by_novograd(
     b1: chex.Numeric = 0.9,
     b2: chex.Numeric = 0.25,

@@ -18,6 +18,7 @@ from dlopt.core.base import (
     ScalarOrSchedule,
 )
 from dlopt.core.combine import chain
+from dlopt.core.per_leaf import per_leaf
 from dlopt.transforms.scaling import scale_by_learning_rate
 
 
@@ -83,6 +84,7 @@ class ScaleBySM3State(NamedTuple):
     count: chex.Array | None = None  # int32 step (dlopt only): seeds stochastic rounding
 
 
+@per_leaf
 def scale_by_sm3(
     b1: chex.Numeric = 0.9,
     b2: chex.Numeric = 1.0,

@@ -17,6 +17,7 @@ from dlopt.core.base import (
     ScalarOrSchedule,
 )
 from dlopt.core.combine import Mask, chain
+from dlopt.core.per_leaf import per_leaf
 from dlopt.transforms.regularizers import add_decayed_weights
 from dlopt.transforms.scaling import scale_by_learning_rate
 
@@ -146,6 +147,7 @@ class ScaleBySoapState(NamedTuple):
     eigenbases: chex.ArrayTree  # per leaf, a tuple: Q_i, eigenvectors of P_i (or None)
 
 
+@per_leaf
 def scale_by_soap(
     b1: chex.Numeric = 0.95,
     b2: chex.Numeric = 0.95,

@@ -17,6 +17,7 @@ from dlopt.core.base import (
     ScalarOrSchedule,
 )
 from dlopt.core.combine import Mask, chain, masked
+from dlopt.core.per_leaf import per_leaf
 from dlopt.optimizers.adam import scale_by_adam
 from dlopt.optimizers.sgd import trace
 from dlopt.transforms.regularizers import AddDecayedWeightsState, add_decayed_weights
@@ -47,6 +48,7 @@ def _trust_ratio_leaf(u, p, out_dtype, *, min_norm, trust_coefficient, eps):
     return (u * ratio.astype(f)).astype(out_dtype)
 
 
+@per_leaf
 def scale_by_trust_ratio(
     min_norm: chex.Numeric = 0.0,
     trust_coefficient: chex.Numeric = 1.0,

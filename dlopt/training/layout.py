@@ -1,15 +1,16 @@
-"""A `TrainState` moved between the tree layout and the flat layout (`TrainState.create`'s
-``flat=True``), exactly: the same numbers, stored differently.
+"""A `TrainState` moved between the tree layout and the flat layout, exactly: the same
+numbers, stored differently.
 
-The optimizer state maps by structure. ``tx.init`` of the params tree and ``fused(tx).init``
-of the flat buffers build the same state with every params-shaped subtree (Adam's ``mu``,
-``nu``) in one layout replaced by a ``{label: {dtype: buffer}}`` subtree in the other; scalars
-(``count``) and empty states are shared. `to_tree` and `to_flat` walk both structures side by
-side, slicing or packing each pair. A transform whose state has no such pairing (a ``mask``
-written for one layout, say) is refused with a `ValueError` showing both structures.
+The optimizer state maps by structure. ``tx.init`` of the params tree and ``tx.init`` of the
+flat `dlopt.core.flat.Buffers` build the same state with every params-shaped subtree (Adam's
+``mu``, a masked transform's selected leaves) in one layout replaced by a `Buffers` in the
+other; scalars (``count``), empty states and the state of `dlopt.per_leaf` parts (kept in the
+tree's shapes in both layouts) are shared. `to_tree` unflattens every `Buffers`; `to_flat`
+walks the flat state's template and packs the tree state's subtrees at its `Buffers`. A state
+with no such pairing is refused with a `ValueError` showing both structures.
 
-Checkpoints hold the params as the tree and, where it maps, the optimizer state in the tree
-layout (`saved_form`), so a flat run and a tree run read each other's checkpoints.
+Checkpoints hold the params as the tree and the optimizer state in the tree layout
+(`saved_form`), so a flat run and a tree run read each other's checkpoints.
 """
 
 from __future__ import annotations
@@ -19,95 +20,59 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from dlopt.core.flat import PACK_BELOW, Buffers, GroupBy, Layout, pack
 from dlopt.training.state import TrainState
-from dlopt.wrappers.fused import (
-    PACK_BELOW,
-    FlatParams,
-    FusedState,
-    GroupBy,
-    flatten,
-    fused,
-    pack,
-    unpack,
-)
-
-
-def _shape(x: Any) -> tuple[int, ...]:
-    return tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
-
-
-def _matcher(template: Any):
-    """``is_leaf`` for subtrees with ``template``'s structure and leaf shapes."""
-    treedef = jax.tree.structure(template)
-    shapes = [_shape(x) for x in jax.tree.leaves(template)]
-    size = len(shapes)
-
-    def matches(x: Any) -> bool:
-        if x is None:
-            return False
-        leaves, td = jax.tree.flatten(x)
-        return len(leaves) == size and td == treedef and [_shape(v) for v in leaves] == shapes
-
-    return matches
-
+from dlopt.wrappers.fused import plan_layout
 
 _NO_MAP = (
-    "this optimizer's state does not map between the tree and the flat layout{detail}; a "
-    "transform that looks at the tree (a mask or partition written for the params tree, or "
-    "one written for group_by labels) has no counterpart in the other layout. Keep one "
-    "layout for the run, or give masks as group_by labels and stay flat."
+    "this optimizer's state does not map between the tree and the flat layout{detail}. Keep "
+    "one layout for the run (TrainState.create's flat=)."
 )
 
 
-def _paired(tree_side: Any, flat_side: Any, params: Any, flat: FlatParams):
-    """The two states cut at their params-shaped / buffer-shaped subtrees, item by item."""
-    is_params, is_buffers = _matcher(params), _matcher(flat.buffers)
-    tree_items, tree_def = jax.tree.flatten(tree_side, is_leaf=is_params)
-    flat_items, flat_def = jax.tree.flatten(flat_side, is_leaf=is_buffers)
-    pairs = list(zip(tree_items, flat_items, strict=False))
-    ok = len(tree_items) == len(flat_items) and all(
-        is_params(t) == is_buffers(f) and (is_params(t) or _shape(t) == _shape(f)) for t, f in pairs
-    )
-    if not ok:
-        detail = f" (tree layout: {tree_def}; flat layout: {flat_def})"
-        raise ValueError(_NO_MAP.format(detail=detail))
-    return pairs, tree_def, flat_def, is_params
+def _is_buffers(x: Any) -> bool:
+    return isinstance(x, Buffers)
 
 
-def opt_state_to_tree(opt_state: FusedState, tx: Any, flat: FlatParams) -> Any:
-    """``fused(tx)``'s state over ``flat``'s buffers as ``tx``'s state over the params tree."""
-    params = flat.unflatten()
+def _shapes(tree: Any) -> list[tuple[int, ...]]:
+    return [tuple(np.shape(x)) for x in jax.tree.leaves(tree)]
+
+
+def opt_state_to_tree(opt_state: Any, tx: Any, flat: Buffers) -> Any:
+    """``tx``'s state over ``flat``'s buffers as ``tx``'s state over the params tree."""
+    state = _map_flat(opt_state, Buffers.unflatten)
+    template = jax.eval_shape(tx.init, flat.layout.abstract_params())
+    got, want = jax.tree.structure(state), jax.tree.structure(template)
+    if got != want or _shapes(state) != _shapes(template):
+        raise ValueError(_NO_MAP.format(detail=f" (tree layout: {want}; from flat: {got})"))
+    return jax.tree.map(lambda x, t: jnp.asarray(x).astype(t.dtype), state, template)
+
+
+def opt_state_to_flat(opt_state: Any, tx: Any, layout: Layout) -> Any:
+    """``tx``'s state over the params tree as ``tx``'s state over the buffers of ``layout``."""
+    params = layout.abstract_params()
+    template = jax.eval_shape(lambda p: tx.init(Buffers(pack(p, layout), layout)), params)
+    items, treedef = jax.tree.flatten(template, is_leaf=_is_buffers)
     try:
-        template = jax.eval_shape(tx.init, params)
-    except (ValueError, TypeError) as error:  # tx cannot even start on the tree
-        raise ValueError(_NO_MAP.format(detail=f" ({error})".split("\n")[0])) from error
-    pairs, tree_def, _, is_params = _paired(template, opt_state.inner, params, flat)
-    items = [
-        unpack(f, flat.layout, [x.dtype for x in jax.tree.leaves(t)]) if is_params(t) else f
-        for t, f in pairs
-    ]
-    return tree_def.unflatten(items)
+        parts = treedef.flatten_up_to(opt_state)
+    except (ValueError, TypeError) as error:
+        detail = f" (flat layout: {treedef}; tree state: {jax.tree.structure(opt_state)})"
+        raise ValueError(_NO_MAP.format(detail=detail)) from error
 
+    def convert(part: Any, t: Any) -> Any:
+        if not _is_buffers(t):
+            return part
+        packed = Buffers(pack(part, layout), layout)
+        return jax.tree.map(lambda b, s: b.astype(s.dtype), packed, t)
 
-def opt_state_to_flat(opt_state: Any, tx: Any, params: Any, flat: FlatParams) -> FusedState:
-    """``tx``'s state over the params tree as ``fused(tx)``'s state over ``flat``'s buffers."""
-    template = jax.eval_shape(fused(tx).init, flat).inner
-    pairs, _, flat_def, is_params = _paired(opt_state, template, params, flat)
-    items = [
-        jax.tree.map(lambda b, s: b.astype(s.dtype), pack(t, flat.layout), f) if is_params(t) else t
-        for t, f in pairs
-    ]
-    return FusedState(flat_def.unflatten(items))
+    return treedef.unflatten([convert(p, t) for p, t in zip(parts, items, strict=True)])
 
 
 def _map_flat(tree: Any, fn) -> Any:
-    return jax.tree.map(
-        lambda x: fn(x) if isinstance(x, FlatParams) else x,
-        tree,
-        is_leaf=lambda x: isinstance(x, FlatParams),
-    )
+    return jax.tree.map(lambda x: fn(x) if _is_buffers(x) else x, tree, is_leaf=_is_buffers)
 
 
 def to_tree(state: TrainState) -> TrainState:
@@ -116,7 +81,7 @@ def to_tree(state: TrainState) -> TrainState:
         return state
     flat = state.stored_params
     opt_state = opt_state_to_tree(state.opt_state, state.tx, flat)
-    averages = _map_flat(state.averages, FlatParams.unflatten)
+    averages = _map_flat(state.averages, Buffers.unflatten)
     return state.replace(stored_params=flat.unflatten(), opt_state=opt_state, averages=averages)
 
 
@@ -128,22 +93,25 @@ def to_flat(
     pack_below: int | None = PACK_BELOW,
     pad_to: int | None = None,
 ) -> TrainState:
-    """``state`` in the flat layout: ``like``'s (a flat state) when given, else a new one
-    built from ``group_by``, ``pack_below`` and ``pad_to`` as in `TrainState.create`."""
+    """``state`` in the flat layout: ``like``'s (a flat state) when given, else one planned
+    for ``state.tx`` from ``group_by``, ``pack_below`` and ``pad_to`` as in
+    `TrainState.create`."""
     if state.is_flat:
         return state
     params = state.params
     if like is not None:
-        layout = like.stored_params.layout
-        flat = FlatParams(pack(params, layout), layout)
+        layout = like.layout
     else:
         pad_to = jax.device_count() if pad_to is None else pad_to
-        flat = flatten(params, group_by=group_by, pack_below=pack_below, pad_to=pad_to)
-        layout = flat.layout
-    opt_state = opt_state_to_flat(state.opt_state, state.tx, params, flat)
+        plan = plan_layout(
+            params, state.tx, group_by=group_by, pack_below=pack_below, pad_to=pad_to
+        )
+        layout = plan.layout
+    flat = Buffers(pack(params, layout), layout)
+    opt_state = opt_state_to_flat(state.opt_state, state.tx, layout)
     averages = state.averages
     if averages is not None and hasattr(averages, "params"):
-        averages = averages.replace(params=FlatParams(pack(averages.params, layout), layout))
+        averages = averages.replace(params=Buffers(pack(averages.params, layout), layout))
     return state.replace(stored_params=flat, opt_state=opt_state, averages=averages)
 
 
@@ -164,9 +132,9 @@ def _saved_one(state: TrainState) -> dict[str, Any]:
         fields["stored_params"] = flat.unflatten()
         try:
             fields["opt_state"] = opt_state_to_tree(state.opt_state, state.tx, flat)
-        except ValueError:  # no tree counterpart (group_by masks): saved over the buffers
+        except ValueError:  # no tree counterpart: saved over the buffers
             pass
-        fields["averages"] = _map_flat(state.averages, FlatParams.unflatten)
+        fields["averages"] = _map_flat(state.averages, Buffers.unflatten)
     return {("params" if k == "stored_params" else k): v for k, v in fields.items()}
 
 
@@ -188,18 +156,16 @@ def _restored_one(restored: Mapping[str, Any], target: TrainState) -> TrainState
     params = restored["params"]
     if not target.is_flat:
         return target.replace(stored_params=params, **fields)
-    layout = target.stored_params.layout
-    flat = FlatParams(pack(params, layout), layout)
+    layout = target.layout
+    flat = Buffers(pack(params, layout), layout)
     opt_state = fields["opt_state"]
     if jax.tree.structure(opt_state) != jax.tree.structure(target.opt_state):
-        fields["opt_state"] = opt_state_to_flat(opt_state, target.tx, params, flat)
+        fields["opt_state"] = opt_state_to_flat(opt_state, target.tx, layout)
     fields["averages"] = jax.tree.map(
-        lambda saved, t: (
-            FlatParams(pack(saved, t.layout), t.layout) if isinstance(t, FlatParams) else saved
-        ),
+        lambda saved, t: Buffers(pack(saved, t.layout), t.layout) if _is_buffers(t) else saved,
         fields["averages"],
         target.averages,
-        is_leaf=lambda x: isinstance(x, FlatParams),
+        is_leaf=_is_buffers,
     )
     return target.replace(stored_params=flat, **fields)
 

@@ -7,13 +7,14 @@ and a count of steps skipped for non-finite gradients. The optimizer ``tx`` and 
 the parameter averages of `dlopt.training.ModelEMA` / `dlopt.training.SWA`, and
 ``loss_scale``, the `dlopt.DynamicLossScaleState` of a loss-scaled step.
 
-The flat layout (``TrainState.create(..., flat=True)``): the params are stored as a
-`FlatParams` (one contiguous buffer per dtype and group, large leaves in buffers
-of their own) and the optimizer state over those buffers (``dlopt.fused(tx)``'s), so the whole
-chain runs as one fused pass per buffer. ``state.params`` still reads as the params tree (a
-view: slices of the buffers, free inside ``jit``); ``state.stored_params`` is what is stored.
-`dlopt.training.layout` converts a state between the two layouts (checkpoints are written as
-the tree).
+The layout is one object: in the tree layout ``state.stored_params`` is the params tree; in
+the flat layout (the default where it measures faster, see `TrainState.create`) it is a
+`dlopt.core.flat.Buffers` (one contiguous buffer per dtype and group, large leaves in buffers
+of their own) that carries its static `dlopt.core.flat.Layout`, and the optimizer state is
+``tx``'s over those buffers, so the whole chain runs as one fused pass per buffer.
+``state.params`` reads as the params tree in both (a view: slices of the buffers, free inside
+``jit``); ``state.layout`` is the `Layout` or None. `dlopt.training.layout` converts a state
+between the two layouts (checkpoints are written as the tree).
 """
 
 from __future__ import annotations
@@ -29,9 +30,8 @@ from flax import struct
 
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import GradientTransformation, apply_updates, with_extra_args_support
-from dlopt.wrappers.fused import PACK_BELOW, FlatParams, GroupBy, flatten, fused, pack
-
-_KEEP = object()  # `replace` without ``params=``: keep the stored params as they are
+from dlopt.core.flat import PACK_BELOW, Buffers, GroupBy, Layout, pack
+from dlopt.wrappers.fused import plan_layout, prefers_flat
 
 
 def key_data(rng: Any) -> jax.Array:
@@ -48,7 +48,7 @@ def key_data(rng: Any) -> jax.Array:
     return rng
 
 
-@struct.dataclass
+@dataclasses.dataclass(frozen=True)
 class TrainState:
     """A training state pytree: ``step, params, opt_state, model_state, rng, skipped_steps``
     (and ``averages``, ``loss_scale`` when used, else None).
@@ -73,7 +73,7 @@ class TrainState:
     """
 
     step: jax.Array
-    stored_params: chex.ArrayTree  # the params tree, or a FlatParams (flat layout)
+    stored_params: chex.ArrayTree  # the params tree, or its `Buffers` (flat layout)
     opt_state: chex.ArrayTree
     model_state: chex.ArrayTree
     rng: jax.Array
@@ -83,17 +83,6 @@ class TrainState:
     # optional parts, keyword-only (a subclass may still add fields without defaults)
     averages: Any = struct.field(default=None, kw_only=True)  # ModelEMA's, SWA's, or None
     loss_scale: Any = struct.field(default=None, kw_only=True)  # DynamicLossScaleState or None
-    # ``TrainState(params=...)`` / ``replace(params=...)`` set ``stored_params`` (a tree given
-    # to a flat state is packed into its layout); reading ``state.params`` gives the tree
-    params: dataclasses.InitVar[Any] = struct.field(default=None, kw_only=True)
-
-    def __post_init__(self, params: Any) -> None:
-        if params is _KEEP or params is None:
-            return
-        stored = self.stored_params
-        if isinstance(stored, FlatParams) and not isinstance(params, FlatParams):
-            params = FlatParams(pack(params, stored.layout), stored.layout)
-        object.__setattr__(self, "stored_params", params)
 
     @classmethod
     def create(
@@ -105,7 +94,7 @@ class TrainState:
         rng: Any,
         model_state: chex.ArrayTree | None = None,
         loss_scale: Any | None = None,
-        flat: bool = False,
+        flat: bool | None = None,
         group_by: GroupBy = None,
         pack_below: int | None = PACK_BELOW,
         pad_to: int | None = None,
@@ -120,47 +109,59 @@ class TrainState:
             model_state: non-trainable model variables (``{"batch_stats": ...}``), default ``{}``.
             loss_scale: a `dlopt.dynamic_loss_scale` policy: its initial state is stored in
                 ``state.loss_scale`` (pass the same policy to the train step).
-            flat: store params and optimizer state in the flat layout (see the module doc):
-                faster steps for models with many small leaves. Inside ``tx``, transforms
-                that look at the tree (a ``mask`` or `dlopt.partition` written for the params
-                tree, per-leaf clipping) then see ``{label: {dtype: buffer}}``: give masks as
-                labels through ``group_by`` (e.g. ``mask={"decay": True, "no_decay": False}``).
-            group_by: with ``flat``, per-leaf labels (a pytree like the params, or a callable
+            flat: the layout (see the module doc). None (default): the flat layout when it is
+                expected to be faster (`dlopt.wrappers.fused.prefers_flat`: two or more small
+                leaves) and ``tx`` runs as fused passes over the buffers (no `dlopt.per_leaf`
+                part, no optax transform); else the tree layout. True: flat (masks, labels
+                and per-leaf transforms keep their meaning; a ``tx`` with optax transforms is
+                refused). False: the tree layout. Both layouts give the same parameters.
+            group_by: flat layout: per-leaf labels (a pytree like the params, or a callable
                 ``params -> labels``); leaves with different labels get separate buffers.
-            pack_below: with ``flat``, leaves of at least this many elements keep a buffer of
+            pack_below: flat layout: leaves of at least this many elements keep a buffer of
                 their own (`dlopt.fused`); None packs every leaf.
-            pad_to: with ``flat``, round each buffer up to a multiple of this many elements
+            pad_to: flat layout: round each buffer up to a multiple of this many elements
                 (default: ``jax.device_count()``), so it splits into equal shards for ZeRO-1
                 (``shard_opt_state=True``) whatever the leaf shapes.
 
         Returns:
             A `TrainState`.
 
+        Raises:
+            ValueError: ``flat=True`` with a ``tx`` the flat layout cannot run exactly, or
+                ``group_by``/``pad_to`` with ``flat=False``.
+
         Example:
             >>> import jax.numpy as jnp, dlopt
             >>> from dlopt.training import TrainState
             >>> params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2)}
             >>> state = TrainState.create(apply_fn=None, params=params, tx=dlopt.adam(1e-3),
-            ...                           rng=0, flat=True)
+            ...                           rng=0)
             >>> state.params["w"].shape, state.stored_params
-            ((3, 2), FlatParams(2 leaves in {'params/float32': 8}))
+            ((3, 2), Buffers(2 leaves in {'params/float32': 8}))
         """
-        if not isinstance(flat, bool):
-            raise ValueError(f"flat must be True or False, got flat={flat!r}.")
-        if flat:
-            pad_to = jax.device_count() if pad_to is None else pad_to
-            stored = flatten(params, group_by=group_by, pack_below=pack_below, pad_to=pad_to)
-            opt_state = fused(tx).init(stored)
+        if flat is not None and not isinstance(flat, bool):
+            raise ValueError(f"flat must be None, True or False, got flat={flat!r}.")
+        if flat is False and (group_by is not None or pad_to is not None):
+            raise ValueError(
+                "group_by and pad_to are for the flat layout: pass flat=True with them."
+            )
+        layout = None
+        if flat is not False:
+            pad = jax.device_count() if pad_to is None else pad_to
+            plan = plan_layout(params, tx, group_by=group_by, pack_below=pack_below, pad_to=pad)
+            if flat is True:
+                _check_flat(plan)
+                layout = plan.layout
+            elif group_by is not None or pad_to is not None or prefers_flat(params):
+                layout = plan.layout if plan.elementwise else None
+        if layout is None:
+            stored = params
         else:
-            if group_by is not None or pad_to is not None:
-                raise ValueError(
-                    "group_by and pad_to are for the flat layout: pass flat=True with them."
-                )
-            stored, opt_state = params, tx.init(params)
+            stored = Buffers(pack(params, layout), layout)
         return cls(
             step=jnp.zeros((), jnp.int32),
             stored_params=stored,
-            opt_state=opt_state,
+            opt_state=tx.init(stored),
             model_state={} if model_state is None else model_state,
             rng=key_data(rng),
             skipped_steps=jnp.zeros((), jnp.int32),
@@ -170,14 +171,21 @@ class TrainState:
         )
 
     @property
-    def is_flat(self) -> bool:
-        """Whether the params are stored in the flat layout (a `FlatParams`)."""
-        return isinstance(self.stored_params, FlatParams)
+    def params(self) -> chex.ArrayTree:
+        """The params tree (in the flat layout a view of the buffers)."""
+        stored = self.stored_params
+        return stored.unflatten() if isinstance(stored, Buffers) else stored
 
     @property
-    def update_tx(self) -> GradientTransformation:
-        """The transform that updates ``stored_params``: ``tx``, or ``fused(tx)`` when flat."""
-        return fused(self.tx) if self.is_flat else self.tx
+    def layout(self) -> Layout | None:
+        """The flat layout's `dlopt.core.flat.Layout`, or None in the tree layout."""
+        stored = self.stored_params
+        return stored.layout if isinstance(stored, Buffers) else None
+
+    @property
+    def is_flat(self) -> bool:
+        """Whether the params are stored in the flat layout."""
+        return isinstance(self.stored_params, Buffers)
 
     @property
     def variables(self) -> dict[str, Any]:
@@ -189,33 +197,83 @@ class TrainState:
         """The RNG as a typed ``jax.random.key``."""
         return jax.random.wrap_key_data(self.rng)
 
+    def replace(self, **updates: Any) -> TrainState:
+        """A copy with the given fields replaced; ``params=`` (a tree, or `Buffers`) sets the
+        stored params in this state's layout."""
+        if "params" in updates:
+            updates["stored_params"] = self._stored(updates.pop("params"))
+        stored = updates.get("stored_params", self.stored_params)
+        if "opt_state" in updates and isinstance(stored, Buffers):
+            tx = updates.get("tx", self.tx)
+            updates["opt_state"] = _opt_state_in_layout(updates["opt_state"], tx, stored)
+        return dataclasses.replace(self, **updates)
+
+    def _stored(self, params: chex.ArrayTree) -> chex.ArrayTree:
+        stored = self.stored_params
+        if not isinstance(stored, Buffers) or isinstance(params, Buffers):
+            return params
+        layout = stored.layout
+        shapes = [tuple(jnp.shape(x)) for x in jax.tree.leaves(params)]
+        if jax.tree.structure(params) != layout.treedef or shapes != [
+            s.shape for s in layout.slots
+        ]:
+            raise ValueError(
+                "params do not fit this flat state's layout (another structure or leaf shapes); "
+                "build a new state with TrainState.create, or convert it with "
+                "dlopt.training.layout.to_tree first."
+            )
+        return Buffers(pack(params, layout), layout)
+
     def apply_gradients(self, grads: chex.ArrayTree, **extra_args: Any) -> TrainState:
         """One optimizer update: ``params <- params + tx.update(grads, ...)``, ``step += 1``.
 
-        Extra keyword arguments (e.g. ``value=`` for reduce-on-plateau) go to ``tx.update``.
+        ``grads`` are in this state's layout (or a tree, packed for a flat state). Extra
+        keyword arguments (e.g. ``value=`` for reduce-on-plateau) go to ``tx.update``.
         """
-        updates, opt_state = with_extra_args_support(self.update_tx).update(
+        grads = self._stored(grads)
+        updates, opt_state = with_extra_args_support(self.tx).update(
             grads, self.opt_state, self.stored_params, **extra_args
         )
         return self.replace(
             step=tree_lib.safe_increment(self.step),
-            params=apply_updates(self.stored_params, updates),
+            stored_params=apply_updates(self.stored_params, updates),
             opt_state=opt_state,
         )
 
 
-def _params_view(state: TrainState) -> chex.ArrayTree:
-    stored = state.stored_params
-    return stored.unflatten() if isinstance(stored, FlatParams) else stored
+jax.tree_util.register_dataclass(
+    TrainState,
+    data_fields=[
+        f.name for f in dataclasses.fields(TrainState) if f.metadata.get("pytree_node", True)
+    ],
+    meta_fields=[
+        f.name for f in dataclasses.fields(TrainState) if not f.metadata.get("pytree_node", True)
+    ],
+)
 
 
-def _replace(self: TrainState, **updates: Any) -> TrainState:
-    """A copy with the given fields replaced (``params=`` sets the stored params)."""
-    return dataclasses.replace(self, **{"params": _KEEP, **updates})
+def _opt_state_in_layout(opt_state: Any, tx: GradientTransformation, stored: Buffers) -> Any:
+    """``opt_state`` over ``stored``'s buffers: a state built over the params tree
+    (``tx.init(state.params)``) is packed into the layout; a flat one is returned as is."""
+    leaves = jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, Buffers))
+    if any(isinstance(x, Buffers) for x in leaves) or len(leaves) < stored.layout.num_leaves:
+        return opt_state
+    from dlopt.training.layout import opt_state_to_flat  # the layout module builds on this one
+
+    try:
+        return opt_state_to_flat(opt_state, tx, stored.layout)
+    except ValueError:  # not the tree layout's state either: the caller's business
+        return opt_state
 
 
-# set after flax's dataclass is built, so its field machinery never sees the view (a subclass
-# made with ``struct.dataclass`` gets flax's ``replace`` back: still right, a flat state then
-# re-packs its params tree on each ``replace``)
-TrainState.params = property(_params_view, doc="The params tree (a view of the flat buffers).")
-TrainState.replace = _replace
+def _check_flat(plan: Any) -> None:
+    """Refuses ``flat=True`` for a ``tx`` the flat layout cannot run exactly."""
+    if plan.error is not None:
+        raise ValueError(
+            f"flat=True: tx cannot run on the flat buffers ({plan.error}); pass flat=False."
+        )
+    if plan.foreign:
+        raise ValueError(
+            f"flat=True: tx holds {', '.join(plan.foreign)}, which may read leaf shapes the "
+            "flat layout does not show; pass flat=False (or use the dlopt transform)."
+        )

@@ -24,10 +24,10 @@ in ``state.skipped_steps``); its flags are one `StepOptions`. Two optional parts
 state: ``state.averages`` (a `dlopt.training.ModelEMA` average, updated after each applied
 update) and ``state.loss_scale`` (with ``loss_scale=``, started on the first step).
 
-A flat state (``TrainState.create(..., flat=True)``) is differentiated with respect to its
+A flat state (`TrainState.create`'s default where it is faster) is differentiated with respect to its
 flat buffers (``state.stored_params``): the loss function still gets the params tree (a view
-of the buffers), the gradients come back flat, and the optimizer runs as ``dlopt.fused(tx)``
-over the buffers, one fused pass each.
+of the buffers), the gradients come back flat, and the optimizer ``tx`` runs
+over the buffers, one fused pass each (`dlopt.training.state`).
 """
 
 from __future__ import annotations
@@ -40,11 +40,11 @@ import jax.numpy as jnp
 
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import GradientTransformation
+from dlopt.core.flat import Buffers
 from dlopt.training.options import StepOptions
 from dlopt.training.state import TrainState
 from dlopt.wrappers.accumulation import accumulate, accumulation_dtype
 from dlopt.wrappers.finite import all_finite, count_nonfinite, guarded
-from dlopt.wrappers.fused import FlatParams
 from dlopt.wrappers.loss_scale import DynamicLossScale
 
 LossFn = Callable[..., Any]
@@ -59,7 +59,7 @@ def batch_weight(batch: Any) -> jax.Array:
 
 
 def _call_loss(loss_fn, params, batch, model_state, rng, train):
-    if isinstance(params, FlatParams):  # the loss sees the tree; gradients stay flat
+    if isinstance(params, Buffers):  # the loss sees the tree; gradients stay flat
         params = params.unflatten()
     out = loss_fn(params, batch, model_state=model_state, rng=rng, train=train)
     loss, aux = out if isinstance(out, tuple) else (out, {})

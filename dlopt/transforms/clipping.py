@@ -16,6 +16,7 @@ import jax.numpy as jnp
 from dlopt.core import numerics, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import GradientTransformation, init_empty_state
+from dlopt.core.per_leaf import per_leaf
 
 
 def clip(max_delta: chex.Numeric) -> GradientTransformation:
@@ -89,6 +90,7 @@ def clip_by_global_norm(max_norm: chex.Numeric) -> GradientTransformation:
     return GradientTransformation(init_empty_state, update_fn)
 
 
+@per_leaf
 def clip_by_block_rms(threshold: chex.Numeric) -> GradientTransformation:
     """Rescales each leaf (block) so that its root-mean-square is at most ``threshold``.
 
@@ -172,6 +174,7 @@ def _agc_leaf(u, p, clipping, eps, axis):
     return jnp.where(g_norm < max_norm, u, clipped)
 
 
+@per_leaf
 def adaptive_grad_clip(
     clipping: chex.Numeric, eps: chex.Numeric = 1e-3, *, axis: Axis = None
 ) -> GradientTransformation:

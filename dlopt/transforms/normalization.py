@@ -9,6 +9,7 @@ import jax.numpy as jnp
 from dlopt.core import numerics, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import GradientTransformation, init_empty_state
+from dlopt.core.per_leaf import per_leaf
 
 
 def _centralize_leaf(u, out_dtype):
@@ -18,6 +19,7 @@ def _centralize_leaf(u, out_dtype):
     return (u_f - jnp.mean(u_f, axis=tuple(range(1, u.ndim)), keepdims=True)).astype(out_dtype)
 
 
+@per_leaf
 def centralize() -> GradientTransformation:
     """Gradient centralization: removes the mean over all but the leading axis.
 

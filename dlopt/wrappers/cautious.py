@@ -15,6 +15,7 @@ from dlopt.core.base import (
     GradientTransformationExtraArgs,
     with_extra_args_support,
 )
+from dlopt.core.per_leaf import per_leaf
 
 
 def _cautious_leaf(u, g, *, eps, updates_are_steps):
@@ -28,6 +29,7 @@ def _cautious_leaf(u, g, *, eps, updates_are_steps):
     return (u_f * scale.astype(f)).astype(u.dtype)
 
 
+@per_leaf
 def cautious(
     tx: GradientTransformation,
     eps: chex.Numeric = 1e-8,

@@ -32,6 +32,7 @@ from dlopt.core.base import (
     GradientTransformationExtraArgs,
     with_extra_args_support,
 )
+from dlopt.core.per_leaf import per_leaf
 
 CODES = ("dynamic", "linear")
 CODE_SIZE = 256  # 8 bits
@@ -260,6 +261,7 @@ class QuantizedState(NamedTuple):
     inner_state: Any  # tx's state; leaves of >= min_size floats are `QuantizedArray`
 
 
+@per_leaf
 def quantized(
     tx: GradientTransformation,
     bits: int = 8,

@@ -118,10 +118,8 @@ def test_labels_drive_fused_groups_and_optax_partition():
     labels = lambda p: dlopt.path_labels(p, {"^backbone/": "frozen"}, default="train")  # noqa: E731
     plain = dlopt.partition({"frozen": dlopt.set_to_zero(), "train": dlopt.adam(1e-2)}, labels)
     fused = dlopt.fused(
-        dlopt.partition(
-            {"frozen": dlopt.set_to_zero(), "train": dlopt.adam(1e-2)},
-            lambda tree: {label: label for label in tree},
-        ),
+        # the same labels inside: fused evaluates them on the params tree, as partition does
+        dlopt.partition({"frozen": dlopt.set_to_zero(), "train": dlopt.adam(1e-2)}, labels),
         group_by=labels,
     )
     reference = optax.partition({"frozen": optax.set_to_zero(), "train": optax.adam(1e-2)}, labels)

@@ -115,7 +115,7 @@ def test_train_classifier_survives_a_diverged_run_and_counts_the_classes():
 
 
 def test_prefers_flat_counts_small_leaves():
-    from dlopt.lab.experiments import prefers_flat
+    from dlopt.wrappers.fused import prefers_flat
 
     assert prefers_flat({"w": jnp.ones((64, 128)), "b": jnp.ones(128)})  # the demo's kind
     assert not prefers_flat({"w": jnp.ones((64, 128))})  # nothing to pack together

@@ -1,5 +1,6 @@
-"""The flat layout (``TrainState.create(..., flat=True)``) trains exactly like the tree layout:
-one device, pmap, an 8-device mesh with ZeRO-1; checkpoints, callbacks and averages too."""
+"""The flat layout (`TrainState.create`'s default where it is faster) trains exactly like the
+tree layout: one device, pmap, an 8-device mesh with ZeRO-1; checkpoints, callbacks and
+averages too; the same ``tx`` (a mask over the params tree) in both."""
 
 from __future__ import annotations
 
@@ -14,23 +15,20 @@ from support.training import MLP, N_DEV, STEPS, data_batches, make_loss_fn, run
 
 import dlopt
 from dlopt import training
+from dlopt.core.flat import Buffers
 from dlopt.training import TrainState
 from dlopt.training.checkpoint import ModelCheckpoint, restore
 from dlopt.training.layout import to_flat, to_tree
-from dlopt.wrappers.fused import FlatParams, FusedState
 
 
 def labels(params):
     return jax.tree.map(lambda x: "decay" if x.ndim > 1 else "no_decay", params)
 
 
-def make_tx(flat: bool):
-    """Clipping, a warmup-cosine schedule injected into AdamW, decay on kernels only: the
-    mask is a callable over the tree, or (flat) a prefix mask over the group_by labels."""
-    if flat:
-        mask = {"decay": True, "no_decay": False}
-    else:
-        mask = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)  # noqa: E731
+def make_tx():
+    """Clipping, a warmup-cosine schedule injected into AdamW, decay on kernels only (a
+    callable mask over the params tree, the same in both layouts)."""
+    mask = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)  # noqa: E731
     schedule = dlopt.warmup_cosine_decay_schedule(0.0, 0.05, 5, STEPS)
     return dlopt.chain(
         dlopt.clip_by_global_norm(0.5),
@@ -48,11 +46,11 @@ def make_model(**kwargs) -> MLP:
 def make_state(flat: bool, tx=None, **model_kwargs) -> TrainState:
     model = make_model(**model_kwargs)
     variables = model.init(jax.random.key(0), jnp.ones((2, 4)), jnp.arange(2), train=False)
-    extra = {"flat": True, "group_by": labels} if flat else {}
+    extra = {"flat": True, "group_by": labels} if flat else {"flat": False}
     return TrainState.create(
         apply_fn=model.apply,
         params=variables["params"],
-        tx=make_tx(flat) if tx is None else tx,
+        tx=make_tx() if tx is None else tx,
         rng=0,
         model_state={"batch_stats": variables["batch_stats"]},
         **extra,
@@ -114,7 +112,8 @@ def assert_matches_tree(state, losses, where="one"):
 def test_flat_state_stores_buffers_and_reads_as_the_tree():
     flat, tree = make_state(True), make_state(False)
     assert flat.is_flat and not tree.is_flat
-    assert isinstance(flat.stored_params, FlatParams) and isinstance(flat.opt_state, FusedState)
+    assert isinstance(flat.stored_params, Buffers) and flat.layout is flat.stored_params.layout
+    assert tree.layout is None
     assert set(flat.stored_params.buffers) == {"decay", "no_decay"}
     for buffer in jax.tree.leaves(flat.stored_params):
         assert buffer.ndim == 1 and buffer.size % jax.device_count() == 0  # padded to 8
@@ -206,16 +205,21 @@ def test_layouts_read_each_others_checkpoints(tmp_path):
     assert_close(plain["params"], runs[False].params)
 
 
-def test_flat_checkpoint_with_group_by_masks_restores_itself(tmp_path):
-    state = make_state(True)
-    state, _ = training.make_train_step(make_loss_fn(make_model()), donate=False)(
-        state, data_batches()[0]
-    )
+def test_flat_checkpoint_with_masks_restores_in_both_layouts(tmp_path):
+    step = training.make_train_step(make_loss_fn(make_model()), donate=False)
+    state, _ = step(make_state(True), data_batches()[0])
+    tree, _ = step(make_state(False), data_batches()[0])
     ModelCheckpoint(tmp_path, save_best_only=False).save(1, state, training.History())
     restored, _ = restore(tmp_path, target=make_state(True))
     assert_close(restored, state, tol=0)
-    with pytest.raises(ValueError, match="does not map between the tree and the flat layout"):
-        to_tree(state)
+    as_tree, _ = restore(tmp_path, target=make_state(False))
+    assert_close(as_tree, tree)
+    assert_close(to_tree(state), tree)
+
+
+def test_a_mask_the_layout_cannot_run_is_refused_with_flat_true():
+    with pytest.raises(ValueError, match="flat=False"):
+        make_state(True, tx=dlopt.masked(dlopt.sgd(0.1), lambda p: jax.tree.map(jnp.isnan, p)))
 
 
 def test_fit_with_early_stopping_and_model_ema_on_a_flat_state():
@@ -240,5 +244,5 @@ def test_fit_with_early_stopping_and_model_ema_on_a_flat_state():
         flat_history.history["val_loss"], tree_history.history["val_loss"], rtol=1e-5
     )
     assert_close(flat.params, tree.params, tol=1e-5)
-    assert isinstance(flat.averages.params, FlatParams)
+    assert isinstance(flat.averages.params, Buffers)
     assert_close(flat.averages.params.unflatten(), tree.averages.params, tol=1e-5)

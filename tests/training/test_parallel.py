@@ -14,6 +14,7 @@ from support.training import MLP, N_DEV, data_batches, make_data, make_loss_fn, 
 import dlopt
 from dlopt import training
 from dlopt.training import TrainState
+from dlopt.training.layout import to_tree
 
 
 @functools.cache
@@ -94,7 +95,7 @@ def test_mesh_matches_one_device(shard_opt_state, per_example_dropout):
 
 
 def test_state_sharding_zero1_specs():
-    state = make_state()
+    state = to_tree(make_state())  # the per-leaf rules of the tree layout
     mesh = training.make_mesh(N_DEV)
     shardings = training.state_sharding(state, mesh, shard_opt_state=True)
     trace = shardings.opt_state[0].trace

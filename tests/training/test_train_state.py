@@ -24,7 +24,7 @@ def test_create_fields():
     jax.tree.map(
         lambda a, b: np.testing.assert_array_equal(a, b),
         state.opt_state,
-        state.tx.init(state.params),
+        state.tx.init(state.stored_params),  # the default layout: flat here
     )
 
 
@@ -49,7 +49,7 @@ def test_is_pytree_with_static_tx():
     leaves, treedef = jax.tree.flatten(state)
     # step, rng, skipped_steps and every params/opt/model leaf; tx and apply_fn are static
     expected = 3 + sum(
-        len(jax.tree.leaves(t)) for t in (state.params, state.opt_state, state.model_state)
+        len(jax.tree.leaves(t)) for t in (state.stored_params, state.opt_state, state.model_state)
     )
     assert len(leaves) == expected
     back = jax.tree.unflatten(treedef, leaves)

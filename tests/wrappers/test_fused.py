@@ -1,5 +1,5 @@
-"""`dlopt.fused`: the same numbers as the unfused rule, one buffer per dtype, flat
-params."""
+"""`dlopt.fused` and the flat layout: the same numbers as the unfused rule, one buffer per
+dtype; masks and per-leaf transforms keep their meaning over the buffers."""
 
 from __future__ import annotations
 
@@ -18,16 +18,9 @@ from hypothesis import given
 from jax.tree_util import keystr, tree_flatten_with_path
 
 import dlopt
+from dlopt.core.flat import Buffers, flatten, layout_of, pack, unpack
 from dlopt.testing import check_transformation
-from dlopt.wrappers.fused import (
-    PACK_BELOW,
-    FlatParams,
-    FusedState,
-    flatten,
-    layout_of,
-    pack,
-    unpack,
-)
+from dlopt.wrappers.fused import FusedState, plan_layout
 
 STEPS = 50
 # A matrix, a vector, a scalar, a conv kernel, a None leaf; nested dicts and lists.
@@ -114,7 +107,7 @@ def test_state_is_one_buffer_per_dtype():
     params = {"a": jnp.ones((4, 4)), "b": [jnp.ones(3)] * 5, "h": jnp.ones(7, jnp.bfloat16)}
     state = dlopt.fused(dlopt.adam(1e-3)).init(params)
     mu = state.inner[0].mu
-    assert jax.tree.map(jnp.shape, mu) == {"params": {"bfloat16": (7,), "float32": (31,)}}
+    assert jax.tree.map(jnp.shape, mu.buffers) == {"params": {"bfloat16": (7,), "float32": (31,)}}
     assert len(state_buffers(state)) == 4  # mu and nu, one per dtype
     assert len(state_buffers(dlopt.adam(1e-3).init(params))) == 14  # one per leaf
 
@@ -135,13 +128,14 @@ def test_mixed_dtypes_and_none_leaves_keep_their_dtypes():
 
 
 def test_params_held_flat_give_the_same_training():
-    """Params kept as `FlatParams`: flat gradients from jax.grad, same result as the tree."""
+    """Params kept as `Buffers`: flat gradients from jax.grad, ``tx`` run on them as it is,
+    the same result as the tree."""
 
     def loss(tree):
         leaves = [x for x in jax.tree.leaves(tree)]
         return sum(jnp.sum(jnp.square(x - 0.5) * (i + 1)) for i, x in enumerate(leaves))
 
-    tx = dlopt.fused(dlopt.adam(0.05))
+    tx = dlopt.adam(0.05)
 
     def train(p, flat: bool):
         def body(carry, _):
@@ -154,27 +148,29 @@ def test_params_held_flat_give_the_same_training():
 
     params = tree_of(SHAPES, 0)
     tree_result, flat_result = jax.jit(lambda p: (train(p, False), train(flatten(p), True)))(params)
-    assert isinstance(flat_result, FlatParams)
+    assert isinstance(flat_result, Buffers)
     chex.assert_trees_all_close(flat_result.unflatten(), tree_result, rtol=1e-6, atol=1e-7)
     assert float(loss(tree_result)) < 0.5 * float(loss(params))
 
 
-@pytest.mark.parametrize("pack_below", [PACK_BELOW, 16])
-@pytest.mark.parametrize("init_flat", [False, True])
-def test_flat_update_accepts_tree_params_and_flat_gradients(pack_below, init_flat):
-    """Any mix of tree and flat, with the state made from either (16: own-buffer leaves,
-    whose state is shaped like the leaf from a tree and 1-D from `FlatParams`)."""
-    tx = dlopt.fused(dlopt.adamw(1e-2, weight_decay=0.1), pack_below=pack_below)
-    flat = flatten(PARAMS, pack_below=pack_below)
-    grads = flatten({**tree_of(SHAPES, 3), "frozen": None}, pack_below=pack_below)
-    state = tx.init(flat if init_flat else PARAMS)
-    u_flat, _ = tx.update(grads, state, flat)
-    u_mixed, _ = tx.update(grads, state, PARAMS)
-    u_tree, _ = tx.update(grads.unflatten(), state, PARAMS)
-    u_tree_flat_params, _ = tx.update(grads.unflatten(), state, flat)
-    chex.assert_trees_all_close(u_flat.unflatten(), u_tree, rtol=1e-6)
-    chex.assert_trees_all_close(u_tree_flat_params, u_tree, rtol=1e-6)
-    chex.assert_trees_all_close(u_mixed.unflatten(), u_tree, rtol=1e-6)
+def test_masks_over_the_params_tree_mean_the_same_inside_fused():
+    """weights_only, no group_by: the planner gives decayed and kept leaves separate buffers."""
+    make = lambda: dlopt.adamw(1e-2, weight_decay=0.5, mask=dlopt.weights_only)  # noqa: E731
+    (p1, _, _), (p2, s2, _) = jax.jit(
+        lambda p, g: (run(make(), p, g), run(dlopt.fused(make()), p, g))
+    )(PARAMS, GRADS)
+    chex.assert_trees_all_close(p2, p1, rtol=1e-6, atol=1e-7)
+    assert len(jax.tree.leaves(s2.inner[0].mu)) == 2  # kernels, the rest
+
+
+def test_a_buffer_mixing_mask_values_is_a_clear_error():
+    """A layout not planned for the mask (plain `flatten`) is refused, not silently wrong."""
+    flat = flatten(tree_of(SHAPES, 0))
+    tx = dlopt.adamw(1e-2, mask=dlopt.weights_only)
+    with pytest.raises(ValueError, match="different mask values"):
+        tx.init(flat)
+    planned = plan_layout(tree_of(SHAPES, 0), tx).layout
+    assert len(planned.groups) == 2
 
 
 def test_group_by_labels_carry_a_mask():
@@ -188,7 +184,7 @@ def test_group_by_labels_carry_a_mask():
         lambda p, g: (run(plain, p, g), run(fast, p, g), run(unmasked, p, g))
     )(PARAMS, GRADS)
     chex.assert_trees_all_close(p2, p1, rtol=1e-6, atol=1e-7)
-    assert set(s2.inner[0].mu) == {"decay", "keep"}
+    assert set(s2.inner[0].mu.buffers) == {"decay", "keep"}
     assert not jnp.allclose(no_mask["dense"]["bias"], p1["dense"]["bias"])  # the mask matters
 
 
@@ -230,14 +226,14 @@ def test_bad_group_by_names_itself():
         tx.init({"a": jnp.ones(2), "b": jnp.ones(2)})
 
 
-def test_per_leaf_transforms_see_a_group_as_one_block():
-    """Documented: clip_by_block_rms inside fused clips the whole buffer, not each leaf."""
+def test_per_leaf_transforms_clip_each_leaf_inside_fused():
+    """clip_by_block_rms carries the per_leaf marker: inside fused it still clips each leaf."""
     params = {"small": jnp.full(4, 0.1), "big": jnp.full(4, 10.0)}
     plain = dlopt.clip_by_block_rms(1.0)
     u1, _ = plain.update(params, plain.init(params))
     u2, _ = dlopt.fused(plain).update(params, dlopt.fused(plain).init(params))
-    chex.assert_trees_all_close(u1["small"], params["small"])
-    assert float(u2["small"][0]) < 0.1  # shrunk together with "big"
+    chex.assert_trees_all_close(u2, u1)
+    chex.assert_trees_all_close(u2["small"], params["small"])
 
 
 leaf_shapes = st.lists(st.lists(st.integers(0, 4), max_size=3).map(tuple), max_size=6)
@@ -279,10 +275,11 @@ def test_large_leaves_keep_their_own_buffers():
         ("float32:000000", 64),
     ]
     tx = dlopt.fused(dlopt.sgd(0.1, momentum=0.9), pack_below=64)
-    assert jax.tree.map(jnp.shape, tx.init(params).inner[0].trace) == {
+    assert jax.tree.map(jnp.shape, tx.init(params).inner[0].trace.buffers) == {
         "params": {"float32": (8,), "float32:000000": (8, 8)}  # a tree: the leaf's own shape
     }
-    assert jax.tree.map(jnp.shape, tx.init(flatten(params, pack_below=64)).inner[0].trace) == {
+    flat = flatten(params, pack_below=64)  # the flat layout: every buffer 1-D
+    assert jax.tree.map(jnp.shape, dlopt.sgd(0.1, momentum=0.9).init(flat)[0].trace.buffers) == {
         "params": {"float32": (8,), "float32:000000": (64,)}
     }
     assert len(flatten(params, pack_below=None).layout.groups) == 1

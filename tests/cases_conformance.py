@@ -1,0 +1,171 @@
+"""The conformance table: one or more entries per exported transform factory.
+
+Shared by test_conformance.py (the chex kit on every entry) and test_layout_shelf.py (every
+entry gives the same parameters in the tree and the flat layout).
+"""
+
+from __future__ import annotations
+
+import cases_adam_family
+import cases_large_batch
+import cases_modern
+import cases_schedule_free
+import cases_second_order
+import jax
+import jax.numpy as jnp
+from helpers import Entry
+
+import dlopt
+
+
+def _matrices(params):
+    return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
+
+
+def _labels(params):
+    return jax.tree.map(lambda p: "matrix" if jnp.ndim(p) > 1 else "other", params)
+
+
+def _frozen_by_path(params):
+    # default_params' paths: "matrix", "vector", "scalar", "nested/0", "nested/1/0" (under
+    # "0/" when the kit wraps them as (params, None)), so patterns anchor at a "/" or the start
+    rules = {"(^|/)nested/": "frozen", "(^|/)matrix$": "frozen"}
+    return dlopt.path_labels(params, rules, default="train")
+
+
+def _halve(updates, params):
+    return jax.tree.map(lambda u: 0.5 * u, updates)
+
+
+def _schedule(count):
+    return 0.1 / (1.0 + count.astype(jnp.float32))
+
+
+DECAYS = {"decays_weights": True}
+
+TRANSFORMS = [
+    # the contract and its combinators
+    Entry("identity", "", dlopt.identity),
+    Entry("stateless", "", lambda: dlopt.stateless(_halve)),
+    Entry("with_extra_args_support", "", lambda: dlopt.with_extra_args_support(dlopt.scale(0.5))),
+    Entry("chain", "", lambda: dlopt.chain(dlopt.scale(2.0), dlopt.trace(0.5))),
+    Entry("chain", "empty", dlopt.chain),
+    Entry(
+        "named_chain",
+        "",
+        lambda: dlopt.named_chain(("m", dlopt.trace(0.9)), ("lr", dlopt.scale(-0.1))),
+    ),
+    Entry("masked", "", lambda: dlopt.masked(dlopt.sgd(0.1, momentum=0.9), _matrices)),
+    Entry(
+        "partition",
+        "",
+        lambda: dlopt.partition({"matrix": dlopt.adam(1e-2), "other": dlopt.sgd(0.1)}, _labels),
+    ),
+    # scaling blocks
+    Entry("scale", "", lambda: dlopt.scale(-0.1)),
+    Entry("scale_by_schedule", "", lambda: dlopt.scale_by_schedule(_schedule)),
+    Entry("scale_by_learning_rate", "float", lambda: dlopt.scale_by_learning_rate(0.1)),
+    # optimizers
+    Entry("trace", "", lambda: dlopt.trace(0.9, nesterov=True)),
+    Entry("sgd", "plain", lambda: dlopt.sgd(0.1)),
+    Entry("sgd", "momentum", lambda: dlopt.sgd(0.1, momentum=0.9)),
+    Entry("sgd", "nesterov_schedule", lambda: dlopt.sgd(_schedule, momentum=0.9, nesterov=True)),
+    Entry("scale_by_rss", "", dlopt.scale_by_rss),
+    Entry("adagrad", "", lambda: dlopt.adagrad(0.1)),
+    Entry("scale_by_rms", "", dlopt.scale_by_rms),
+    Entry("scale_by_stddev", "", dlopt.scale_by_stddev),
+    Entry(
+        "rmsprop",
+        "centered_nesterov",
+        lambda: dlopt.rmsprop(1e-2, centered=True, momentum=0.9, nesterov=True),
+    ),
+    Entry("scale_by_adadelta", "", dlopt.scale_by_adadelta),
+    Entry("adadelta", "", lambda: dlopt.adadelta(1.0)),
+    Entry(
+        "scale_by_adam",
+        "nesterov_bf16_mu",
+        lambda: dlopt.scale_by_adam(mu_dtype=jnp.bfloat16, nesterov=True),
+    ),  # fmt: skip
+    Entry("adam", "", lambda: dlopt.adam(1e-2)),
+    Entry("adamw", "", lambda: dlopt.adamw(1e-2), DECAYS),
+    Entry("nadam", "", lambda: dlopt.nadam(1e-2)),
+    Entry("nadamw", "", lambda: dlopt.nadamw(1e-2), DECAYS),
+    Entry("scale_by_adamax", "", dlopt.scale_by_adamax),
+    Entry("adamax", "", lambda: dlopt.adamax(1e-2)),
+    Entry("scale_by_lion", "", dlopt.scale_by_lion),
+    Entry("lion", "", lambda: dlopt.lion(1e-3), DECAYS),
+    # regularizers
+    Entry("add_decayed_weights", "", lambda: dlopt.add_decayed_weights(1e-2), DECAYS),
+    Entry(
+        "add_decayed_weights",
+        "masked_schedule",
+        lambda: dlopt.add_decayed_weights(_schedule, mask=_matrices),
+        DECAYS,
+    ),
+    Entry("add_l1_subgradient", "", lambda: dlopt.add_l1_subgradient(1e-2), DECAYS),
+    # clipping
+    Entry("clip", "", lambda: dlopt.clip(0.5)),
+    Entry("clip_by_global_norm", "", lambda: dlopt.clip_by_global_norm(1.0)),
+    Entry("clip_by_block_rms", "", lambda: dlopt.clip_by_block_rms(0.5)),
+    Entry("adaptive_grad_clip", "", lambda: dlopt.adaptive_grad_clip(0.1)),
+    # wrappers and the fused path
+    Entry("inject_hyperparams", "adam", lambda: dlopt.inject_hyperparams(dlopt.adam)(1e-2)),
+    Entry(
+        "inject_stateful_hyperparams",
+        "sgd",
+        lambda: dlopt.inject_stateful_hyperparams(dlopt.sgd)(learning_rate=0.1, momentum=0.9),
+    ),
+    Entry(
+        "inject_hyperparams",
+        "sgd_schedule",
+        lambda: dlopt.inject_hyperparams(dlopt.sgd)(learning_rate=_schedule, momentum=0.9),
+    ),
+    Entry("apply_if_finite", "", lambda: dlopt.apply_if_finite(dlopt.sgd(0.1, momentum=0.9), 3)),
+    Entry("multi_steps", "", lambda: dlopt.multi_steps(dlopt.adam(1e-2), 2)),
+    Entry(
+        "quantized",
+        "adam",  # tiny blocks and leaves, so the default params' matrices are quantized
+        lambda: dlopt.quantized(dlopt.adam(1e-2), block_size=4, min_size=4),
+    ),
+    Entry("fused", "adamw", lambda: dlopt.fused(dlopt.adamw(1e-2)), DECAYS),
+    Entry(
+        "fused",
+        "grouped",
+        lambda: dlopt.fused(
+            dlopt.partition({"matrix": dlopt.adam(1e-2), "other": dlopt.sgd(0.1)}, _labels),
+            group_by=_labels,
+        ),
+    ),
+    # plateau
+    Entry(
+        "reduce_on_plateau",
+        "",
+        lambda: dlopt.chain(dlopt.sgd(0.1), dlopt.reduce_on_plateau(patience=0)),
+        {"extra_args": {"value": 1.0}},
+    ),
+    # freezing and parameter groups named by path (transfer learning)
+    Entry("set_to_zero", "", dlopt.set_to_zero),
+    Entry(
+        "partition",
+        "path_labels_frozen",
+        lambda: dlopt.partition(
+            {"frozen": dlopt.set_to_zero(), "train": dlopt.adam(1e-2)}, _frozen_by_path
+        ),
+    ),
+    Entry(
+        "fused",
+        "path_labels_frozen",
+        lambda: dlopt.fused(
+            dlopt.partition(
+                {"frozen": dlopt.set_to_zero(), "train": dlopt.adam(1e-2)}, _frozen_by_path
+            ),
+            group_by=_frozen_by_path,
+        ),
+    ),
+    # the families and wrappers added per group (tests/cases_*.py)
+    *cases_adam_family.CONFORMANCE,
+    *cases_large_batch.CONFORMANCE,
+    *cases_modern.CONFORMANCE,
+    *cases_schedule_free.CONFORMANCE,
+    *cases_second_order.CONFORMANCE,
+]
