@@ -18,7 +18,7 @@ from dlopt.core.base import (
     identity,
 )
 from dlopt.core.combine import chain
-from dlopt.linesearch.backtracking import add_scale, check_flag, real_dtype, sq_norm, vdot_real
+from dlopt.linesearch.backtracking import add_scale, check_flag
 from dlopt.linesearch.zoom import scale_by_zoom_linesearch
 from dlopt.transforms.scaling import scale, scale_by_learning_rate
 
@@ -52,7 +52,7 @@ def _two_loop(updates, state_memory, gamma, memory_idx, dtype):
     vec = jax.tree.map(lambda u: u.astype(numerics.compute_dtype(u.dtype)), updates)  # jnp
 
     def newest_first(q, i):
-        alpha = rhos[i] * vdot_real(_slot(diff_params, i), q, dtype)
+        alpha = rhos[i] * numerics.real_vdot(_slot(diff_params, i), q, dtype)
         return add_scale(q, -alpha, _slot(diff_updates, i)), alpha
 
     vec, alphas = jax.lax.scan(newest_first, vec, order, reverse=True)
@@ -60,7 +60,7 @@ def _two_loop(updates, state_memory, gamma, memory_idx, dtype):
 
     def oldest_first(r, i_alpha):
         i, alpha = i_alpha
-        beta = rhos[i] * vdot_real(_slot(diff_updates, i), r, dtype)
+        beta = rhos[i] * numerics.real_vdot(_slot(diff_updates, i), r, dtype)
         return add_scale(r, alpha - beta, _slot(diff_params, i)), beta
 
     vec, _ = jax.lax.scan(oldest_first, vec, (order, alphas))
@@ -134,7 +134,7 @@ def scale_by_lbfgs(
             updates=zeros,
             diff_params_memory=ring,
             diff_updates_memory=ring,
-            weights_memory=jnp.zeros((memory_size,), real_dtype(params)),
+            weights_memory=jnp.zeros((memory_size,), numerics.scalar_dtype(params)),
         )
 
     def update_fn(updates, state, params=None):
@@ -143,7 +143,7 @@ def scale_by_lbfgs(
                 "scale_by_lbfgs needs params: call update(updates, state, params, ...)."
             )
         params, updates = jax.tree.map(jnp.asarray, (params, updates))  # numpy in, jax dtypes
-        dtype = real_dtype(params)
+        dtype = numerics.scalar_dtype(params)
         first = state.count == 0
         memory_idx = state.count % memory_size  # slot k mod m: the oldest pair
         prev_idx = (state.count - 1) % memory_size  # where the pair (s_{k-1}, y_{k-1}) goes
@@ -155,7 +155,7 @@ def scale_by_lbfgs(
         diff_params, diff_updates = jax.tree.map(
             lambda d: jnp.where(first, jnp.zeros_like(d), d), (diff_params, diff_updates)
         )
-        curvature = vdot_real(diff_updates, diff_params, dtype)
+        curvature = numerics.real_vdot(diff_updates, diff_params, dtype)
         weight = jnp.where(curvature == 0.0, 0.0, 1.0 / curvature)
         weight = jnp.where(first, jnp.zeros_like(weight), weight)
         memory = jax.tree.map(
@@ -165,9 +165,9 @@ def scale_by_lbfgs(
         )
         # 2. gamma_k, the scale of the initial inverse Hessian
         if scale_init_precond:
-            sq = sq_norm(diff_updates, dtype)
+            sq = numerics.squared_norm(diff_updates, dtype)
             gamma = jnp.where(sq > 0.0, curvature / sq, jnp.ones((), dtype))
-            norm = jnp.sqrt(sq_norm(jax.lax.stop_gradient(updates), dtype))
+            norm = jnp.sqrt(numerics.squared_norm(jax.lax.stop_gradient(updates), dtype))
             gamma = jnp.where(first, jnp.minimum(1.0, 1.0 / norm), gamma)
         else:
             gamma = jnp.ones((), dtype)

@@ -79,8 +79,7 @@ def scale_by_lion(
         >>> tx = dlopt.chain(dlopt.scale_by_lion(), dlopt.scale_by_learning_rate(1e-4))
     """
     numerics.check_betas(b1, b2)
-    if mode not in LION_MODES:
-        raise ValueError(f"mode must be one of {LION_MODES}, got mode={mode!r}.")
+    validation.check_choice("mode", mode, LION_MODES)
     validation.check_positive("smooth_beta", smooth_beta)
     leaf_fn = functools.partial(_lion_leaf, b1=b1, b2=b2, mode=mode, smooth_beta=smooth_beta)
     return rule.moment_rule(
