@@ -17,7 +17,11 @@ import jax.numpy as jnp
 
 from dlopt.core import numerics, rule, validation
 from dlopt.core import tree as tree_lib
-from dlopt.core.base import GradientTransformationExtraArgs, ScalarOrSchedule
+from dlopt.core.base import (
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+    with_extra_args_support,
+)
 
 
 def _real_vdot(a: chex.Array, b: chex.Array) -> chex.Array:
@@ -50,61 +54,67 @@ def _d_adaptation(
     keep_params0: bool = False,
     final: Callable[..., chex.ArrayTree] | None = None,
 ) -> GradientTransformationExtraArgs:
-    """The update `prodigy` and `dadapt_adamw` share: the state, the step size
-    ``dlr = d * lr(t) * sqrt(1 - b2^t) / (1 - b1^t)``, one pass of ``leaf_fn`` over the
-    leaves (moments ``m, v, s`` and the per-leaf sums of the numerator and of ``|s|``), and
-    the distance estimate ``d <- max(d, coef * r / sum|s|)``, never shrinking.
+    """The update `prodigy` and `dadapt_adamw` share: the moments ``m, v, s`` (one pass of
+    ``leaf_fn``, which also returns per-leaf sums of the numerator and of ``|s|``), the step
+    size ``dlr = d * lr(t) * sqrt(1 - b2^t) / (1 - b1^t)`` and the distance estimate
+    ``d <- max(d, coef * r / sum|s|)``, which never shrinks.
 
     ``estimate(r_old, d, dlr, d0, numerator, s_norm)`` gives the rule's ``(r, sum|s|, coef)``;
-    ``final(m, v, params, dlr, d_next, out_dtypes)``, if given, recomputes the updates with
-    the new ``d`` (Prodigy); otherwise the updates are ``leaf_fn``'s own.
+    ``final(state, params, dlr, out_dtypes)``, if given, recomputes the updates from the new
+    state (Prodigy steps with the new ``d``); otherwise they are ``leaf_fn``'s own.
     """
-    numerics.check_rounding(state_rounding)
-    mu_dtype, nu_dtype = numerics.canonical_dtype(mu_dtype), numerics.canonical_dtype(nu_dtype)
 
-    def init_fn(params):
-        dtype = numerics.scalar_dtype(params)
-        fields = {
-            "exp_avg": tree_lib.moments_like(params, mu_dtype),
-            "exp_avg_sq": tree_lib.moments_like(params, nu_dtype),
-            "grad_sum": tree_lib.moments_like(params, mu_dtype),
-            "estim_lr": jnp.asarray(estim_lr0).astype(dtype),
-            "numerator_weighted": jnp.zeros([], dtype),
-            "count": jnp.zeros([], jnp.int32),
-        }
-        if keep_params0:
-            fields["params0"] = tree_lib.copy(params)
-        return state_cls(**fields)
-
-    def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
-        if params is None:
-            raise ValueError(f"{name} needs params: call update(grads, state, params).")
-        tree_lib.check_matching_trees(params, updates, "params", "updates")
+    def step_size(state):
         d, dtype = state.estim_lr, state.estim_lr.dtype
         count = tree_lib.safe_increment(state.count)
         sched = learning_rate(state.count) if callable(learning_rate) else learning_rate
         bc = numerics.bias_correction(b2, count) ** 0.5 / numerics.bias_correction(b1, count)
-        dlr = (d * jnp.asarray(sched).astype(dtype) * bc.astype(dtype)).astype(dtype)
-        d0 = jnp.asarray(estim_lr0).astype(dtype)
-        moments = (state.exp_avg, state.exp_avg_sq, state.grad_sum)
-        inputs = (params, state.params0) if keep_params0 else (params,)
-        new_updates, m, v, s, numerators, s_norms = rule.lift(
-            leaf_fn, updates, moments + inputs, count=count, rounding=state_rounding,
-            params=params, d=d, dlr=dlr, d0=d0,
-        )  # fmt: skip
+        return (d * jnp.asarray(sched).astype(dtype) * bc.astype(dtype)).astype(dtype)
+
+    def step(state, count, params):
+        d = state.estim_lr
+        return {"d": d, "dlr": step_size(state), "d0": jnp.asarray(estim_lr0).astype(d.dtype)}
+
+    def extra_init(params):
+        dtype = numerics.scalar_dtype(params)
+        fields = {"estim_lr": jnp.asarray(estim_lr0).astype(dtype)}
+        fields["numerator_weighted"] = jnp.zeros([], dtype)
+        return fields | ({"params0": tree_lib.copy(params)} if keep_params0 else {})
+
+    def extra_update(state, count, kw, extras):
+        numerators, s_norms = extras or ({}, {})
+        d, dtype = kw["d"], state.estim_lr.dtype
         r, denominator, coef = estimate(
-            state.numerator_weighted, d, dlr, d0, _total(numerators, dtype), _total(s_norms, dtype)
-        )
+            state.numerator_weighted, d, kw["dlr"], kw["d0"], _total(numerators, dtype),
+            _total(s_norms, dtype),
+        )  # fmt: skip
         safe = jnp.where(denominator > 0, denominator, jnp.ones_like(denominator))
         d_next = jnp.maximum(d, jnp.where(denominator > 0, coef * r / safe, d).astype(dtype))
-        if final is not None:
-            new_updates = final(m, v, params, dlr, d_next, numerics.out_dtypes(updates, params))
-        fields = {"exp_avg": m, "exp_avg_sq": v, "grad_sum": s, "estim_lr": d_next}
-        fields |= {"numerator_weighted": r, "count": count}
-        return new_updates, state_cls(**{**state._asdict(), **fields})
+        return {"estim_lr": d_next, "numerator_weighted": r}
 
-    return GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = rule.moment_rule(
+        state_cls,
+        leaf_fn,
+        moments={"exp_avg": mu_dtype, "exp_avg_sq": nu_dtype, "grad_sum": mu_dtype},
+        rounding=state_rounding,
+        needs_params=name,
+        inputs=lambda updates, state, params: (
+            (params, state.params0) if keep_params0 else (params,)
+        ),
+        step=step,
+        extra_init=extra_init,
+        extra_update=extra_update,
+    )
+    if final is None:
+        return with_extra_args_support(tx)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        _, new_state = tx.update(updates, state, params)
+        dtypes = numerics.out_dtypes(updates, params)
+        return final(new_state, params, step_size(state), dtypes), new_state
+
+    return GradientTransformationExtraArgs(tx.init, update_fn)
 
 
 class ProdigyState(NamedTuple):
@@ -227,11 +237,11 @@ def prodigy(
         r = b3 * r_old
         return r + (d / d0) * dlr * numerator, s_norm, estim_lr_coef
 
-    def final(m, v, params, dlr, d_next, out_dtypes):
+    def final(state, params, dlr, out_dtypes):  # the step with the new d
         leaf_fn = functools.partial(
-            _prodigy_update_leaf, dlr=dlr, d_eps=d_next * eps, weight_decay=weight_decay
+            _prodigy_update_leaf, dlr=dlr, d_eps=state.estim_lr * eps, weight_decay=weight_decay
         )
-        return jax.tree.map(leaf_fn, m, v, params, out_dtypes)
+        return jax.tree.map(leaf_fn, state.exp_avg, state.exp_avg_sq, params, out_dtypes)
 
     leaf_fn = functools.partial(
         _prodigy_moments_leaf, b1=b1, b2=b2, b3=beta3, safeguard_warmup=safeguard_warmup
