@@ -126,6 +126,21 @@ def moment_rule(
     Returns:
         A `GradientTransformation` whose ``update`` returns each update in its parameter's
         dtype and ``state_cls`` with the new count, moments and extra fields.
+
+    Example:
+        >>> from typing import Any, NamedTuple
+        >>> import jax.numpy as jnp
+        >>> from dlopt.core import rule
+        >>> class TraceState(NamedTuple):
+        ...     count: Any
+        ...     mu: Any
+        >>> def trace_leaf(g, mu, leaf, out_dtype, *, writer):
+        ...     mu = writer.put(0.9 * mu + g, mu, leaf, 1)
+        ...     return mu.astype(out_dtype), mu
+        >>> tx = rule.moment_rule(TraceState, trace_leaf, moments={"mu": None}, rounding="nearest")
+        >>> updates, state = tx.update({"w": jnp.ones(2)}, tx.init({"w": jnp.zeros(2)}))
+        >>> updates["w"], state.count
+        (Array([1., 1.], dtype=float32), Array(1, dtype=int32))
     """
     numerics.check_rounding(rounding)
     specs = {

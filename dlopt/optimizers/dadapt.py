@@ -2,7 +2,9 @@
 
 `dadapt_adamw` (D-Adapt Adam) and `prodigy` (its faster-adapting variant) estimate
 :math:`d \\approx \\|x_0 - x_*\\|` from the gradients seen so far and step with it, so the
-``learning_rate`` is only a schedule multiplier around 1.0.
+``learning_rate`` is only a schedule multiplier around 1.0. Both run one update,
+`_d_adaptation` (state, step size, moments, the estimate of :math:`d`); they differ only in
+their per-leaf moments and in how the numerator :math:`r` of the estimate accumulates.
 """
 
 from __future__ import annotations
