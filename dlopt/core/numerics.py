@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from dlopt.core import validation
-from dlopt.core.tree import dtype_of, scalar_like
+from dlopt.core.tree import dtype_of, safe_increment, scalar_like
 
 ROUNDINGS = ("stochastic", "nearest")
 
@@ -178,6 +178,18 @@ def bias_correction(decay: chex.Numeric, count: chex.Array) -> chex.Array:
 def unbias(x: chex.Array, decay: chex.Numeric, count: chex.Array) -> chex.Array:
     """``x / (1 - decay**count)``: the correction is computed in float32, then cast."""
     return x / bias_correction(decay, count).astype(x.dtype)
+
+
+def unbias_momentum(
+    m: chex.Array, g: chex.Array, decay: chex.Numeric, count: chex.Array, *, nesterov: bool
+) -> chex.Array:
+    """The bias-corrected first moment ``m / (1 - decay**t)`` (``t = count``), or with
+    ``nesterov`` Nadam's look-ahead (Dozat, 2016) as optax writes it:
+    ``decay * m / (1 - decay**(t+1)) + (1 - decay) * g / (1 - decay**t)``."""
+    if not nesterov:
+        return unbias(m, decay, count)
+    ahead = scalar_like(decay, m) * unbias(m, decay, safe_increment(count))
+    return ahead + scalar_like(1 - decay, m) * unbias(g, decay, count)
 
 
 # --- storage with stochastic rounding

@@ -159,3 +159,16 @@ def check_positive(name: str, value: Any) -> None:
     v = _concrete_float(name, value)
     if v is not None and not (math.isfinite(v) and v > 0):
         raise ValueError(f"{name} must be finite and > 0, got {name}={value!r}.")
+
+
+def check_beta_pair(name: str, betas: Any) -> tuple[Any, Any]:
+    """``betas`` is a pair ``(b1, b2)`` (tuple or list), each in [0, 1); returns the pair.
+
+    Raises ``TypeError`` naming ``name`` when it is not a pair, ``ValueError`` naming
+    ``name[0]`` or ``name[1]`` when a value is out of range.
+    """
+    if not isinstance(betas, tuple | list) or len(betas) != 2:
+        raise TypeError(f"{name} must be a pair (b1, b2), got {name}={betas!r}.")
+    for i, value in enumerate(betas):
+        check_in_range(f"{name}[{i}]", value, 0.0, 1.0)
+    return betas[0], betas[1]

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import chex
 import jax.numpy as jnp
 
-from dlopt.core import numerics, validation
+from dlopt.core import numerics, rule
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
     GradientTransformation,
@@ -27,12 +27,7 @@ def _belief_leaf(g, mu, nu, leaf, out_dtype, *, b1, b2, eps, eps_root, nesterov,
     m = mu.astype(f)
     s = numerics.ema(nu.astype(f), numerics.abs_sq(g - m), b2)
     nu = writer.put(s + tree_lib.scalar_like(eps_root, s), nu, leaf, 2)
-    if nesterov:
-        m_hat = tree_lib.scalar_like(b1, m) * numerics.unbias(
-            m, b1, tree_lib.safe_increment(count)
-        ) + tree_lib.scalar_like(1 - b1, m) * numerics.unbias(g, b1, count)
-    else:
-        m_hat = numerics.unbias(m, b1, count)
+    m_hat = numerics.unbias_momentum(m, g, b1, count, nesterov=nesterov)
     s_hat = numerics.unbias(nu.astype(f), b2, count)
     denominator = jnp.sqrt(s_hat)
     denominator = denominator + tree_lib.scalar_like(eps, denominator)
@@ -86,37 +81,16 @@ def scale_by_belief(
         >>> import dlopt
         >>> tx = dlopt.chain(dlopt.scale_by_belief(), dlopt.scale_by_learning_rate(1e-3))
     """
-    numerics.check_betas(b1, b2)
-    validation.check_non_negative("eps", eps)
-    validation.check_non_negative("eps_root", eps_root)
-    numerics.check_rounding(state_rounding)
-    mu_dtype, nu_dtype = numerics.canonical_dtype(mu_dtype), numerics.canonical_dtype(nu_dtype)
-
-    def init_fn(params):
-        return ScaleByBeliefState(
-            count=jnp.zeros([], jnp.int32),
-            mu=tree_lib.moments_like(params, mu_dtype),
-            nu=tree_lib.moments_like(params, nu_dtype),
-        )
-
-    def update_fn(updates, state, params=None):
-        count = tree_lib.safe_increment(state.count)
-        writer = numerics.StateWriter(count, state_rounding)
-        in_param_dtype = state.nu if nu_dtype is None else state.mu if mu_dtype is None else None
-        updates, mu, nu = tree_lib.map_unzip(
-            functools.partial(
-                _belief_leaf, b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov,
-                writer=writer,
-            ),
-            updates,
-            state.mu,
-            state.nu,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(updates, params, in_param_dtype),
-        )  # fmt: skip
-        return updates, ScaleByBeliefState(count=count, mu=mu, nu=nu)
-
-    return GradientTransformation(init_fn, update_fn)
+    rule.check_moment_hyperparameters(b1, b2, eps, eps_root)
+    leaf_fn = functools.partial(
+        _belief_leaf, b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov
+    )
+    return rule.moment_rule(
+        ScaleByBeliefState,
+        leaf_fn,
+        moments={"mu": mu_dtype, "nu": nu_dtype},
+        rounding=state_rounding,
+    )
 
 
 def adabelief(

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import chex
 import jax.numpy as jnp
 
-from dlopt.core import numerics, validation
+from dlopt.core import numerics, rule, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
     GradientTransformation,
@@ -71,32 +71,12 @@ def scale_by_adadelta(
     """
     validation.check_in_range("rho", rho, 0.0, 1.0)
     validation.check_positive("eps", eps)
-    numerics.check_rounding(state_rounding)
-    nu_dtype = numerics.canonical_dtype(nu_dtype)
-
-    def init_fn(params):
-        return ScaleByAdaDeltaState(
-            e_g=tree_lib.moments_like(params, nu_dtype),
-            e_x=tree_lib.moments_like(params, nu_dtype),
-            count=jnp.zeros([], jnp.int32),
-        )
-
-    def update_fn(updates, state, params=None):
-        count = tree_lib.safe_increment(
-            jnp.zeros([], jnp.int32) if state.count is None else state.count
-        )
-        writer = numerics.StateWriter(count, state_rounding)
-        updates, e_g, e_x = tree_lib.map_unzip(
-            functools.partial(_adadelta_leaf, rho=rho, eps=eps, writer=writer),
-            updates,
-            state.e_g,
-            state.e_x,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(updates, params, state.e_g if nu_dtype is None else None),
-        )
-        return updates, ScaleByAdaDeltaState(e_g=e_g, e_x=e_x, count=count)
-
-    return GradientTransformation(init_fn, update_fn)
+    return rule.moment_rule(
+        ScaleByAdaDeltaState,
+        functools.partial(_adadelta_leaf, rho=rho, eps=eps),
+        moments={"e_g": nu_dtype, "e_x": nu_dtype},
+        rounding=state_rounding,
+    )
 
 
 def adadelta(

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dlopt.core import numerics, validation
+from dlopt.core import numerics, rule, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
     EmptyState,
@@ -57,7 +57,7 @@ def _placeholder(dtype: Any) -> chex.Array:
 
 
 def _factored_leaf(
-    g, v_row, v_col, v, leaf, out_dtype, *, decay, epsilon, factored, min_dim, writer
+    g, v_row, v_col, v, leaf, out_dtype, *, epsilon, factored, min_dim, writer, decay
 ):
     f = numerics.compute_dtype(g.dtype, v_row.dtype, v_col.dtype, v.dtype)
     real = jnp.finfo(f).dtype  # the statistics are real for complex gradients
@@ -167,49 +167,30 @@ def scale_by_factored_rms(
             f"decay_rate_fn must be a function (step, decay_rate) -> beta, got "
             f"decay_rate_fn={decay_rate_fn!r}."
         )
-    numerics.check_rounding(state_rounding)
-    nu_dtype = numerics.canonical_dtype(nu_dtype)
 
-    def init_leaf(p):
-        dtype = nu_dtype or tree_lib.dtype_of(p)
+    def init_leaf(p, dtype, part):  # part 0: v_row, 1: v_col, 2: v
+        dtype = dtype or tree_lib.dtype_of(p)
         dims = _factored_dims(p.shape, factored, min_dim_size_to_factor)
         if dims is None:
-            return _placeholder(dtype), _placeholder(dtype), jnp.zeros_like(p, dtype=dtype)
+            return jnp.zeros_like(p, dtype=dtype) if part == 2 else _placeholder(dtype)
         d1, d0 = dims
-        return (
-            _zeros_without_axis(p, d0, dtype),
-            _zeros_without_axis(p, d1, dtype),
-            _placeholder(dtype),
-        )
+        return _zeros_without_axis(p, (d0, d1)[part], dtype) if part < 2 else _placeholder(dtype)
 
-    def init_fn(params):
-        tree_lib.check_float_params(params)
-        v_row, v_col, v = tree_lib.map_unzip(init_leaf, params) or (params, params, params)
-        return FactoredState(count=jnp.zeros([], jnp.int32), v_row=v_row, v_col=v_col, v=v)
+    def statistic(part: int) -> rule.Moment:
+        init = lambda params, dtype: jax.tree.map(lambda p: init_leaf(p, dtype, part), params)  # noqa: E731
+        return rule.Moment(nu_dtype, init, like_params=part == 2)
 
-    def update_fn(updates, state, params=None):
-        count = tree_lib.safe_increment(state.count)
-        step = jnp.maximum(state.count - jnp.asarray(step_offset, jnp.int32), 0)
-        leaf_fn = functools.partial(
-            _factored_leaf,
-            decay=decay_rate_fn(step, decay_rate),
-            epsilon=epsilon,
-            factored=factored,
-            min_dim=min_dim_size_to_factor,
-            writer=numerics.StateWriter(count, state_rounding),
-        )
-        updates, v_row, v_col, v = tree_lib.map_unzip(
-            leaf_fn,
-            updates,
-            state.v_row,
-            state.v_col,
-            state.v,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(updates, params, state.v if nu_dtype is None else None),
-        ) or (updates, state.v_row, state.v_col, state.v)
-        return updates, FactoredState(count=count, v_row=v_row, v_col=v_col, v=v)
+    def step(state, count, params):
+        taken = jnp.maximum(state.count - jnp.asarray(step_offset, jnp.int32), 0)
+        return {"decay": decay_rate_fn(taken, decay_rate)}
 
-    return GradientTransformation(init_fn, update_fn)
+    leaf_fn = functools.partial(
+        _factored_leaf, epsilon=epsilon, factored=factored, min_dim=min_dim_size_to_factor
+    )
+    moments = {"v_row": statistic(0), "v_col": statistic(1), "v": statistic(2)}
+    return rule.moment_rule(
+        FactoredState, leaf_fn, moments=moments, rounding=state_rounding, step=step
+    )
 
 
 def _safe_rms(x: chex.Array, min_rms: chex.Numeric) -> chex.Array:

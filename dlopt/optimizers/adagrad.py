@@ -9,7 +9,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from dlopt.core import numerics, validation
+from dlopt.core import numerics, rule, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
     GradientTransformation,
@@ -66,31 +66,13 @@ def scale_by_rss(
     """
     validation.check_non_negative("initial_accumulator_value", initial_accumulator_value)
     validation.check_non_negative("eps", eps)
-    numerics.check_rounding(state_rounding)
-    nu_dtype = numerics.canonical_dtype(nu_dtype)
-
-    def init_fn(params):
-        tree_lib.check_float_params(params)
-        h = tree_lib.full_like(params, initial_accumulator_value, nu_dtype)
-        return ScaleByRssState(sum_of_squares=h, count=jnp.zeros([], jnp.int32))
-
-    def update_fn(updates, state, params=None):
-        count = tree_lib.safe_increment(
-            jnp.zeros([], jnp.int32) if state.count is None else state.count
-        )
-        writer = numerics.StateWriter(count, state_rounding)
-        updates, h = tree_lib.map_unzip(
-            functools.partial(_rss_leaf, eps=eps, writer=writer),
-            updates,
-            state.sum_of_squares,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(
-                updates, params, state.sum_of_squares if nu_dtype is None else None
-            ),
-        )
-        return updates, ScaleByRssState(sum_of_squares=h, count=count)
-
-    return GradientTransformation(init_fn, update_fn)
+    h = rule.Moment(nu_dtype, rule.filled(initial_accumulator_value))
+    return rule.moment_rule(
+        ScaleByRssState,
+        functools.partial(_rss_leaf, eps=eps),
+        moments={"sum_of_squares": h},
+        rounding=state_rounding,
+    )
 
 
 def adagrad(

@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import chex
 import jax.numpy as jnp
 
-from dlopt.core import numerics, validation
+from dlopt.core import numerics, rule, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
     GradientTransformation,
@@ -75,31 +75,13 @@ def scale_by_adamax(
     """
     numerics.check_betas(b1, b2)
     validation.check_positive("eps", eps)
-    numerics.check_rounding(state_rounding)
-    mu_dtype, nu_dtype = numerics.canonical_dtype(mu_dtype), numerics.canonical_dtype(nu_dtype)
-
-    def init_fn(params):
-        return ScaleByAdamaxState(
-            count=jnp.zeros([], jnp.int32),
-            mu=tree_lib.moments_like(params, mu_dtype),
-            nu=tree_lib.moments_like(params, nu_dtype),
-        )
-
-    def update_fn(updates, state, params=None):
-        count = tree_lib.safe_increment(state.count)
-        writer = numerics.StateWriter(count, state_rounding)
-        in_param_dtype = state.nu if nu_dtype is None else state.mu if mu_dtype is None else None
-        updates, mu, nu = tree_lib.map_unzip(
-            functools.partial(_adamax_leaf, b1=b1, b2=b2, eps=eps, writer=writer),
-            updates,
-            state.mu,
-            state.nu,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(updates, params, in_param_dtype),
-        )
-        return updates, ScaleByAdamaxState(count=count, mu=mu, nu=nu)
-
-    return GradientTransformation(init_fn, update_fn)
+    leaf_fn = functools.partial(_adamax_leaf, b1=b1, b2=b2, eps=eps)
+    return rule.moment_rule(
+        ScaleByAdamaxState,
+        leaf_fn,
+        moments={"mu": mu_dtype, "nu": nu_dtype},
+        rounding=state_rounding,
+    )
 
 
 def adamax(

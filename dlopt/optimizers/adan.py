@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import chex
 import jax.numpy as jnp
 
-from dlopt.core import numerics, validation
+from dlopt.core import numerics, rule, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
     GradientTransformation,
@@ -94,41 +94,13 @@ def scale_by_adan(
         >>> import dlopt
         >>> tx = dlopt.chain(dlopt.scale_by_adan(), dlopt.scale_by_learning_rate(1e-3))
     """
-    numerics.check_betas(b1, b2)
+    rule.check_moment_hyperparameters(b1, b2, eps, eps_root)
     validation.check_in_range("b3", b3, 0.0, 1.0)
-    validation.check_non_negative("eps", eps)
-    validation.check_non_negative("eps_root", eps_root)
-    numerics.check_rounding(state_rounding)
-    mu_dtype, nu_dtype = numerics.canonical_dtype(mu_dtype), numerics.canonical_dtype(nu_dtype)
-
-    def init_fn(params):
-        return ScaleByAdanState(
-            m=tree_lib.moments_like(params, mu_dtype),
-            v=tree_lib.moments_like(params, mu_dtype),
-            n=tree_lib.moments_like(params, nu_dtype),
-            g=tree_lib.moments_like(params, mu_dtype),
-            t=jnp.zeros([], jnp.int32),
-        )
-
-    def update_fn(updates, state, params=None):
-        t = tree_lib.safe_increment(state.t)
-        writer = numerics.StateWriter(t, state_rounding)
-        in_param_dtype = state.n if nu_dtype is None else state.m if mu_dtype is None else None
-        updates, m, v, n, g = tree_lib.map_unzip(
-            functools.partial(
-                _adan_leaf, b1=b1, b2=b2, b3=b3, eps=eps, eps_root=eps_root, writer=writer
-            ),
-            updates,
-            state.m,
-            state.v,
-            state.n,
-            state.g,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(updates, params, in_param_dtype),
-        )
-        return updates, ScaleByAdanState(m=m, v=v, n=n, g=g, t=t)
-
-    return GradientTransformation(init_fn, update_fn)
+    leaf_fn = functools.partial(_adan_leaf, b1=b1, b2=b2, b3=b3, eps=eps, eps_root=eps_root)
+    moments = {"m": mu_dtype, "v": mu_dtype, "n": nu_dtype, "g": mu_dtype}
+    return rule.moment_rule(
+        ScaleByAdanState, leaf_fn, moments=moments, rounding=state_rounding, count="t"
+    )
 
 
 def adan(

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import chex
 import jax.numpy as jnp
 
-from dlopt.core import numerics, validation
+from dlopt.core import numerics, rule, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import GradientTransformation, ScalarOrSchedule
 from dlopt.core.combine import Mask, chain
@@ -103,43 +103,22 @@ def scale_by_ademamix(
         Pagliardini, Ablin and Grangier, 2024, "The AdEMAMix Optimizer: Better, Faster,
         Older", arXiv:2409.03137.
     """
-    numerics.check_betas(b1, b2)
+    rule.check_moment_hyperparameters(b1, b2, eps, eps_root)
     _check_number_or_schedule("b3", b3, lambda n, v: validation.check_in_range(n, v, 0.0, 1.0))
     _check_number_or_schedule("alpha", alpha, validation.check_finite)
-    validation.check_non_negative("eps", eps)
-    validation.check_non_negative("eps_root", eps_root)
-    numerics.check_rounding(state_rounding)
-    mu_dtype, nu_dtype = numerics.canonical_dtype(mu_dtype), numerics.canonical_dtype(nu_dtype)
 
-    def init_fn(params):
-        return ScaleByAdemamixState(
-            count=jnp.zeros([], jnp.int32),
-            count_m2=jnp.zeros([], jnp.int32),
-            m1=tree_lib.moments_like(params, mu_dtype),
-            m2=tree_lib.moments_like(params, mu_dtype),
-            nu=tree_lib.moments_like(params, nu_dtype),
-        )
+    def step(state, count, params):  # the b3 and alpha schedules are read at count_m2
+        return {"b3": _value_at(b3, state.count_m2), "alpha": _value_at(alpha, state.count_m2)}
 
-    def update_fn(updates, state, params=None):
-        count = tree_lib.safe_increment(state.count)
-        in_param_dtype = state.nu if nu_dtype is None else state.m1 if mu_dtype is None else None
-        updates, m1, m2, nu = tree_lib.map_unzip(
-            functools.partial(
-                _ademamix_leaf, b1=b1, b2=b2, b3=_value_at(b3, state.count_m2),
-                alpha=_value_at(alpha, state.count_m2), eps=eps, eps_root=eps_root,
-                writer=numerics.StateWriter(count, state_rounding),
-            ),
-            updates,
-            state.m1,
-            state.m2,
-            state.nu,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(updates, params, in_param_dtype),
-        )  # fmt: skip
-        count_m2 = tree_lib.safe_increment(state.count_m2)
-        return updates, ScaleByAdemamixState(count, count_m2, m1, m2, nu)
-
-    return GradientTransformation(init_fn, update_fn)
+    return rule.moment_rule(
+        ScaleByAdemamixState,
+        functools.partial(_ademamix_leaf, b1=b1, b2=b2, eps=eps, eps_root=eps_root),
+        moments={"m1": mu_dtype, "m2": mu_dtype, "nu": nu_dtype},
+        rounding=state_rounding,
+        step=step,
+        extra_init=lambda params: {"count_m2": jnp.zeros([], jnp.int32)},
+        extra_update=lambda state, *_: {"count_m2": tree_lib.safe_increment(state.count_m2)},
+    )
 
 
 def ademamix(
@@ -271,33 +250,14 @@ def scale_by_simplified_ademamix(
     _check_number_or_schedule("alpha", alpha, validation.check_finite)
     validation.check_non_negative("eps", eps)
     validation.check_non_negative("eps_root", eps_root)
-    numerics.check_rounding(state_rounding)
-    mu_dtype, nu_dtype = numerics.canonical_dtype(mu_dtype), numerics.canonical_dtype(nu_dtype)
-
-    def init_fn(params):
-        return ScaleBySimplifiedAdEMAMixState(
-            t=jnp.zeros([], jnp.int32),
-            m=tree_lib.moments_like(params, mu_dtype),
-            n=tree_lib.moments_like(params, nu_dtype),
-        )
-
-    def update_fn(updates, state, params=None):
-        t = tree_lib.safe_increment(state.t)
-        in_param_dtype = state.n if nu_dtype is None else state.m if mu_dtype is None else None
-        updates, m, n = tree_lib.map_unzip(
-            functools.partial(
-                _simplified_ademamix_leaf, b1=b1, b2=b2, alpha=_value_at(alpha, state.t),
-                eps=eps, eps_root=eps_root, writer=numerics.StateWriter(t, state_rounding),
-            ),
-            updates,
-            state.m,
-            state.n,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(updates, params, in_param_dtype),
-        )  # fmt: skip
-        return updates, ScaleBySimplifiedAdEMAMixState(t=t, m=m, n=n)
-
-    return GradientTransformation(init_fn, update_fn)
+    return rule.moment_rule(
+        ScaleBySimplifiedAdEMAMixState,
+        functools.partial(_simplified_ademamix_leaf, b1=b1, b2=b2, eps=eps, eps_root=eps_root),
+        moments={"m": mu_dtype, "n": nu_dtype},
+        rounding=state_rounding,
+        count="t",
+        step=lambda state, count, params: {"alpha": _value_at(alpha, state.t)},
+    )
 
 
 def simplified_ademamix(

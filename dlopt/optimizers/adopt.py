@@ -9,7 +9,7 @@ from typing import Any
 import chex
 import jax.numpy as jnp
 
-from dlopt.core import numerics, validation
+from dlopt.core import numerics, rule
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
     GradientTransformation,
@@ -32,7 +32,7 @@ def _clip_modulus(x: chex.Array, limit: chex.Array) -> chex.Array:
     return jnp.clip(x, -limit, limit)
 
 
-def _adopt_leaf(g, mu, nu, leaf, out_dtype, *, b1, b2, eps, nesterov, clip, first, writer):
+def _adopt_leaf(g, mu, nu, leaf, out_dtype, *, b1, b2, eps, nesterov, writer, clip, first):
     f = numerics.compute_dtype(g.dtype, mu.dtype, nu.dtype)
     g, m, v = g.astype(f), mu.astype(f), nu.astype(f)
     denominator = jnp.maximum(jnp.sqrt(jnp.real(v)), tree_lib.scalar_like(eps, jnp.real(v)))
@@ -110,40 +110,23 @@ def scale_by_adopt(
         Taniguchi et al., 2024, "ADOPT: Modified Adam Can Converge with Any beta2 with the
         Optimal Rate", NeurIPS.
     """
-    numerics.check_betas(b1, b2)
-    validation.check_non_negative("eps", eps)
-    numerics.check_rounding(state_rounding)
+    rule.check_moment_hyperparameters(b1, b2, eps)
     if not callable(clip_value_fn):
         raise TypeError(f"clip_value_fn must be a function of the step, got {clip_value_fn!r}.")
-    mu_dtype, nu_dtype = numerics.canonical_dtype(mu_dtype), numerics.canonical_dtype(nu_dtype)
 
-    def init_fn(params):
-        return ScaleByAdamState(
-            count=jnp.zeros([], jnp.int32),
-            mu=tree_lib.moments_like(params, mu_dtype),
-            nu=tree_lib.moments_like(params, nu_dtype),
-        )
-
-    def update_fn(updates, state, params=None):
+    def step(state, count, params):
         clip = None
         if use_clipping:
             clip = jnp.asarray(clip_value_fn(state.count.astype(jnp.float32)))
-        in_param_dtype = state.nu if nu_dtype is None else state.mu if mu_dtype is None else None
-        count = tree_lib.safe_increment(state.count)
-        updates, mu, nu = tree_lib.map_unzip(
-            functools.partial(
-                _adopt_leaf, b1=b1, b2=b2, eps=eps, nesterov=nesterov, clip=clip,
-                first=state.count == 0, writer=numerics.StateWriter(count, state_rounding),
-            ),
-            updates,
-            state.mu,
-            state.nu,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(updates, params, in_param_dtype),
-        )  # fmt: skip
-        return updates, ScaleByAdamState(count=count, mu=mu, nu=nu)
+        return {"clip": clip, "first": state.count == 0}
 
-    return GradientTransformation(init_fn, update_fn)
+    return rule.moment_rule(
+        ScaleByAdamState,
+        functools.partial(_adopt_leaf, b1=b1, b2=b2, eps=eps, nesterov=nesterov),
+        moments={"mu": mu_dtype, "nu": nu_dtype},
+        rounding=state_rounding,
+        step=step,
+    )
 
 
 def adopt(

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 import chex
 import jax.numpy as jnp
 
-from dlopt.core import numerics, validation
+from dlopt.core import numerics, rule
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
     GradientTransformation,
@@ -91,39 +91,17 @@ def scale_by_amsgrad(
         >>> import dlopt
         >>> tx = dlopt.chain(dlopt.scale_by_amsgrad(), dlopt.scale_by_learning_rate(1e-3))
     """
-    numerics.check_betas(b1, b2)
-    validation.check_non_negative("eps", eps)
-    validation.check_non_negative("eps_root", eps_root)
-    numerics.check_rounding(state_rounding)
-    mu_dtype, nu_dtype = numerics.canonical_dtype(mu_dtype), numerics.canonical_dtype(nu_dtype)
-
-    def init_fn(params):
-        return ScaleByAmsgradState(
-            count=jnp.zeros([], jnp.int32),
-            mu=tree_lib.moments_like(params, mu_dtype),
-            nu=tree_lib.moments_like(params, nu_dtype),
-            nu_max=tree_lib.moments_like(params, nu_dtype),
-        )
-
-    def update_fn(updates, state, params=None):
-        count = tree_lib.safe_increment(state.count)
-        writer = numerics.StateWriter(count, state_rounding)
-        in_param_dtype = state.nu if nu_dtype is None else state.mu if mu_dtype is None else None
-        updates, mu, nu, nu_max = tree_lib.map_unzip(
-            functools.partial(
-                _amsgrad_leaf, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-                correct_mu=bias_correction_mu, correct_nu=bias_correction_nu, writer=writer,
-            ),
-            updates,
-            state.mu,
-            state.nu,
-            state.nu_max,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(updates, params, in_param_dtype),
-        )  # fmt: skip
-        return updates, ScaleByAmsgradState(count=count, mu=mu, nu=nu, nu_max=nu_max)
-
-    return GradientTransformation(init_fn, update_fn)
+    rule.check_moment_hyperparameters(b1, b2, eps, eps_root)
+    leaf_fn = functools.partial(
+        _amsgrad_leaf, b1=b1, b2=b2, eps=eps, eps_root=eps_root, correct_mu=bias_correction_mu,
+        correct_nu=bias_correction_nu,
+    )  # fmt: skip
+    return rule.moment_rule(
+        ScaleByAmsgradState,
+        leaf_fn,
+        moments={"mu": mu_dtype, "nu": nu_dtype, "nu_max": nu_dtype},
+        rounding=state_rounding,
+    )
 
 
 def amsgrad(

@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 
-from dlopt.core import numerics, validation
-from dlopt.core import tree as tree_lib
+from dlopt.core import numerics, rule, validation
 from dlopt.core.base import (
-    GradientTransformation,
     GradientTransformationExtraArgs,
     ScalarOrSchedule,
     with_extra_args_support,
 )
 
 
-def _asgd_leaf(g, ax, p, leaf, out_dtype, *, eta, mu, decay, writer):
+def _asgd_leaf(g, ax, p, leaf, out_dtype, *, writer, eta, mu, decay):
     f = numerics.compute_dtype(g.dtype, ax.dtype, p.dtype)
     g, w = g.astype(f), p.astype(f)
     update = -eta.astype(f) * (g + decay.astype(f) * w)
@@ -99,16 +96,8 @@ def asgd(
     validation.check_non_negative("alpha", alpha)
     validation.check_finite("t0", t0)
     validation.check_non_negative("weight_decay", weight_decay)
-    numerics.check_rounding(state_rounding)
-    mu_dtype = numerics.canonical_dtype(mu_dtype)
 
-    def init_fn(params):
-        return AsgdState(count=jnp.zeros([], jnp.int32), ax=tree_lib.moments_like(params, mu_dtype))
-
-    def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError("asgd needs params: call update(updates, state, params).")
-        tree_lib.check_matching_trees(params, updates, "params", "updates")
+    def step(state, count, params):  # torch's step size eta and averaging weight mu
         s = state.count.astype(jnp.float32)
         lr = learning_rate(state.count) if callable(learning_rate) else learning_rate
         lr = jnp.asarray(lr).astype(jnp.float32)
@@ -116,21 +105,18 @@ def asgd(
         eta = lr / (1 + lambd_ * lr * s) ** jnp.asarray(alpha).astype(jnp.float32)
         mu = 1 / jnp.maximum(s - jnp.asarray(t0).astype(jnp.float32), 1.0)
         decay = lambd_ + jnp.asarray(weight_decay).astype(jnp.float32)
-        count = tree_lib.safe_increment(state.count)
-        updates, ax = tree_lib.map_unzip(
-            functools.partial(
-                _asgd_leaf, eta=eta, mu=mu, decay=decay,
-                writer=numerics.StateWriter(count, state_rounding),
-            ),
-            updates,
-            state.ax,
-            params,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(updates, params),
-        )  # fmt: skip
-        return updates, AsgdState(count=count, ax=ax)
+        return {"eta": eta, "mu": mu, "decay": decay}
 
-    return with_extra_args_support(GradientTransformation(init_fn, update_fn))
+    tx = rule.moment_rule(
+        AsgdState,
+        _asgd_leaf,
+        moments={"ax": mu_dtype},
+        rounding=state_rounding,
+        needs_params="asgd",
+        inputs=lambda updates, state, params: (params,),
+        step=step,
+    )
+    return with_extra_args_support(tx)
 
 
 def asgd_averaged_params(state: Any) -> chex.ArrayTree:

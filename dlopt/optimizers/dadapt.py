@@ -2,34 +2,32 @@
 
 `dadapt_adamw` (D-Adapt Adam) and `prodigy` (its faster-adapting variant) estimate
 :math:`d \\approx \\|x_0 - x_*\\|` from the gradients seen so far and step with it, so the
-``learning_rate`` is only a schedule multiplier around 1.0.
+``learning_rate`` is only a schedule multiplier around 1.0. Both run one update,
+`_d_adaptation` (state, step size, moments, the estimate of :math:`d`); they differ only in
+their per-leaf moments and in how the numerator :math:`r` of the estimate accumulates.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
 
-from dlopt.core import numerics, validation
+from dlopt.core import numerics, rule, validation
 from dlopt.core import tree as tree_lib
-from dlopt.core.base import GradientTransformationExtraArgs, ScalarOrSchedule
-
-
-def _check_betas(betas: Any) -> tuple[Any, Any]:
-    """``betas`` as ``(b1, b2)``, each in [0, 1), naming ``betas`` when it is not a pair."""
-    if not isinstance(betas, tuple | list) or len(betas) != 2:
-        raise TypeError(f"betas must be a pair (b1, b2), got betas={betas!r}.")
-    for name, value in zip(("betas[0]", "betas[1]"), betas, strict=True):
-        validation.check_in_range(name, value, 0.0, 1.0)
-    return betas[0], betas[1]
+from dlopt.core.base import (
+    GradientTransformationExtraArgs,
+    ScalarOrSchedule,
+    with_extra_args_support,
+)
 
 
 def _real_vdot(a: chex.Array, b: chex.Array) -> chex.Array:
-    """``Re <a, b> = Re sum(conj(a) * b)`` (the real inner product of complex arrays)."""
+    """``Re <a, b> = Re sum(conj(a) * b)`` for one leaf, summed in its own dtype."""
     product = jnp.conj(a) * b if jnp.iscomplexobj(a) else a * b
     return jnp.sum(jnp.real(product))
 
@@ -42,6 +40,85 @@ def _total(values: chex.ArrayTree, dtype: Any) -> chex.Array:
     return total
 
 
+def _d_adaptation(
+    name: str,
+    state_cls: Callable[..., Any],
+    leaf_fn: Callable[..., tuple],
+    estimate: Callable[..., tuple[chex.Array, chex.Array, chex.Numeric]],
+    *,
+    learning_rate: ScalarOrSchedule,
+    b1: chex.Numeric,
+    b2: chex.Numeric,
+    estim_lr0: chex.Numeric,
+    mu_dtype: Any | None,
+    nu_dtype: Any | None,
+    state_rounding: str,
+    keep_params0: bool = False,
+    final: Callable[..., chex.ArrayTree] | None = None,
+) -> GradientTransformationExtraArgs:
+    """The update `prodigy` and `dadapt_adamw` share: the moments ``m, v, s`` (one pass of
+    ``leaf_fn``, which also returns per-leaf sums of the numerator and of ``|s|``), the step
+    size ``dlr = d * lr(t) * sqrt(1 - b2^t) / (1 - b1^t)`` and the distance estimate
+    ``d <- max(d, coef * r / sum|s|)``, which never shrinks.
+
+    ``estimate(r_old, d, dlr, d0, numerator, s_norm)`` gives the rule's ``(r, sum|s|, coef)``;
+    ``final(state, params, dlr, out_dtypes)``, if given, recomputes the updates from the new
+    state (Prodigy steps with the new ``d``); otherwise they are ``leaf_fn``'s own.
+    """
+
+    def step_size(state):
+        d, dtype = state.estim_lr, state.estim_lr.dtype
+        count = tree_lib.safe_increment(state.count)
+        sched = learning_rate(state.count) if callable(learning_rate) else learning_rate
+        bc = numerics.bias_correction(b2, count) ** 0.5 / numerics.bias_correction(b1, count)
+        return (d * jnp.asarray(sched).astype(dtype) * bc.astype(dtype)).astype(dtype)
+
+    def step(state, count, params):
+        d = state.estim_lr
+        return {"d": d, "dlr": step_size(state), "d0": jnp.asarray(estim_lr0).astype(d.dtype)}
+
+    def extra_init(params):
+        dtype = numerics.scalar_dtype(params)
+        fields = {"estim_lr": jnp.asarray(estim_lr0).astype(dtype)}
+        fields["numerator_weighted"] = jnp.zeros([], dtype)
+        return fields | ({"params0": tree_lib.copy(params)} if keep_params0 else {})
+
+    def extra_update(state, count, kw, extras):
+        numerators, s_norms = extras or ({}, {})
+        d, dtype = kw["d"], state.estim_lr.dtype
+        r, denominator, coef = estimate(
+            state.numerator_weighted, d, kw["dlr"], kw["d0"], _total(numerators, dtype),
+            _total(s_norms, dtype),
+        )  # fmt: skip
+        safe = jnp.where(denominator > 0, denominator, jnp.ones_like(denominator))
+        d_next = jnp.maximum(d, jnp.where(denominator > 0, coef * r / safe, d).astype(dtype))
+        return {"estim_lr": d_next, "numerator_weighted": r}
+
+    tx = rule.moment_rule(
+        state_cls,
+        leaf_fn,
+        moments={"exp_avg": mu_dtype, "exp_avg_sq": nu_dtype, "grad_sum": mu_dtype},
+        rounding=state_rounding,
+        needs_params=name,
+        inputs=lambda updates, state, params: (
+            (params, state.params0) if keep_params0 else (params,)
+        ),
+        step=step,
+        extra_init=extra_init,
+        extra_update=extra_update,
+    )
+    if final is None:
+        return with_extra_args_support(tx)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        del extra_args
+        _, new_state = tx.update(updates, state, params)
+        dtypes = numerics.out_dtypes(updates, params)
+        return final(new_state, params, step_size(state), dtypes), new_state
+
+    return GradientTransformationExtraArgs(tx.init, update_fn)
+
+
 class ProdigyState(NamedTuple):
     exp_avg: chex.ArrayTree  # m, the EMA of d * g (mu_dtype)
     exp_avg_sq: chex.ArrayTree  # v, the EMA of (d * g)^2 (nu_dtype)
@@ -52,17 +129,20 @@ class ProdigyState(NamedTuple):
     count: chex.Array  # int32 step, saturating
 
 
-def _prodigy_moments_leaf(g, p, p0, m, v, s, leaf, *, b1, b2, b3, d, s_step, d0, writer):
+def _prodigy_moments_leaf(
+    g, m, v, s, p, p0, leaf, out_dtype, *, b1, b2, b3, safeguard_warmup, writer, d, dlr, d0
+):
     f = numerics.compute_dtype(g.dtype, p.dtype, p0.dtype, m.dtype, v.dtype, s.dtype)
     g = g.astype(f)
     dg = tree_lib.scalar_like(d, g) * g
     numerator = _real_vdot(g, p0.astype(f) - p.astype(f))
     m = writer.put(numerics.ema(m.astype(f), dg, b1), m, leaf, 1)
     v = writer.put(numerics.ema(v.astype(f), numerics.abs_sq(dg), b2), v, leaf, 2)
-    s_step, d0 = tree_lib.scalar_like(s_step, g), tree_lib.scalar_like(d0, g)
+    s_step = tree_lib.scalar_like(d if safeguard_warmup else dlr, g)
+    d0 = tree_lib.scalar_like(d0, g)
     s_new = tree_lib.scalar_like(b3, g) * s.astype(f) + s_step * dg / d0
     s = writer.put(s_new, s, leaf, 3)
-    return m, v, s, numerator, jnp.sum(jnp.abs(s.astype(f)))
+    return None, m, v, s, numerator, jnp.sum(jnp.abs(s.astype(f)))
 
 
 def _prodigy_update_leaf(m, v, p, out_dtype, *, dlr, d_eps, weight_decay):
@@ -144,7 +224,7 @@ def prodigy(
         Learner", ICML.
     """
     validation.check_learning_rate(learning_rate)
-    b1, b2 = _check_betas(betas)
+    b1, b2 = validation.check_beta_pair("betas", betas)
     if beta3 is None:
         beta3 = b2**0.5
     else:
@@ -153,71 +233,26 @@ def prodigy(
     validation.check_positive("estim_lr0", estim_lr0)
     validation.check_positive("estim_lr_coef", estim_lr_coef)
     validation.check_non_negative("weight_decay", weight_decay)
-    numerics.check_rounding(state_rounding)
-    mu_dtype, nu_dtype = numerics.canonical_dtype(mu_dtype), numerics.canonical_dtype(nu_dtype)
 
-    def init_fn(params):
-        dtype = numerics.scalar_dtype(params)
-        return ProdigyState(
-            exp_avg=tree_lib.moments_like(params, mu_dtype),
-            exp_avg_sq=tree_lib.moments_like(params, nu_dtype),
-            grad_sum=tree_lib.moments_like(params, mu_dtype),
-            params0=tree_lib.copy(params),
-            estim_lr=jnp.asarray(estim_lr0).astype(dtype),
-            numerator_weighted=jnp.zeros([], dtype),
-            count=jnp.zeros([], jnp.int32),
-        )
+    def estimate(r_old, d, dlr, d0, numerator, s_norm):
+        b3 = jnp.asarray(beta3).astype(d.dtype)
+        r = b3 * r_old
+        return r + (d / d0) * dlr * numerator, s_norm, estim_lr_coef
 
-    def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
-        if params is None:
-            raise ValueError("prodigy needs params: call update(grads, state, params).")
-        tree_lib.check_matching_trees(params, updates, "params", "updates")
-        d, dtype = state.estim_lr, state.estim_lr.dtype
-        count = tree_lib.safe_increment(state.count)
-        sched = learning_rate(state.count) if callable(learning_rate) else learning_rate
-        bc = numerics.bias_correction(b2, count) ** 0.5 / numerics.bias_correction(b1, count)
-        dlr = (d * jnp.asarray(sched).astype(dtype) * bc.astype(dtype)).astype(dtype)
-        d0 = jnp.asarray(estim_lr0).astype(dtype)
-        writer = numerics.StateWriter(count, state_rounding)
-        m, v, s, numerators, s_norms = tree_lib.map_unzip(
-            functools.partial(
-                _prodigy_moments_leaf,
-                b1=b1,
-                b2=b2,
-                b3=beta3,
-                d=d,
-                d0=d0,
-                s_step=d if safeguard_warmup else dlr,
-                writer=writer,
-            ),
-            updates,
-            params,
-            state.params0,
-            state.exp_avg,
-            state.exp_avg_sq,
-            state.grad_sum,
-            numerics.leaf_indices(updates),
+    def final(state, params, dlr, out_dtypes):  # the step with the new d
+        leaf_fn = functools.partial(
+            _prodigy_update_leaf, dlr=dlr, d_eps=state.estim_lr * eps, weight_decay=weight_decay
         )
-        b3 = jnp.asarray(beta3).astype(dtype)
-        r = b3 * state.numerator_weighted
-        r = r + (d / d0) * dlr * _total(numerators, dtype)
-        denominator = _total(s_norms, dtype)
-        safe = jnp.where(denominator > 0, denominator, jnp.ones_like(denominator))
-        estimate = jnp.where(denominator > 0, estim_lr_coef * r / safe, d)
-        d_next = jnp.maximum(d, estimate.astype(dtype))
-        new_updates = jax.tree.map(
-            functools.partial(
-                _prodigy_update_leaf, dlr=dlr, d_eps=d_next * eps, weight_decay=weight_decay
-            ),
-            m,
-            v,
-            params,
-            numerics.out_dtypes(updates, params),
-        )
-        return new_updates, ProdigyState(m, v, s, state.params0, d_next, r, count)
+        return jax.tree.map(leaf_fn, state.exp_avg, state.exp_avg_sq, params, out_dtypes)
 
-    return GradientTransformationExtraArgs(init_fn, update_fn)
+    leaf_fn = functools.partial(
+        _prodigy_moments_leaf, b1=b1, b2=b2, b3=beta3, safeguard_warmup=safeguard_warmup
+    )
+    return _d_adaptation(
+        "prodigy", ProdigyState, leaf_fn, estimate, learning_rate=learning_rate, b1=b1, b2=b2,
+        estim_lr0=estim_lr0, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
+        state_rounding=state_rounding, keep_params0=True, final=final,
+    )  # fmt: skip
 
 
 class DAdaptAdamWState(NamedTuple):
@@ -229,7 +264,10 @@ class DAdaptAdamWState(NamedTuple):
     count: chex.Array  # int32 step, saturating
 
 
-def _dadapt_leaf(g, p, m, v, s, leaf, out_dtype, *, b1, b2, sb2, eps, dlr, weight_decay, writer):
+def _dadapt_leaf(
+    g, m, v, s, p, leaf, out_dtype, *, b1, b2, sb2, eps, weight_decay, writer, d, dlr, d0
+):
+    del d, d0
     f = numerics.compute_dtype(g.dtype, p.dtype, m.dtype, v.dtype, s.dtype)
     g, p = g.astype(f), p.astype(f)
     eps_, dlr_ = tree_lib.scalar_like(eps, g), tree_lib.scalar_like(dlr, g)
@@ -299,53 +337,20 @@ def dadapt_adamw(
         Defazio and Mishchenko, 2023, "Learning-Rate-Free Learning by D-Adaptation", ICML.
     """
     validation.check_learning_rate(learning_rate)
-    b1, b2 = _check_betas(betas)
+    b1, b2 = validation.check_beta_pair("betas", betas)
     validation.check_non_negative("eps", eps)
     validation.check_positive("estim_lr0", estim_lr0)
     validation.check_non_negative("weight_decay", weight_decay)
-    numerics.check_rounding(state_rounding)
-    mu_dtype, nu_dtype = numerics.canonical_dtype(mu_dtype), numerics.canonical_dtype(nu_dtype)
     sb2 = b2**0.5
 
-    def init_fn(params):
-        dtype = numerics.scalar_dtype(params)
-        return DAdaptAdamWState(
-            exp_avg=tree_lib.moments_like(params, mu_dtype),
-            exp_avg_sq=tree_lib.moments_like(params, nu_dtype),
-            grad_sum=tree_lib.moments_like(params, mu_dtype),
-            estim_lr=jnp.asarray(estim_lr0).astype(dtype),
-            numerator_weighted=jnp.zeros([], dtype),
-            count=jnp.zeros([], jnp.int32),
-        )
+    def estimate(r_old, d, dlr, d0, numerator, s_norm):
+        return sb2 * r_old + (1 - sb2) * dlr * numerator, (1 - sb2) * s_norm, 1.0
 
-    def update_fn(updates, state, params=None, **extra_args):
-        del extra_args
-        if params is None:
-            raise ValueError("dadapt_adamw needs params: call update(grads, state, params).")
-        tree_lib.check_matching_trees(params, updates, "params", "updates")
-        d, dtype = state.estim_lr, state.estim_lr.dtype
-        count = tree_lib.safe_increment(state.count)
-        sched = learning_rate(state.count) if callable(learning_rate) else learning_rate
-        bc = numerics.bias_correction(b2, count) ** 0.5 / numerics.bias_correction(b1, count)
-        dlr = (d * jnp.asarray(sched).astype(dtype) * bc.astype(dtype)).astype(dtype)
-        leaf_fn = functools.partial(
-            _dadapt_leaf, b1=b1, b2=b2, sb2=sb2, eps=eps, dlr=dlr, weight_decay=weight_decay,
-            writer=numerics.StateWriter(count, state_rounding),
-        )  # fmt: skip
-        new_updates, m, v, s, numerators, s_norms = tree_lib.map_unzip(
-            leaf_fn,
-            updates,
-            params,
-            state.exp_avg,
-            state.exp_avg_sq,
-            state.grad_sum,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(updates, params),
-        )
-        r = sb2 * state.numerator_weighted + (1 - sb2) * dlr * _total(numerators, dtype)
-        denominator = (1 - sb2) * _total(s_norms, dtype)
-        safe = jnp.where(denominator > 0, denominator, jnp.ones_like(denominator))
-        d_next = jnp.maximum(d, jnp.where(denominator > 0, r / safe, d))
-        return new_updates, DAdaptAdamWState(m, v, s, d_next, r, count)
-
-    return GradientTransformationExtraArgs(init_fn, update_fn)
+    leaf_fn = functools.partial(
+        _dadapt_leaf, b1=b1, b2=b2, sb2=sb2, eps=eps, weight_decay=weight_decay
+    )
+    return _d_adaptation(
+        "dadapt_adamw", DAdaptAdamWState, leaf_fn, estimate, learning_rate=learning_rate,
+        b1=b1, b2=b2, estim_lr0=estim_lr0, mu_dtype=mu_dtype, nu_dtype=nu_dtype,
+        state_rounding=state_rounding,
+    )  # fmt: skip

@@ -9,17 +9,16 @@ from typing import Any, NamedTuple
 import chex
 import jax.numpy as jnp
 
-from dlopt.core import numerics, validation
+from dlopt.core import numerics, rule, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
-    GradientTransformation,
     GradientTransformationExtraArgs,
     ScalarOrSchedule,
     with_extra_args_support,
 )
 
 
-def _ftrl_leaf(g, n, c, w, leaf, out_dtype, *, rates, power, l1, l2, shrink, beta, writer):
+def _ftrl_leaf(g, n, c, w, leaf, out_dtype, *, power, l1, l2, shrink, beta, writer, rates):
     first, lr, lr_prev = rates
     f = numerics.compute_dtype(g.dtype, n.dtype, c.dtype, w.dtype)
     g, w = g.astype(f), w.astype(f)
@@ -138,42 +137,30 @@ def ftrl(
         "l2_shrinkage_regularization_strength", l2_shrinkage_regularization_strength
     )
     validation.check_non_negative("beta", beta)
-    numerics.check_rounding(state_rounding)
-    mu_dtype, nu_dtype = numerics.canonical_dtype(mu_dtype), numerics.canonical_dtype(nu_dtype)
-
-    def init_fn(params):
-        tree_lib.check_float_params(params)
-        return FtrlState(
-            accumulator=tree_lib.full_like(params, initial_accumulator_value, nu_dtype),
-            clipped_linear=tree_lib.zeros_like(params, mu_dtype),
-            count=jnp.zeros([], jnp.int32),
-        )
 
     def rate(count):
         lr = learning_rate(count) if callable(learning_rate) else learning_rate
         return jnp.asarray(lr).astype(jnp.float32)
 
-    def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError("ftrl needs params: call update(updates, state, params).")
-        tree_lib.check_matching_trees(params, updates, "params", "updates")
+    def step(state, count, params):
         lr = rate(state.count)
         lr_prev = rate(jnp.maximum(state.count - 1, 0)) if callable(learning_rate) else lr
-        count = tree_lib.safe_increment(state.count)
-        updates, accumulator, clipped = tree_lib.map_unzip(
-            functools.partial(
-                _ftrl_leaf, rates=(state.count == 0, lr, lr_prev), power=learning_rate_power,
-                l1=l1_regularization_strength, l2=l2_regularization_strength,
-                shrink=l2_shrinkage_regularization_strength, beta=beta,
-                writer=numerics.StateWriter(count, state_rounding),
-            ),
-            updates,
-            state.accumulator,
-            state.clipped_linear,
-            params,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(updates, params),
-        )  # fmt: skip
-        return updates, FtrlState(accumulator=accumulator, clipped_linear=clipped, count=count)
+        return {"rates": (state.count == 0, lr, lr_prev)}
 
-    return with_extra_args_support(GradientTransformation(init_fn, update_fn))
+    leaf_fn = functools.partial(
+        _ftrl_leaf, power=learning_rate_power, l1=l1_regularization_strength,
+        l2=l2_regularization_strength, shrink=l2_shrinkage_regularization_strength, beta=beta,
+    )  # fmt: skip
+    tx = rule.moment_rule(
+        FtrlState,
+        leaf_fn,
+        moments={
+            "accumulator": rule.Moment(nu_dtype, rule.filled(initial_accumulator_value)),
+            "clipped_linear": rule.Moment(mu_dtype, tree_lib.zeros_like),
+        },
+        rounding=state_rounding,
+        needs_params="ftrl",
+        inputs=lambda updates, state, params: (params,),
+        step=step,
+    )
+    return with_extra_args_support(tx)

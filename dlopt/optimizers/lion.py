@@ -8,7 +8,7 @@ from typing import Any, Literal, NamedTuple
 import chex
 import jax.numpy as jnp
 
-from dlopt.core import numerics, validation
+from dlopt.core import numerics, rule, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
     GradientTransformation,
@@ -79,33 +79,12 @@ def scale_by_lion(
         >>> tx = dlopt.chain(dlopt.scale_by_lion(), dlopt.scale_by_learning_rate(1e-4))
     """
     numerics.check_betas(b1, b2)
-    if mode not in LION_MODES:
-        raise ValueError(f"mode must be one of {LION_MODES}, got mode={mode!r}.")
+    validation.check_choice("mode", mode, LION_MODES)
     validation.check_positive("smooth_beta", smooth_beta)
-    numerics.check_rounding(state_rounding)
-    mu_dtype = numerics.canonical_dtype(mu_dtype)
-
-    def init_fn(params):
-        return ScaleByLionState(
-            count=jnp.zeros([], jnp.int32), mu=tree_lib.moments_like(params, mu_dtype)
-        )
-
-    def update_fn(updates, state, params=None):
-        count = tree_lib.safe_increment(state.count)
-        leaf_fn = functools.partial(
-            _lion_leaf, b1=b1, b2=b2, mode=mode, smooth_beta=smooth_beta,
-            writer=numerics.StateWriter(count, state_rounding),
-        )  # fmt: skip
-        updates, mu = tree_lib.map_unzip(
-            leaf_fn,
-            updates,
-            state.mu,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(updates, params, state.mu if mu_dtype is None else None),
-        )
-        return updates, ScaleByLionState(count=count, mu=mu)
-
-    return GradientTransformation(init_fn, update_fn)
+    leaf_fn = functools.partial(_lion_leaf, b1=b1, b2=b2, mode=mode, smooth_beta=smooth_beta)
+    return rule.moment_rule(
+        ScaleByLionState, leaf_fn, moments={"mu": mu_dtype}, rounding=state_rounding
+    )
 
 
 def lion(

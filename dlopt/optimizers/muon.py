@@ -9,7 +9,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from dlopt.core import numerics, validation
+from dlopt.core import numerics, rule, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
     GradientTransformation,
@@ -66,18 +66,13 @@ def _scale_by_shape(dims: chex.ArrayTree, consistent_rms: Any) -> GradientTransf
 # --- the Muon block
 
 
-def _muon_leaf(g, mu, dims, leaf, out_dtype, *, beta, nesterov, orthogonalize, adaptive, writer):
+def _muon_leaf(g, mu, dims, leaf, out_dtype, *, beta, nesterov, adaptive, writer, orthogonalize):
     count = writer.count
     f = numerics.compute_dtype(g.dtype, mu.dtype)
     g = g.astype(f)
     mu = writer.put(numerics.ema(mu.astype(f), g, beta), mu, leaf, 1)
     m = mu.astype(f)
-    if nesterov:
-        m = tree_lib.scalar_like(beta, m) * numerics.unbias(
-            m, beta, tree_lib.safe_increment(count)
-        ) + tree_lib.scalar_like(1 - beta, m) * numerics.unbias(g, beta, count)
-    else:
-        m = numerics.unbias(m, beta, count)
+    m = numerics.unbias_momentum(m, g, beta, count, nesterov=nesterov)
     m, restore = tree_lib.unshard(m)  # Newton-Schulz contracts the (maybe sharded) axes
     if m.ndim < 2:  # a 1 x n row: its orthogonalization is the direction m / |m|
         update = orthogonalize(m.reshape(1, -1), MuonDimensionNumbers()).reshape(m.shape)
@@ -175,46 +170,29 @@ def scale_by_muon(
     ns_coeffs = resolve_coeffs(ns_coeffs, ns_steps)
     validation.check_in_range("beta", beta, 0.0, 1.0)
     validation.check_non_negative("eps", eps)
-    if preconditioning not in PRECONDITIONINGS:
-        raise ValueError(
-            f"preconditioning must be one of {PRECONDITIONINGS}, got {preconditioning=!r}."
-        )
-    numerics.check_rounding(state_rounding)
-    mu_dtype = numerics.canonical_dtype(mu_dtype)
+    validation.check_choice("preconditioning", preconditioning, PRECONDITIONINGS)
 
-    def init_fn(params):
+    def coefficients(params):
         coeffs = jnp.asarray(ns_coeffs)
-        if coeffs.ndim == 2:
-            coeffs = coeffs[-ns_steps:]
-        return MuonState(
-            count=jnp.zeros([], jnp.int32),
-            mu=tree_lib.moments_like(params, mu_dtype),
-            ns_coeffs=coeffs,
-        )
+        return {"ns_coeffs": coeffs[-ns_steps:] if coeffs.ndim == 2 else coeffs}
 
-    def update_fn(updates, state, params=None):
-        dims = _block_dims(weight_dimension_numbers, updates)
-        count = tree_lib.safe_increment(state.count)
-
+    def step(state, count, params):
         def orthogonalize(m, d):
             return orthogonalize_via_newton_schulz(
                 m, state.ns_coeffs, ns_steps, preconditioning, eps, d
             )
 
-        updates, mu = tree_lib.map_unzip(
-            functools.partial(
-                _muon_leaf, beta=beta, nesterov=nesterov, orthogonalize=orthogonalize,
-                adaptive=adaptive, writer=numerics.StateWriter(count, state_rounding),
-            ),
-            updates,
-            state.mu,
-            dims,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(updates, params, state.mu if mu_dtype is None else None),
-        ) or (updates, state.mu)  # fmt: skip
-        return updates, MuonState(count=count, mu=mu, ns_coeffs=state.ns_coeffs)
+        return {"orthogonalize": orthogonalize}
 
-    return GradientTransformation(init_fn, update_fn)
+    return rule.moment_rule(
+        MuonState,
+        functools.partial(_muon_leaf, beta=beta, nesterov=nesterov, adaptive=adaptive),
+        moments={"mu": mu_dtype},
+        rounding=state_rounding,
+        inputs=lambda updates, state, params: (_block_dims(weight_dimension_numbers, updates),),
+        step=step,
+        extra_init=coefficients,
+    )
 
 
 def _unless_empty(tx: GradientTransformation) -> GradientTransformationExtraArgs:

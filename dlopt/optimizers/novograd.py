@@ -9,7 +9,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from dlopt.core import numerics, validation
+from dlopt.core import numerics, rule, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
     GradientTransformation,
@@ -88,44 +88,32 @@ def scale_by_novograd(
         >>> import dlopt
         >>> tx = dlopt.chain(dlopt.scale_by_novograd(), dlopt.scale_by_learning_rate(1e-2))
     """
-    numerics.check_betas(b1, b2)
-    validation.check_non_negative("eps", eps)
-    validation.check_non_negative("eps_root", eps_root)
+    rule.check_moment_hyperparameters(b1, b2, eps, eps_root)
     validation.check_non_negative("weight_decay", weight_decay)
-    numerics.check_rounding(state_rounding)
-    mu_dtype, nu_dtype = numerics.canonical_dtype(mu_dtype), numerics.canonical_dtype(nu_dtype)
     decays = not (isinstance(weight_decay, int | float) and weight_decay == 0)
 
-    def init_fn(params):
-        return ScaleByNovogradState(
-            count=jnp.zeros([], jnp.int32),
-            mu=tree_lib.moments_like(params, mu_dtype),
-            nu=jax.tree.map(lambda p: jnp.zeros([], nu_dtype or tree_lib.dtype_of(p)), params),
-        )
-
-    def update_fn(updates, state, params=None):
+    def inputs(updates, state, params):
         if decays and params is None:
             raise ValueError(
                 f"scale_by_novograd with weight_decay={weight_decay!r} needs params: call "
                 "update(updates, state, params)."
             )
-        count = tree_lib.safe_increment(state.count)
-        writer = numerics.StateWriter(count, state_rounding)
-        updates, mu, nu = tree_lib.map_unzip(
-            functools.partial(
-                _novograd_leaf, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
-                decay=weight_decay if decays else None, writer=writer,
-            ),
-            updates,
-            state.mu,
-            state.nu,
-            params if params is not None else updates,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(updates, params, state.mu if mu_dtype is None else None),
-        )  # fmt: skip
-        return updates, ScaleByNovogradState(count=count, mu=mu, nu=nu)
+        return (params if params is not None else updates,)
 
-    return GradientTransformation(init_fn, update_fn)
+    def layer_scalars(params, dtype):  # one v per leaf
+        return jax.tree.map(lambda p: jnp.zeros([], dtype or tree_lib.dtype_of(p)), params)
+
+    leaf_fn = functools.partial(
+        _novograd_leaf, b1=b1, b2=b2, eps=eps, eps_root=eps_root,
+        decay=weight_decay if decays else None,
+    )  # fmt: skip
+    return rule.moment_rule(
+        ScaleByNovogradState,
+        leaf_fn,
+        moments={"mu": mu_dtype, "nu": rule.Moment(nu_dtype, layer_scalars, like_params=False)},
+        rounding=state_rounding,
+        inputs=inputs,
+    )
 
 
 def novograd(

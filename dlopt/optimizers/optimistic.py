@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import chex
 import jax.numpy as jnp
 
-from dlopt.core import numerics, validation
+from dlopt.core import numerics, rule, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
     GradientTransformation,
@@ -20,7 +19,7 @@ from dlopt.optimizers.adam import scale_by_adam
 from dlopt.transforms.scaling import scale_by_learning_rate
 
 
-def _optimistic_leaf(g, prev, leaf, out_dtype, *, alpha, beta, is_initial_step, writer):
+def _optimistic_leaf(g, prev, leaf, out_dtype, *, writer, alpha, beta, is_initial_step):
     f = numerics.compute_dtype(g.dtype, prev.dtype)
     g = g.astype(f)
     # at the first step there is no previous gradient: use the current one (optax #1082)
@@ -69,41 +68,24 @@ def scale_by_optimistic_gradient(
     for name, value in (("alpha", alpha), ("beta", beta)):
         if not callable(value):
             validation.check_finite(name, value)
-    numerics.check_rounding(state_rounding)
-    mu_dtype = numerics.canonical_dtype(mu_dtype)
 
-    def init_fn(params):
-        return ScaleByOptimisticGradientState(
-            is_initial_step=jnp.array(True),
-            previous_gradient=tree_lib.moments_like(params, mu_dtype),
-            count=jnp.zeros([], jnp.int32),
-        )
+    def step(state, count, params):  # schedules read at the steps taken so far
+        taken = jnp.zeros([], jnp.int32) if state.count is None else state.count
+        return {
+            "alpha": alpha(taken) if callable(alpha) else alpha,
+            "beta": beta(taken) if callable(beta) else beta,
+            "is_initial_step": state.is_initial_step,
+        }
 
-    def update_fn(updates, state, params=None):
-        step = jnp.zeros([], jnp.int32) if state.count is None else state.count
-        count = tree_lib.safe_increment(step)
-        leaf_fn = functools.partial(
-            _optimistic_leaf,
-            alpha=alpha(step) if callable(alpha) else alpha,
-            beta=beta(step) if callable(beta) else beta,
-            is_initial_step=state.is_initial_step,
-            writer=numerics.StateWriter(count, state_rounding),
-        )
-        like = state.previous_gradient if mu_dtype is None else None
-        updates, previous = tree_lib.map_unzip(
-            leaf_fn,
-            updates,
-            state.previous_gradient,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(updates, params, like),
-        ) or (updates, state.previous_gradient)
-        return updates, ScaleByOptimisticGradientState(
-            is_initial_step=jnp.zeros_like(state.is_initial_step),
-            previous_gradient=previous,
-            count=count,
-        )
-
-    return GradientTransformation(init_fn, update_fn)
+    return rule.moment_rule(
+        ScaleByOptimisticGradientState,
+        _optimistic_leaf,
+        moments={"previous_gradient": mu_dtype},
+        rounding=state_rounding,
+        step=step,
+        extra_init=lambda params: {"is_initial_step": jnp.array(True)},
+        extra_update=lambda state, *_: {"is_initial_step": jnp.zeros_like(state.is_initial_step)},
+    )
 
 
 def optimistic_gradient_descent(

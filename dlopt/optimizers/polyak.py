@@ -20,16 +20,6 @@ VARIANTS = ("sps", "sps+")
 _TINY = float(jnp.finfo(float).eps)  # optax's guard on the squared norm (float64's eps)
 
 
-def _squared_norm(tree: chex.ArrayTree) -> chex.Array:
-    """``sum over leaves of sum(|x|^2)``, accumulated in float32 (float64 if a leaf is)."""
-    total = jnp.zeros((), jnp.float32)
-    for x in jax.tree.leaves(tree):
-        term = jnp.sum(numerics.abs_sq(x.astype(numerics.compute_dtype(x.dtype))))
-        wide = numerics.wider_float(total.dtype, term.dtype)
-        total = total.astype(wide) + term.astype(wide)
-    return total
-
-
 def scale_by_polyak(
     f_min: chex.Numeric = 0.0,
     max_learning_rate: chex.Numeric = 1.0,
@@ -71,8 +61,7 @@ def scale_by_polyak(
     validation.check_finite("f_min", f_min)
     validation.check_non_negative("max_learning_rate", max_learning_rate)
     validation.check_non_negative("eps", eps)
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got variant={variant!r}.")
+    validation.check_choice("variant", variant, VARIANTS)
 
     def init_fn(params):
         tree_lib.check_float_params(params)
@@ -80,7 +69,7 @@ def scale_by_polyak(
 
     def update_fn(updates, state, params=None, *, value, **extra_args):
         del extra_args
-        grad_sq_norm = _squared_norm(updates)
+        grad_sq_norm = numerics.squared_norm(updates)
         gap = jnp.asarray(value).astype(grad_sq_norm.dtype) - tree_lib.scalar_like(
             f_min, grad_sq_norm
         )

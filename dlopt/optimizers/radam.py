@@ -10,7 +10,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from dlopt.core import numerics, validation
+from dlopt.core import numerics, rule, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
     GradientTransformation,
@@ -86,7 +86,7 @@ def rectification(count: chex.Array, b2: chex.Numeric) -> tuple[chex.Array, chex
     return rho, r
 
 
-def _radam_leaf(g, mu, nu, leaf, out_dtype, *, b1, b2, eps, eps_root, nesterov, rect, writer):
+def _radam_leaf(g, mu, nu, leaf, out_dtype, *, b1, b2, eps, eps_root, nesterov, writer, rect):
     count = writer.count
     rectified, r = rect
     f = numerics.compute_dtype(g.dtype, mu.dtype, nu.dtype)
@@ -94,12 +94,7 @@ def _radam_leaf(g, mu, nu, leaf, out_dtype, *, b1, b2, eps, eps_root, nesterov, 
     mu = writer.put(numerics.ema(mu.astype(f), g, b1), mu, leaf, 1)
     nu = writer.put(numerics.ema(nu.astype(f), numerics.abs_sq(g), b2), nu, leaf, 2)
     m, v = mu.astype(f), nu.astype(f)
-    if nesterov:
-        m_hat = tree_lib.scalar_like(b1, m) * numerics.unbias(
-            m, b1, tree_lib.safe_increment(count)
-        ) + tree_lib.scalar_like(1 - b1, m) * numerics.unbias(g, b1, count)
-    else:
-        m_hat = numerics.unbias(m, b1, count)
+    m_hat = numerics.unbias_momentum(m, g, b1, count, nesterov=nesterov)
     v_hat = numerics.unbias(v, b2, count)
     denominator = jnp.sqrt(v_hat + tree_lib.scalar_like(eps_root, v_hat))
     denominator = denominator + tree_lib.scalar_like(eps, denominator)
@@ -165,40 +160,23 @@ def scale_by_radam(
         >>> import dlopt
         >>> tx = dlopt.chain(dlopt.scale_by_radam(), dlopt.scale_by_learning_rate(1e-3))
     """
-    numerics.check_betas(b1, b2)
-    validation.check_non_negative("eps", eps)
-    validation.check_non_negative("eps_root", eps_root)
+    rule.check_moment_hyperparameters(b1, b2, eps, eps_root)
     validation.check_in_range("threshold", threshold, 4.0, math.inf)
-    numerics.check_rounding(state_rounding)
-    mu_dtype, nu_dtype = numerics.canonical_dtype(mu_dtype), numerics.canonical_dtype(nu_dtype)
 
-    def init_fn(params):
-        return ScaleByAdamState(
-            count=jnp.zeros([], jnp.int32),
-            mu=tree_lib.moments_like(params, mu_dtype),
-            nu=tree_lib.moments_like(params, nu_dtype),
-        )
-
-    def update_fn(updates, state, params=None):
-        count = tree_lib.safe_increment(state.count)
-        writer = numerics.StateWriter(count, state_rounding)
+    def step(state, count, params):
         rho, r = rectification(count, b2)
-        rect = (rho >= jnp.asarray(threshold).astype(rho.dtype), r)
-        in_param_dtype = state.nu if nu_dtype is None else state.mu if mu_dtype is None else None
-        updates, mu, nu = tree_lib.map_unzip(
-            functools.partial(
-                _radam_leaf, b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov,
-                rect=rect, writer=writer,
-            ),
-            updates,
-            state.mu,
-            state.nu,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(updates, params, in_param_dtype),
-        )  # fmt: skip
-        return updates, ScaleByAdamState(count=count, mu=mu, nu=nu)
+        return {"rect": (rho >= jnp.asarray(threshold).astype(rho.dtype), r)}
 
-    return GradientTransformation(init_fn, update_fn)
+    leaf_fn = functools.partial(
+        _radam_leaf, b1=b1, b2=b2, eps=eps, eps_root=eps_root, nesterov=nesterov
+    )
+    return rule.moment_rule(
+        ScaleByAdamState,
+        leaf_fn,
+        moments={"mu": mu_dtype, "nu": nu_dtype},
+        rounding=state_rounding,
+        step=step,
+    )
 
 
 def radam(

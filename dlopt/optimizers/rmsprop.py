@@ -9,7 +9,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from dlopt.core import numerics, validation
+from dlopt.core import numerics, rule, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
     GradientTransformation,
@@ -93,30 +93,11 @@ def scale_by_rms(
         >>> tx = dlopt.chain(dlopt.scale_by_rms(0.99), dlopt.scale_by_learning_rate(1e-3))
     """
     _check(decay, eps, initial_scale)
-    numerics.check_rounding(state_rounding)
-    nu_dtype = numerics.canonical_dtype(nu_dtype)
-
-    def init_fn(params):
-        tree_lib.check_float_params(params)
-        nu = tree_lib.full_like(params, initial_scale, nu_dtype)
-        return ScaleByRmsState(count=jnp.zeros([], jnp.int32), nu=nu)
-
-    def update_fn(updates, state, params=None):
-        count = tree_lib.safe_increment(state.count)
-        leaf_fn = functools.partial(
-            _rms_leaf, decay=decay, eps=eps, eps_in_sqrt=eps_in_sqrt,
-            bias_correction=bias_correction, writer=numerics.StateWriter(count, state_rounding),
-        )  # fmt: skip
-        updates, nu = tree_lib.map_unzip(
-            leaf_fn,
-            updates,
-            state.nu,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(updates, params, state.nu if nu_dtype is None else None),
-        )
-        return updates, ScaleByRmsState(count=count, nu=nu)
-
-    return GradientTransformation(init_fn, update_fn)
+    leaf_fn = functools.partial(
+        _rms_leaf, decay=decay, eps=eps, eps_in_sqrt=eps_in_sqrt, bias_correction=bias_correction
+    )
+    nu = rule.Moment(nu_dtype, rule.filled(initial_scale))
+    return rule.moment_rule(ScaleByRmsState, leaf_fn, moments={"nu": nu}, rounding=state_rounding)
 
 
 def _stddev_leaf(g, mu, nu, leaf, out_dtype, *, decay, eps, eps_in_sqrt, bias_correction, writer):
@@ -179,34 +160,14 @@ def scale_by_stddev(
         >>> tx = dlopt.chain(dlopt.scale_by_stddev(), dlopt.scale_by_learning_rate(1e-3))
     """
     _check(decay, eps, initial_scale)
-    numerics.check_rounding(state_rounding)
-    mu_dtype, nu_dtype = numerics.canonical_dtype(mu_dtype), numerics.canonical_dtype(nu_dtype)
-
-    def init_fn(params):
-        return ScaleByRStdDevState(
-            count=jnp.zeros([], jnp.int32),
-            mu=tree_lib.moments_like(params, mu_dtype),
-            nu=tree_lib.full_like(params, initial_scale, nu_dtype),
-        )
-
-    def update_fn(updates, state, params=None):
-        count = tree_lib.safe_increment(state.count)
-        leaf_fn = functools.partial(
-            _stddev_leaf, decay=decay, eps=eps, eps_in_sqrt=eps_in_sqrt,
-            bias_correction=bias_correction, writer=numerics.StateWriter(count, state_rounding),
-        )  # fmt: skip
-        in_param_dtype = state.nu if nu_dtype is None else state.mu if mu_dtype is None else None
-        updates, mu, nu = tree_lib.map_unzip(
-            leaf_fn,
-            updates,
-            state.mu,
-            state.nu,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(updates, params, in_param_dtype),
-        )
-        return updates, ScaleByRStdDevState(count=count, mu=mu, nu=nu)
-
-    return GradientTransformation(init_fn, update_fn)
+    leaf_fn = functools.partial(
+        _stddev_leaf, decay=decay, eps=eps, eps_in_sqrt=eps_in_sqrt,
+        bias_correction=bias_correction,
+    )  # fmt: skip
+    nu = rule.Moment(nu_dtype, rule.filled(initial_scale))
+    return rule.moment_rule(
+        ScaleByRStdDevState, leaf_fn, moments={"mu": mu_dtype, "nu": nu}, rounding=state_rounding
+    )
 
 
 def rmsprop(

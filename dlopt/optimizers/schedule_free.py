@@ -15,7 +15,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from dlopt.core import numerics, validation
+from dlopt.core import numerics, rule, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
     GradientTransformation,
@@ -155,14 +155,13 @@ def schedule_free(
         base_updates, base_state = base.update(
             updates, state.base_optimizer_state, params, **extra_args
         )
-        writer = numerics.StateWriter(state.step_count, state_rounding)
-        updates, z = tree_lib.map_unzip(
-            functools.partial(_schedule_free_leaf, b1=b1, ck=ck, writer=writer),
+        updates, z = rule.lift(
+            functools.partial(_schedule_free_leaf, b1=b1, ck=ck),
             params,
-            state.z,
-            base_updates,
-            numerics.leaf_indices(params),
-            numerics.out_dtypes(updates, params),
+            (state.z, base_updates),
+            count=state.step_count,
+            rounding=state_rounding,
+            params=params,
         ) or (updates, state.z)
         return updates, ScheduleFreeState(
             b1=state.b1,
@@ -176,24 +175,15 @@ def schedule_free(
     return GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def _is_schedule_free_state(node: Any) -> bool:
+    """A NamedTuple with ``b1`` and ``z`` fields: dlopt's or optax's `ScheduleFreeState`."""
+    return isinstance(node, tuple) and {"b1", "z"} <= set(getattr(node, "_fields", ()))
+
+
 def _find_state(state: Any) -> Any:
-    """The first node of ``state`` with ``b1`` and ``z`` fields (a `ScheduleFreeState`, also
-    optax's, possibly nested in a chain or an injected-hyperparameters state), or None."""
-    if hasattr(state, "_fields"):
-        if "b1" in state._fields and "z" in state._fields:
-            return state
-        children = list(state)
-    elif isinstance(state, list | tuple):
-        children = list(state)
-    elif isinstance(state, dict):
-        children = list(state.values())
-    else:
-        return None
-    for child in children:
-        found = _find_state(child)
-        if found is not None:
-            return found
-    return None
+    """The outermost schedule-free state inside ``state`` (a chain, a wrapper), or None."""
+    nodes = jax.tree.leaves(state, is_leaf=_is_schedule_free_state)
+    return next((n for n in nodes if _is_schedule_free_state(n)), None)
 
 
 def _eval_leaf(y, z, b1):

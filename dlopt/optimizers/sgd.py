@@ -6,9 +6,8 @@ import functools
 from typing import Any, NamedTuple
 
 import chex
-import jax.numpy as jnp
 
-from dlopt.core import numerics, validation
+from dlopt.core import numerics, rule, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
     EmptyState,
@@ -32,10 +31,6 @@ def _trace_leaf(g, t, leaf, out_dtype, *, decay, nesterov, writer):
     stored = new_t.astype(f)
     update = g + tree_lib.scalar_like(decay, g) * stored if nesterov else stored
     return update.astype(out_dtype), new_t
-
-
-def _zero_count() -> chex.Array:
-    return jnp.zeros([], jnp.int32)
 
 
 def trace(
@@ -71,28 +66,8 @@ def trace(
     validation.check_in_range("decay", decay, 0.0, 1.0, high_closed=True)
     numerics.check_rounding(state_rounding)
     dtype = numerics.moment_dtype("accumulator_dtype", accumulator_dtype, mu_dtype)
-
-    def init_fn(params):
-        return TraceState(trace=tree_lib.moments_like(params, dtype), count=_zero_count())
-
-    def update_fn(updates, state, params=None):
-        count = tree_lib.safe_increment(_zero_count() if state.count is None else state.count)
-        leaf_fn = functools.partial(
-            _trace_leaf,
-            decay=decay,
-            nesterov=nesterov,
-            writer=numerics.StateWriter(count, state_rounding),
-        )
-        updates, new_trace = tree_lib.map_unzip(
-            leaf_fn,
-            updates,
-            state.trace,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(updates, params, state.trace if dtype is None else None),
-        )
-        return updates, TraceState(trace=new_trace, count=count)
-
-    return GradientTransformation(init_fn, update_fn)
+    leaf_fn = functools.partial(_trace_leaf, decay=decay, nesterov=nesterov)
+    return rule.moment_rule(TraceState, leaf_fn, moments={"trace": dtype}, rounding=state_rounding)
 
 
 def sgd(

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import keystr, tree_flatten_with_path
 
-from dlopt.core import numerics, validation
+from dlopt.core import numerics, rule, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
     GradientTransformation,
@@ -137,35 +137,17 @@ def scale_by_sm3(
     validation.check_in_range("b1", b1, 0.0, 1.0)
     validation.check_in_range("b2", b2, 0.0, 1.0, high_closed=True)
     validation.check_non_negative("eps", eps)
-    numerics.check_rounding(state_rounding)
-    mu_dtype, nu_dtype = numerics.canonical_dtype(mu_dtype), numerics.canonical_dtype(nu_dtype)
 
-    def init_fn(params):
-        tree_lib.check_float_params(params)
+    def covers(params, dtype):  # optax's names: mu holds the covers, nu the momentum
         _reject_complex(params)
-        return ScaleBySM3State(
-            mu=jax.tree.map(lambda p: _cover(p, nu_dtype or tree_lib.dtype_of(p)), params),
-            nu=tree_lib.moments_like(params, mu_dtype),
-            count=jnp.zeros([], jnp.int32),
-        )
+        return jax.tree.map(lambda p: _cover(p, dtype or tree_lib.dtype_of(p)), params)
 
-    def update_fn(updates, state, params=None):
-        count = jnp.zeros([], jnp.int32) if state.count is None else state.count
-        count = tree_lib.safe_increment(count)
-        leaf_fn = functools.partial(
-            _sm3_leaf, b1=b1, b2=b2, eps=eps, writer=numerics.StateWriter(count, state_rounding)
-        )
-        updates, mu, nu = tree_lib.map_unzip(
-            leaf_fn,
-            updates,
-            state.mu,
-            state.nu,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(updates, params, state.nu if mu_dtype is None else None),
-        ) or (updates, state.mu, state.nu)
-        return updates, ScaleBySM3State(mu=mu, nu=nu, count=count)
-
-    return GradientTransformation(init_fn, update_fn)
+    return rule.moment_rule(
+        ScaleBySM3State,
+        functools.partial(_sm3_leaf, b1=b1, b2=b2, eps=eps),
+        moments={"mu": rule.Moment(nu_dtype, covers, like_params=False), "nu": mu_dtype},
+        rounding=state_rounding,
+    )
 
 
 def sm3(

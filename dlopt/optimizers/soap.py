@@ -9,7 +9,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from dlopt.core import numerics, validation
+from dlopt.core import numerics, rule, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
     GradientTransformation,
@@ -85,7 +85,7 @@ def _power_iteration(factors, bases, v):
     return tuple(new), v
 
 
-def _soap_leaf(g, mu, nu, factors, bases, leaf, out_dtype, *, cfg, first, refresh, step, writer):
+def _soap_leaf(g, mu, nu, factors, bases, leaf, out_dtype, *, cfg, writer, first, refresh, step):
     f = numerics.compute_dtype(g.dtype, mu.dtype, nu.dtype)
     shape, (merged, _) = g.shape, _layout(g.shape, **cfg["layout"])
     (g, restore), (mu_full, _), (nu_full, _) = map(tree_lib.unshard, (g, mu, nu))
@@ -237,9 +237,6 @@ def scale_by_soap(
     if not isinstance(precondition_frequency, jax.core.Tracer):
         validation.check_int("precondition_frequency", precondition_frequency, 1)
     validation.check_int("max_precond_dim", max_precond_dim, 0)
-    numerics.check_rounding(state_rounding)
-    mu_dtype, nu_dtype = numerics.canonical_dtype(mu_dtype), numerics.canonical_dtype(nu_dtype)
-    factor_dtype = numerics.canonical_dtype(factor_dtype)
     layout = {"max_dim": max_precond_dim, "merge": merge_small_dims,
               "precondition_1d": precondition_1d}  # fmt: skip
     cfg = {
@@ -248,7 +245,7 @@ def scale_by_soap(
         "normalize_grads": normalize_grads,
     }  # fmt: skip
 
-    def factors_like(p, eye: bool):
+    def factors_like(p, factor_dtype, eye: bool):
         shape, flags = _layout(tuple(p.shape), **layout)
         dtype = factor_dtype or numerics.compute_dtype(tree_lib.dtype_of(p))
         make = jnp.eye if eye else jnp.zeros
@@ -257,36 +254,26 @@ def scale_by_soap(
             for d, on in zip(shape, flags, strict=True)
         )
 
-    def init_fn(params):
-        return ScaleBySoapState(
-            count=jnp.zeros([], jnp.int32),
-            mu=tree_lib.moments_like(params, mu_dtype),
-            nu=tree_lib.moments_like(params, nu_dtype),
-            preconditioners=jax.tree.map(lambda p: factors_like(p, False), params),
-            eigenbases=jax.tree.map(lambda p: factors_like(p, True), params),
-        )
+    def factors(eye: bool) -> rule.Init:
+        return lambda params, dtype: jax.tree.map(lambda p: factors_like(p, dtype, eye), params)
 
-    def update_fn(updates, state, params=None):
-        count = tree_lib.safe_increment(state.count)
-        step = state.count  # Adam steps taken so far, this one included
-        in_param_dtype = state.nu if nu_dtype is None else state.mu if mu_dtype is None else None
-        updates, mu, nu, preconditioners, eigenbases = tree_lib.map_unzip(
-            functools.partial(
-                _soap_leaf, cfg=cfg, first=state.count == 0,
-                refresh=(step > 0) & (step % precondition_frequency == 0), step=step,
-                writer=numerics.StateWriter(count, state_rounding),
-            ),
-            updates,
-            state.mu,
-            state.nu,
-            state.preconditioners,
-            state.eigenbases,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(updates, params, in_param_dtype),
-        ) or (updates, state.mu, state.nu, state.preconditioners, state.eigenbases)  # fmt: skip
-        return updates, ScaleBySoapState(count, mu, nu, preconditioners, eigenbases)
+    def step(state, count, params):
+        taken = state.count  # Adam steps taken so far, this one included
+        refresh = (taken > 0) & (taken % precondition_frequency == 0)
+        return {"first": state.count == 0, "refresh": refresh, "step": taken}
 
-    return GradientTransformation(init_fn, update_fn)
+    return rule.moment_rule(
+        ScaleBySoapState,
+        functools.partial(_soap_leaf, cfg=cfg),
+        moments={
+            "mu": mu_dtype,
+            "nu": nu_dtype,
+            "preconditioners": rule.Moment(factor_dtype, factors(False), like_params=False),
+            "eigenbases": rule.Moment(factor_dtype, factors(True), like_params=False),
+        },
+        rounding=state_rounding,
+        step=step,
+    )
 
 
 def soap(

@@ -8,7 +8,7 @@ from typing import Any
 import chex
 import jax.numpy as jnp
 
-from dlopt.core import numerics, validation
+from dlopt.core import numerics, rule, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
     GradientTransformation,
@@ -79,36 +79,15 @@ def scale_by_yogi(
         >>> import dlopt
         >>> tx = dlopt.chain(dlopt.scale_by_yogi(), dlopt.scale_by_learning_rate(1e-2))
     """
-    numerics.check_betas(b1, b2)
-    validation.check_non_negative("eps", eps)
-    validation.check_non_negative("eps_root", eps_root)
+    rule.check_moment_hyperparameters(b1, b2, eps, eps_root)
     validation.check_non_negative("initial_accumulator_value", initial_accumulator_value)
-    numerics.check_rounding(state_rounding)
-    mu_dtype, nu_dtype = numerics.canonical_dtype(mu_dtype), numerics.canonical_dtype(nu_dtype)
-
-    def init_fn(params):
-        tree_lib.check_float_params(params)
-        return ScaleByAdamState(
-            count=jnp.zeros([], jnp.int32),
-            mu=tree_lib.full_like(params, initial_accumulator_value, mu_dtype),
-            nu=tree_lib.full_like(params, initial_accumulator_value, nu_dtype),
-        )
-
-    def update_fn(updates, state, params=None):
-        count = tree_lib.safe_increment(state.count)
-        writer = numerics.StateWriter(count, state_rounding)
-        in_param_dtype = state.nu if nu_dtype is None else state.mu if mu_dtype is None else None
-        updates, mu, nu = tree_lib.map_unzip(
-            functools.partial(_yogi_leaf, b1=b1, b2=b2, eps=eps, eps_root=eps_root, writer=writer),
-            updates,
-            state.mu,
-            state.nu,
-            numerics.leaf_indices(updates),
-            numerics.out_dtypes(updates, params, in_param_dtype),
-        )
-        return updates, ScaleByAdamState(count=count, mu=mu, nu=nu)
-
-    return GradientTransformation(init_fn, update_fn)
+    start = rule.filled(initial_accumulator_value)
+    return rule.moment_rule(
+        ScaleByAdamState,
+        functools.partial(_yogi_leaf, b1=b1, b2=b2, eps=eps, eps_root=eps_root),
+        moments={"mu": rule.Moment(mu_dtype, start), "nu": rule.Moment(nu_dtype, start)},
+        rounding=state_rounding,
+    )
 
 
 def yogi(

@@ -24,10 +24,10 @@ in ``state.skipped_steps``); its flags are one `StepOptions`. Two optional parts
 state: ``state.averages`` (a `dlopt.training.ModelEMA` average, updated after each applied
 update) and ``state.loss_scale`` (with ``loss_scale=``, started on the first step).
 
-A flat state (`TrainState.create`'s default where it is faster) is differentiated with respect to its
-flat buffers (``state.stored_params``): the loss function still gets the params tree (a view
-of the buffers), the gradients come back flat, and the optimizer ``tx`` runs
-over the buffers, one fused pass each (`dlopt.training.state`).
+A flat state (`TrainState.create`'s default where it is faster) is differentiated with
+respect to its flat buffers (``state.stored_params``): the loss function still gets the params
+tree (a view of the buffers), the gradients come back flat, and the optimizer ``tx`` runs over
+the buffers, one fused pass each (`dlopt.training.state`).
 """
 
 from __future__ import annotations
