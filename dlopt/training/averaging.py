@@ -75,6 +75,9 @@ class Averages:
     """``state.averages``: the averaged params and the number of averaging updates so far.
 
     ``rule`` (static) is `ModelEMA`'s in-step update while its `fit` runs, else None.
+    ``params`` is held in the state's layout, like ``state.stored_params`` (a
+    `dlopt.core.flat.Buffers` for a flat state, so the average updates in one fused pass);
+    ``swap_averages(state).params`` reads the average as the params tree.
     """
 
     count: chex.Array  # int32, saturating

@@ -161,11 +161,13 @@ def _restored_one(restored: Mapping[str, Any], target: TrainState) -> TrainState
     opt_state = fields["opt_state"]
     if jax.tree.structure(opt_state) != jax.tree.structure(target.opt_state):
         fields["opt_state"] = opt_state_to_flat(opt_state, target.tx, layout)
-    fields["averages"] = jax.tree.map(
-        lambda saved, t: Buffers(pack(saved, t.layout), t.layout) if _is_buffers(t) else saved,
-        fields["averages"],
-        target.averages,
-        is_leaf=_is_buffers,
+    fields["averages"] = (
+        jax.tree.map(  # the target's structure first: Buffers where saved has a tree
+            lambda t, saved: Buffers(pack(saved, t.layout), t.layout) if _is_buffers(t) else saved,
+            target.averages,
+            fields["averages"],
+            is_leaf=_is_buffers,
+        )
     )
     return target.replace(stored_params=flat, **fields)
 

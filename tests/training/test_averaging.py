@@ -90,7 +90,7 @@ def test_model_ema_equals_a_numpy_ema_of_the_params(decay, every, warmup):
     applied = [(s, p) for i, (s, p, _) in enumerate(sequence) if i != 4]  # ... and not averaged
     expected, count = numpy_ema(init, applied, decay, every, warmup)
     assert int(state.averages.count) == count > 2
-    got = host(state.averages.params)
+    got = host(swap_averages(state).params)  # the average as the tree
     for g, e in zip(got, expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=2e-6, atol=1e-7)
     assert not np.allclose(got[0], host(state.params)[0])  # an average, not the last params
@@ -122,7 +122,7 @@ def test_swa_equals_torch_averaged_model_and_switches_the_learning_rate():
         swa_model.update_parameters(holder)
     assert int(state.averages.count) == int(swa_model.n_averaged) == 4
     expected = [p.detach().numpy() for p in swa_model.module.ps]
-    for g, e in zip(host(state.averages.params), expected, strict=True):
+    for g, e in zip(host(swap_averages(state).params), expected, strict=True):
         np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-7)
 
 
@@ -243,11 +243,12 @@ def test_model_ema_in_pmap_and_mesh_steps_matches_the_jit_step():
         jit_state, _ = jit_step(jit_state, batch)
         pmap_state, _ = pmap_step(pmap_state, training.split_batch(batch, 2))
         mesh_state, _ = mesh_step(mesh_state, training.shard_batch(batch, mesh))
-    assert not np.allclose(jit_state.averages.params["w"], jit_state.params["w"])
+    assert not np.allclose(swap_averages(jit_state).params["w"], jit_state.params["w"])
     for other in (training.unreplicate(pmap_state), mesh_state):
         assert int(other.averages.count) == 3
-        chex.assert_trees_all_close(other.averages.params, jit_state.averages.params,
-                                    rtol=1e-6, atol=1e-7)  # fmt: skip
+        chex.assert_trees_all_close(
+            swap_averages(other).params, swap_averages(jit_state).params, rtol=1e-6, atol=1e-7
+        )
 
 
 # ------------------------------------------------------------ resume through a backup
