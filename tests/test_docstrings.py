@@ -25,20 +25,8 @@ MODULES = sorted(
     if ">>>" in path.read_text()
 )
 
-# Modules being redesigned elsewhere whose examples are fixed after that work merges (strict:
-# the entry must go once they pass).
-PENDING = {"dlopt.wrappers.fused"}
 
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(m, marks=pytest.mark.xfail(strict=True, reason="fixed after the redesign"))
-        if m in PENDING
-        else m
-        for m in MODULES
-    ],
-)
+@pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
     module = importlib.import_module(name)
     tests = doctest.DocTestFinder(exclude_empty=True).find(module, globs={"__name__": name})
