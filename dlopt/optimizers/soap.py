@@ -91,15 +91,21 @@ def _soap_leaf(g, mu, nu, factors, bases, leaf, out_dtype, *, cfg, writer, first
     (g, restore), (mu_full, _), (nu_full, _) = map(tree_lib.unshard, (g, mu, nu))
     g = g.astype(f).reshape(merged)
     q = tuple(None if b is None else b.astype(f) for b in bases)
-    # Adam in the eigenbasis; the first call only gathers statistics (its update is zero)
+    # Adam in the eigenbasis; the first call only gathers statistics (its update is zero).
+    # Q^H M Q is formed as b1 Q^H M_prev Q + (1 - b1) G' from the same rotated G' that feeds V,
+    # as the authors' code does (it keeps M rotated): rotating M and G separately in float32
+    # rounds them differently, and where G' cancels to 0 (V = 0) the numerator's rounding
+    # noise divided by eps gave updates ~1e3 times too large.
     m, v = mu_full.astype(f).reshape(merged), nu_full.astype(f).reshape(merged)
+    rotated_g = _rotate(g, q)
+    rotated_m = numerics.ema(_rotate(m, q), rotated_g, cfg["b1"])
     m = jnp.where(first, m, numerics.ema(m, g, cfg["b1"]))
-    v = jnp.where(first, v, numerics.ema(v, numerics.abs_sq(_rotate(g, q)), cfg["b2"]))
+    v = jnp.where(first, v, numerics.ema(v, numerics.abs_sq(rotated_g), cfg["b2"]))
     mu = writer.put(m.reshape(shape), mu_full, leaf, 1)
     nu = writer.put(v.reshape(shape), nu_full, leaf, 2)
-    m, v = mu.astype(f).reshape(merged), nu.astype(f).reshape(merged)
+    v = nu.astype(f).reshape(merged)
     denominator = jnp.sqrt(v) + tree_lib.scalar_like(cfg["eps"], v)
-    update = _rotate_back(_rotate(m, q) / denominator, q)
+    update = _rotate_back(rotated_m / denominator, q)
     if cfg["correct_bias"]:
         t = jnp.maximum(step, 1)
         scale = jnp.sqrt(numerics.bias_correction(cfg["b2"], t)) / numerics.bias_correction(

@@ -620,12 +620,24 @@ def test_soap_needs_fewer_steps_than_adamw_on_ill_conditioned_least_squares():
             return jax.lax.scan(body, (start, tx.init(start)), None, length=1000)[1]
 
         curves = np.asarray(jax.jit(jax.vmap(run))(jnp.logspace(-2.5, 0, 6)))
-        hit = curves < 1e-6 * float(loss(start))
-        return min(int(np.argmax(h)) if h.any() else 10_000 for h in hit)  # best learning rate
+        below = curves < 1e-6 * float(loss(start))
+        # the step from which the loss stays below the target (Adam at a constant rate only
+        # dips below it now and then, at steps that move with the rounding); best rate
+        return min(len(b) - int(np.argmax(~b[::-1])) if b[-1] else 10_000 for b in below)
 
     adamw = steps_to_target(lambda lr: dlopt.adamw(lr, weight_decay=0.0))
     soap = steps_to_target(lambda lr: dlopt.soap(lr, weight_decay=0.0))
-    assert soap < 0.75 * adamw, (soap, adamw)  # measured: 357 vs 781 steps
+    # measured: 380 steps; AdamW (and optax's adamw) stay below 1e-6 at no rate in 1000 steps
+    assert soap < 1000 and soap < 0.75 * adamw, (soap, adamw)
+
+    # the first real update is Adam's first step in the eigenbasis, at most 1 per coordinate
+    # there, so ||U||_F <= sqrt(d k) = 16: its numerator and V share one rotated gradient
+    # (rotating M on its own put rounding noise over V = 0 where G' cancelled: ||U||_F = 6824)
+    tx = dlopt.scale_by_soap()
+    grads = jax.grad(loss)(start)
+    state = tx.update(grads, tx.init(start), start)[1]
+    update = tx.update(grads, state, start)[0]["w"]
+    assert float(jnp.linalg.norm(update)) <= np.sqrt(d * k) * (1 + 1e-5)
 
 
 def test_soap_first_update_is_zero_and_factor_dtypes():
