@@ -39,6 +39,7 @@ def qwerty_neighbours(
       special_char: punctuation can be typos and gets typos.
 
     Example:
+      >>> from dlopt.data.qwerty import qwerty_neighbours
       >>> qwerty_neighbours()["g"]
       ['B', 'F', 'H', 'T', 'V', 'Y', 'b', 'f', 'h', 't', 'v', 'y']
     """

@@ -118,6 +118,8 @@ def random_word(
       ``(ids, length)``: the augmented ids (same shape and dtype) and the new length.
 
     Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from dlopt.data.text import random_word
       >>> ids, n = random_word(jax.random.key(0), jnp.array([5, 6, 7, 8, 0, 0]), 4,
       ...                      action="delete", aug_p=0.5)
       >>> int(n)
@@ -202,8 +204,11 @@ def table_substitute(
       ``(ids, length)``, the length unchanged.
 
     Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from dlopt.data.text import table_substitute
       >>> table = jnp.array([[-1, -1], [2, 3], [1, -1], [-1, -1]])  # 1 <-> 2, 1 -> 3
       >>> table_substitute(jax.random.key(0), jnp.array([1, 0]), 1, table)[0]  # [2 or 3, 0]
+      Array([2, 0], dtype=int32)
 
     References:
       Miller, "WordNet: A Lexical Database for English", CACM 1995; Wei & Zou, EMNLP 2019.

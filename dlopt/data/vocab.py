@@ -10,6 +10,7 @@ Plain Python and numpy, run once over a corpus before training (not jit-able):
   as the ``[vocab, k]`` table ``dlopt.data.text.table_substitute`` draws from.
 
 Example:
+  >>> from dlopt.data.vocab import Vocab
   >>> vocab = Vocab.fit(["the film was good", "the plot was bad"])
   >>> ids, lengths = vocab.encode(["the film was bad"], max_len=6)
   >>> ids, lengths  # padded with vocab.pad_id
@@ -182,6 +183,7 @@ def candidate_table(
       max_candidates: keep at most this many per word (in the mapping's order).
 
     Example:
+      >>> from dlopt.data.vocab import Vocab, candidate_table
       >>> vocab = Vocab.fit(["good bad great"])
       >>> table = candidate_table({"good": ["great", "fine"]}, vocab)  # "fine" is unknown
       >>> table[vocab.lookup(["good"])[0]]

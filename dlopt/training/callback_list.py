@@ -22,6 +22,7 @@ class CallbackList:
     a host sync per batch).
 
     Example:
+        >>> from dlopt.training import CallbackList
         >>> from dlopt.training import Callback
         >>> callbacks = CallbackList([Callback()])
         >>> callbacks.on_train_begin("state", None), callbacks.stop_training
