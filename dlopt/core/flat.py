@@ -180,20 +180,31 @@ def unpack(
     """The inverse of `pack`: slices each buffer back into leaves (cast to ``dtypes``); the
     leaves of a masked-out buffer are that buffer's `dlopt.MaskedNode`. Leading axes of the
     buffers (a replicated state's device axis) lead every leaf."""
-    leaves = []
-    for slot, dtype in zip(layout.slots, dtypes or [None] * layout.num_leaves, strict=True):
-        buf = buffers[slot.label][slot.key]
-        if _is_empty(buf):
-            leaves.append(buf)
-            continue
-        rank = len(slot.shape)
-        if is_own(slot.key) and tuple(buf.shape[jnp.ndim(buf) - rank :]) == slot.shape:
-            leaf = buf  # kept in its own shape (`pack` with keep_own_shapes)
+    # One split per buffer, not one slice per leaf: the gradient of a split is one
+    # concatenate, while each slice's is a pad to the whole buffer (O(leaves x size) adds).
+    pieces: dict[tuple[Hashable, str], list[Any]] = {}
+    for label, key, _ in layout.groups:
+        buf = buffers[label][key]
+        slots = [s for s in layout.slots if (s.label, s.key) == (label, key)]
+        rank = len(slots[0].shape)
+        if _is_empty(buf):  # masked out: every leaf is the buffer's MaskedNode
+            pieces[(label, key)] = [buf] * len(slots)
+        elif is_own(key) and tuple(buf.shape[jnp.ndim(buf) - rank :]) == slots[0].shape:
+            pieces[(label, key)] = [buf]  # kept in its own shape (`pack` with keep_own_shapes)
         else:
             lead = tuple(buf.shape[:-1])
-            piece = buf[..., slot.offset : slot.offset + slot.size]
-            leaf = jnp.reshape(piece, lead + slot.shape)
-        leaves.append(leaf if dtype is None else leaf.astype(dtype))
+            cuts = [s.offset for s in slots[1:]] + [slots[-1].offset + slots[-1].size]
+            parts = jnp.split(buf, cuts, axis=-1)[: len(slots)]  # the last part is padding
+            pieces[(label, key)] = [
+                jnp.reshape(part, lead + s.shape) for part, s in zip(parts, slots, strict=True)
+            ]
+    order = {group: iter(leaves) for group, leaves in pieces.items()}
+    leaves = [next(order[(slot.label, slot.key)]) for slot in layout.slots]
+    if dtypes is not None:
+        leaves = [
+            x if d is None or _is_empty(x) else x.astype(d)
+            for x, d in zip(leaves, dtypes, strict=True)
+        ]
     return layout.treedef.unflatten(leaves)
 
 
