@@ -191,11 +191,10 @@ def _demo_figures(histories: dict, rows: list[dict], data: dict, out: str) -> li
         title=f"{data['source']}: accuracy per epoch (train with dropout on)",
         path=os.path.join(out, "accuracy_curves.png"),
     )
-    plots.plot_dots(
+    plots.plot_error_counts(
         {r["optimizer"]: r["test acc"] for r in rows},
-        xlabel=f"test accuracy (ticks 1/{n_test} apart: one of the {n_test} test examples each)",
-        title="test accuracy of the weights with the best validation loss",
-        step=1 / n_test,
+        total=n_test,
+        title="test errors of the weights with the best validation loss",
         path=os.path.join(out, "test_accuracy.png"),
     )
     return ["loss_curves.png", "accuracy_curves.png", "test_accuracy.png"]

@@ -1,5 +1,5 @@
-"""Matplotlib figures: training curves (one axis or small multiples), dot plots, schedules,
-LR range tests, optimizer paths, activation histograms.
+"""Matplotlib figures: training curves (one axis or small multiples), error counts, schedules,
+LR range tests, activation histograms (optimizer paths: `dlopt.lab.plot_paths`).
 
 Every function builds a `matplotlib.figure.Figure` without pyplot (no GUI backend, no global
 state), saves it to ``path`` when given (PNG by the extension, parent folders created) and
@@ -16,6 +16,9 @@ from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from dlopt.lab.plot_axes import epoch_ticks, readable_log_axis
 
 
 def save(fig: Figure, path: str | os.PathLike | None, *, dpi: int = 90) -> Figure:
@@ -71,35 +74,46 @@ def plot_curves(
         path: where to save the PNG.
 
     Returns:
-        The figure; line ``i * len(keys) + j`` is run ``i``, key ``j`` (runs lacking a key skip it).
+        The figure; line ``i * len(keys) + j`` is run ``i``, key ``j`` (runs lacking a key skip
+        it), drawn against epochs 1, 2, ... (whole-number ticks). The legend names only
+        drawn lines.
 
     Example:
         >>> from dlopt.lab.plots import plot_curves
         >>> fig = plot_curves({"sgd": {"loss": [1.0, 0.5], "val_loss": [1.1, 0.7]}})
         >>> [line.get_label() for line in fig.axes[0].lines]
         ['sgd', 'sgd (val_loss)']
+        >>> fig.axes[0].lines[0].get_xdata().tolist()  # epochs counted from 1
+        [1, 2]
     """
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
     styles = ["-", "--", ":", "-."]
     colors = [f"C{i % 10}" for i in range(len(histories))]
+    drawn: list[list[float]] = []
     for (name, history), color in zip(histories.items(), colors, strict=True):
         h = _history_dict(history)
         for j, key in enumerate(keys):
             if key not in h:
                 continue
             label = name if j == 0 else f"{name} ({key})" if len(histories) == 1 else None
-            ax.plot(range(len(h[key])), h[key], styles[j % 4], color=color, label=label)
+            ax.plot(_epochs(h[key]), h[key], styles[j % 4], color=color, label=label)
+            drawn.append(h[key])
         if mark_best in h and any(math.isfinite(x) for x in h[mark_best]):
             values = np.asarray(h[mark_best], float)
             best = np.nanargmax(values) if "acc" in mark_best else np.nanargmin(values)
-            ax.plot([best], [values[best]], "o", color=color, markersize=5)
+            ax.plot([best + 1], [values[best]], "o", color=color, markersize=5)
     if logy:
         ax.set_yscale("log")
+        readable_log_axis(ax, drawn)
+    epoch_ticks(ax)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
+    used = {k for h in histories.values() for k in _history_dict(h)}
     legend_title = " / ".join(
-        f"{k} {s}" for k, s in zip(keys[:3], ["solid", "dashed", "dotted"], strict=False)
+        f"{k} {s}"
+        for k, s in zip(keys[:3], ["solid", "dashed", "dotted"], strict=False)
+        if k in used
     )
     where = {"loc": legend_loc, "ncol": 2}
     if legend_loc == "outside":
@@ -109,6 +123,11 @@ def plot_curves(
     if title:
         ax.set_title(title)
     return save(fig, path)
+
+
+def _epochs(values: Sequence[float]) -> np.ndarray:
+    """The x positions of per-epoch values: epochs 1, 2, ..., as in `fit`'s log."""
+    return np.arange(1, len(values) + 1)
 
 
 def _zoom_limits(
@@ -171,7 +190,8 @@ def plot_curve_panels(
     Returns:
         The figure; panel ``i`` (``fig.axes[i]``) is run ``i``: first the grey context lines
         (one per other run lacking none of the last key), then one line per key, then the
-        best-epoch dot.
+        best-epoch dot, against epochs 1, 2, ... (whole-number ticks). ``fig.legends[0]``
+        names only what some panel draws (no grey entry for a single run).
 
     Example:
         >>> from dlopt.lab.plots import plot_curve_panels
@@ -188,118 +208,120 @@ def plot_curve_panels(
     axes = fig.subplots(nrows, ncols, sharex=True, sharey=True, squeeze=False).ravel()
     styles = ["-", "--", ":", "-."]
     context_key = keys[-1]
+    # The legend names what some panel draws: the keys, then the grey field, then the dot.
+    legend: dict[str, Line2D] = {}
+    field: dict[str, Line2D] = {}
+    best_dot: dict[str, Line2D] = {}
     for i, (name, h) in enumerate(runs.items()):
         ax = axes[i]
         for other, oh in runs.items():
             if other != name and context_key in oh:
-                ax.plot(range(len(oh[context_key])), oh[context_key], color="0.82", lw=0.7)
+                ax.plot(_epochs(oh[context_key]), oh[context_key], color="0.82", lw=0.7)
+                grey = labels[len(keys) - 1] if len(labels) >= len(keys) else context_key
+                field = {f"the other runs' {grey}": Line2D([], [], color="0.82", lw=0.7)}
         for j, key in enumerate(keys):
             if key in h:
                 label = labels[j] if j < len(labels) else key
-                ax.plot(range(len(h[key])), h[key], styles[j % 4], color=f"C{j}", label=label)
+                ax.plot(_epochs(h[key]), h[key], styles[j % 4], color=f"C{j}", label=label)
+                legend[label] = Line2D([], [], ls=styles[j % 4], color=f"C{j}")
         heading = name
         if mark_best in h and any(math.isfinite(x) for x in h[mark_best]):
             values = np.asarray(h[mark_best], float)
             best = int(np.nanargmax(values) if "acc" in mark_best else np.nanargmin(values))
-            ax.plot([best], [values[best]], "o", color="C3", markersize=4)
-            heading += f": best {mark_best} {values[best]:.3g} (epoch {best})"
+            ax.plot([best + 1], [values[best]], "o", color="C3", markersize=4)
+            heading += f": best {mark_best} {values[best]:.3g} (epoch {best + 1})"
+            best_dot = {f"best {mark_best}": Line2D([], [], ls="", marker="o", color="C3", ms=4)}
         ax.set_title(heading, fontsize=8.5)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
+    legend.update(field)
+    legend.update(best_dot)
     for ax in axes[n:]:
         ax.set_visible(False)
-    if logy:
-        axes[0].set_yscale("log")
+    series = [h[k] for h in runs.values() for k in keys if k in h]
     note = ""
     if zoom:
         skip = max(1, math.ceil(0.1 * max(len(v) for h in runs.values() for v in h.values())))
-        series = [h[k] for h in runs.values() for k in keys if k in h]
         limits = _zoom_limits(series, skip, logy)
         if limits is not None:
             axes[0].set_ylim(limits[0], limits[1])
+            series = [*series, list(limits[:2])]
             if limits[2]:
-                note = f"y zoomed to epochs {skip} on; earlier values run off the axes"
+                note = f"y zoomed to epochs {skip + 1} on; earlier values run off the axes"
+    if logy:
+        axes[0].set_yscale("log")
+        for ax in axes[:n]:
+            readable_log_axis(ax, series)
+    for ax in axes[:n]:
+        epoch_ticks(ax)
     for r in range(nrows):
         axes[r * ncols].set_ylabel(ylabel, fontsize=9)
     for ax in axes[max(0, n - ncols) : n]:
         ax.set_xlabel("epoch", fontsize=9)
         ax.xaxis.set_tick_params(labelbottom=True)
-    handles, names = axes[0].get_legend_handles_labels()
-    grey = "the other runs' " + (labels[len(keys) - 1] if len(labels) >= len(keys) else context_key)
-    handles.append(axes[0].plot([], [], color="0.82", lw=0.7)[0])
-    names.append(grey)
-    if mark_best:
-        handles.append(axes[0].plot([], [], "o", color="C3", markersize=4)[0])
-        names.append(f"best {mark_best}")
-    fig.legend(handles, names, loc="lower center", ncol=len(names), fontsize=8, frameon=False)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=max(1, len(legend)),
+               fontsize=8, frameon=False)  # fmt: skip
     if title or note:
         fig.suptitle("\n".join(t for t in (title, note) if t), fontsize=10)
     fig.tight_layout(rect=(0, 0.3 / fig.get_figheight(), 1, 1))
     return save(fig, path)
 
 
-def plot_dots(
-    values: Mapping[str, float],
+def plot_error_counts(
+    accuracies: Mapping[str, float],
     *,
-    xlabel: str = "",
+    total: int,
     title: str | None = None,
-    step: float | None = None,
-    sort: bool = True,
     path: str | os.PathLike | None = None,
 ) -> Figure:
-    """A dot per entry on a zoomed horizontal axis (e.g. test accuracy per optimizer).
+    """Misclassified test examples per run: a bar from 0 each, written as counts.
 
-    Unlike bars, which must start at 0 and so hide a 0.956-0.967 spread, dots only need the
-    axis to cover the values (padded by a quarter of their range, at least ``step``).
+    An accuracy over ``total`` examples moves in steps of ``1 / total``; on a zoomed accuracy
+    axis (0.955 to 0.971) one or two examples look like a large gap. Counted from 0, the
+    errors show a difference of one example as one in a dozen, and each bar says
+    ``"12 wrong (258/270 right)"``.
 
     Args:
-        values: ``name -> value``.
-        xlabel, title: the axis label and the title.
-        step: the resolution of the values (``1 / n`` for an accuracy over ``n`` examples):
-            faint vertical lines at its multiples (and the ticks there, when few), so a
-            difference can be counted in steps (examples).
-        sort: best (largest) on top; False keeps the given order, top to bottom.
+        accuracies: ``name -> accuracy`` over the same ``total`` examples.
+        total: the number of examples scored (positive).
+        title: the title.
         path: where to save the PNG.
 
     Returns:
-        The figure; ``fig.axes[0].collections[-1]`` holds the dots (value, row), top row last.
+        The figure; ``fig.axes[0].patches`` are the bars (width = errors), fewest errors on
+        top (last), and ``fig.axes[0].texts`` their labels in the same order.
 
     Example:
-        >>> from dlopt.lab.plots import plot_dots
-        >>> fig = plot_dots({"sgd": 0.956, "adam": 0.967}, step=1 / 270)
-        >>> fig.axes[0].collections[-1].get_offsets().tolist()  # (value, row), best on top
-        [[0.956, 0.0], [0.967, 1.0]]
+        >>> from dlopt.lab.plots import plot_error_counts
+        >>> fig = plot_error_counts({"sgd": 258 / 270, "adam": 261 / 270}, total=270)
+        >>> [bar.get_width() for bar in fig.axes[0].patches]  # fewest errors on top
+        [12.0, 9.0]
+        >>> [text.get_text() for text in fig.axes[0].texts]
+        ['12 wrong (258/270 right)', '9 wrong (261/270 right)']
     """
-    items = list(values.items())
-    if sort:
-        items.sort(key=lambda kv: kv[1])
-    else:
-        items.reverse()
-    names, xs = [k for k, _ in items], np.asarray([float(v) for _, v in items])
+    from matplotlib.ticker import MaxNLocator
+
+    if int(total) != total or total < 1:
+        raise ValueError(f"total must be a positive whole number of examples, got {total=}.")
+    total = int(total)
+    errors = {name: round((1.0 - float(a)) * total) for name, a in accuracies.items()}
+    items = sorted(errors.items(), key=lambda kv: -kv[1])  # most errors at the bottom
+    names, counts = [k for k, _ in items], np.asarray([v for _, v in items], float)
     fig = Figure(figsize=(6.5, 0.32 * len(items) + 1.3))
     ax = fig.add_subplot()
     rows = np.arange(len(items))
-    ax.hlines(rows, xs.min(), xs, color="0.85", lw=0.8)
-    ax.scatter(xs, rows, color="C0", s=28, zorder=3)
-    low, high = float(xs.min()), float(xs.max())
-    pad = max(0.25 * (high - low), step or 0.0, 1e-3 * max(abs(high), 1.0))
-    ax.set_xlim(low - pad, high + 1.6 * pad)
-    for x, r in zip(xs, rows, strict=True):
-        ax.annotate(f"{x:.4g}", (x, r), xytext=(5, 0), textcoords="offset points", va="center",
-                    fontsize=8)  # fmt: skip
-    if step:
-        first = math.ceil((low - pad) / step)
-        last = math.floor((high + 1.6 * pad) / step)
-        if last - first <= 60:
-            for k in range(first, last + 1):
-                ax.axvline(k * step, color="0.9", lw=0.6, zorder=0)
-        if last - first <= 12:
-            ticks = [k * step for k in range(first, last + 1)]
-            ax.set_xticks(ticks, [f"{t:.4g}" for t in ticks])
+    ax.barh(rows, counts, height=0.6, color="C3", alpha=0.75)
+    for count, row in zip(counts, rows, strict=True):
+        text = f"{count:.0f} wrong ({total - count:.0f}/{total} right)"
+        ax.annotate(text, (count, row), xytext=(4, 0), textcoords="offset points",
+                    va="center", fontsize=8)  # fmt: skip
+    ax.set_xlim(0, max(float(counts.max()), 1.0) * 1.6)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_yticks(rows, names, fontsize=9)
     ax.set_ylim(-0.6, len(items) - 0.4)
-    ax.set_xlabel(xlabel, fontsize=9)
+    ax.set_xlabel(f"misclassified test examples (of {total})", fontsize=9)
     ax.tick_params(axis="x", labelsize=8)
+    ax.grid(axis="x", alpha=0.3)
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     if title:
@@ -384,25 +406,34 @@ def plot_lr_find(
     """The learning-rate range test: (smoothed) loss against a log learning rate.
 
     Line 0 is ``losses`` against ``learning_rates``; ``raw_losses`` adds a faint line; a
-    suggested learning rate is a vertical marker.
+    suggested learning rate is a vertical marker. The y axis runs from the lowest loss to
+    twice the first (a diverging run's last batches would flatten the rest); every value
+    above it is marked by a triangle on the top edge, and a note on the figure says how
+    many are off the axes, up to what value, and how many batch losses are not finite.
+
+    Returns:
+        The figure; its texts hold the note (none when every finite value is in view).
     """
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
-    ax.plot(learning_rates, losses, label="smoothed loss")
+    lrs = np.asarray(learning_rates, float)
+    ax.plot(lrs, losses, label="smoothed loss")
+    drawn = [np.asarray(losses, float)]
     if raw_losses is not None:
-        ax.plot(learning_rates, raw_losses, alpha=0.3, label="batch loss")
+        ax.plot(lrs, raw_losses, alpha=0.3, label="batch loss")
+        drawn.append(np.asarray(raw_losses, float))
     if suggested_lr is not None:
         ax.axvline(suggested_lr, color="C3", ls="--", label=f"suggested lr {suggested_lr:.2g}")
-    finite = np.asarray(losses, float)
-    if raw_losses is not None:
-        stop = int(np.isfinite(finite).sum())
-        finite = np.concatenate([finite, np.asarray(raw_losses, float)[:stop]])
-    finite = finite[np.isfinite(finite)]
+    every = np.concatenate(drawn)
+    finite = every[np.isfinite(every)]
     if finite.size:
-        low, high = finite.min(), min(finite.max(), abs(finite[0]) * 2 + 1e-12)
+        first = drawn[0][np.isfinite(drawn[0])]
+        start = abs(first[0]) if first.size else abs(finite[0])
+        low, high = finite.min(), min(finite.max(), start * 2 + 1e-12)
         if high > low:
             pad = 0.05 * (high - low)
             ax.set_ylim(low - pad, high + pad)
+            _mark_off_the_top(ax, lrs, drawn, high + pad)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("loss")
@@ -412,90 +443,27 @@ def plot_lr_find(
     return save(fig, path)
 
 
-def draw_trajectories(
-    ax: Any,
-    fn: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    paths: Mapping[str, np.ndarray],
-    *,
-    xlim: tuple[float, float],
-    ylim: tuple[float, float],
-    minimum: tuple[float, float] | None = None,
-    log_levels: bool = True,
-    title: str | None = None,
-    colors: Sequence[str] | None = None,
-) -> None:
-    """Draws the contours of ``fn(x, y)`` and each optimizer's ``(T, 2)`` path on ``ax``.
-
-    Path ``i`` is drawn in ``colors[i]`` (default ``C{i}``) and labelled with its name.
-    """
-    xs, ys = np.linspace(*xlim, 200), np.linspace(*ylim, 200)
-    grid_x, grid_y = np.meshgrid(xs, ys)
-    z = np.asarray(fn(grid_x, grid_y), float)
-    if log_levels:
-        shifted = z - z.min() + 1e-3
-        levels = np.geomspace(shifted.min(), shifted.max(), 25)
-        ax.contour(grid_x, grid_y, shifted, levels=levels, colors="0.7", linewidths=0.5)
-    else:
-        ax.contour(grid_x, grid_y, z, levels=25, colors="0.7", linewidths=0.5)
-    for i, (name, path) in enumerate(paths.items()):
-        p = np.asarray(path, float)
-        color = colors[i] if colors is not None else f"C{i % 10}"
-        ax.plot(p[:, 0], p[:, 1], "-", color=color, lw=1.2, label=name)
-        ax.plot(p[-1:, 0], p[-1:, 1], "o", color=color, ms=3)
-    ax.plot([paths[next(iter(paths))][0][0]], [paths[next(iter(paths))][0][1]], "ks", ms=4)
-    if minimum is not None:
-        ax.plot([minimum[0]], [minimum[1]], "r*", ms=10)
-    ax.set_xlim(*xlim)
-    ax.set_ylim(*ylim)
-    if title:
-        ax.set_title(title, fontsize=9)
-
-
-def plot_trajectories(
-    problems: Mapping[str, Mapping[str, Any]],
-    *,
-    ncols: int = 2,
-    path: str | os.PathLike | None = None,
-) -> Figure:
-    """One panel per problem: contours plus every optimizer's path (see `draw_trajectories`).
-
-    An optimizer keeps its colour in every panel (by its first appearance), and one legend
-    below the panels names them all, with the start (black square), each path's end (dot)
-    and the minimum (red star).
-
-    Args:
-        problems: ``title -> {"fn", "paths", "xlim", "ylim", optional "minimum", "log_levels"}``.
-        ncols: panels per row.
-        path: where to save the PNG.
-
-    Returns:
-        The figure; ``fig.legends[0]`` is the shared legend.
-    """
-    from matplotlib.lines import Line2D
-
-    names = list(dict.fromkeys(n for spec in problems.values() for n in spec["paths"]))
-    nrows = math.ceil(len(problems) / ncols)
-    fig = Figure(figsize=(4.6 * ncols, 3.8 * nrows + 0.5))
-    for k, (title, spec) in enumerate(problems.items()):
-        ax = fig.add_subplot(nrows, ncols, k + 1)
-        paths = spec["paths"]
-        draw_trajectories(
-            ax,
-            title=title,
-            **{**spec, "paths": {n: paths[n] for n in names if n in paths}},
-            colors=[f"C{names.index(n) % 10}" for n in names if n in paths],
+def _mark_off_the_top(ax: Any, lrs: np.ndarray, drawn: Sequence[np.ndarray], top: float) -> None:
+    """Triangles on the top edge at the learning rates whose losses lie above ``top``, and a
+    note naming how many values are above it or not finite."""
+    every = np.concatenate(drawn)
+    above = np.isfinite(every) & (every > top)
+    broken = int(np.sum(~np.isfinite(drawn[-1])))  # the batch losses when given
+    if not above.any() and not broken:
+        return
+    parts = []
+    if above.any():
+        at = np.concatenate([lrs] * len(drawn))[above]
+        ax.plot(at, np.ones_like(at), "^", color="C1", ms=4, clip_on=False,
+                transform=ax.get_xaxis_transform(), label="off the top")  # fmt: skip
+        parts.append(
+            f"{int(above.sum())} of {every.size} losses above {top:.3g} (up to "
+            f"{every[above].max():.3g}, from lr {at.min():.2g}) are off the top"
         )
-    handles = [Line2D([], [], color=f"C{i % 10}", lw=1.5) for i in range(len(names))]
-    handles += [
-        Line2D([], [], ls="", marker="s", color="k", ms=4),
-        Line2D([], [], ls="", marker="o", color="0.4", ms=3),
-        Line2D([], [], ls="", marker="*", color="r", ms=8),
-    ]
-    labels = [*names, "start", "end of path", "minimum"]
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 10), fontsize=8,
-               frameon=False)  # fmt: skip
-    fig.tight_layout(rect=(0, 0.045 * 2 / nrows, 1, 1))
-    return save(fig, path)
+    if broken:
+        parts.append(f"{broken} not finite (diverged)")
+    ax.text(0.01, 0.01, "; ".join(parts), transform=ax.transAxes, fontsize=7, color="0.3",
+            va="bottom", ha="left", wrap=True)  # fmt: skip
 
 
 def _count_label(count: float, _pos: Any = None) -> str:

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dlopt.lab import plots
+from dlopt.lab import plot_paths, plots
 from dlopt.training import History
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -26,7 +26,8 @@ def test_plot_curves_draws_each_run_and_key(tmp_path):
     np.testing.assert_allclose(lines[1].get_ydata(), [1.2, 0.9])
     np.testing.assert_allclose(lines[2].get_ydata(), [0.9])  # sgd's best val loss
     np.testing.assert_allclose(lines[4].get_ydata(), [1.0, 0.7, 0.8])
-    np.testing.assert_allclose(lines[5].get_xydata(), [[1, 0.7]])
+    np.testing.assert_allclose(lines[5].get_xydata(), [[2, 0.7]])  # epochs counted from 1
+    np.testing.assert_array_equal(lines[4].get_xdata(), [1, 2, 3])
     assert lines[0].get_linestyle() == "-" and lines[1].get_linestyle() == "--"
     assert lines[0].get_color() == lines[1].get_color() != lines[3].get_color()
 
@@ -54,6 +55,27 @@ def test_plot_lr_find_marks_the_suggestion(tmp_path):
     np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), loss)
     assert ax.get_lines()[2].get_xdata()[0] == pytest.approx(1e-2)
     assert saved(tmp_path / "lr.png")
+    low, high = ax.get_ylim()
+    assert low <= 0.5 and high >= 2.1  # every finite value in view: no triangles
+    assert [t.get_text() for t in ax.texts] == ["5 not finite (diverged)"]
+
+
+def test_plot_lr_find_says_what_is_off_the_top():
+    lrs = np.geomspace(1e-4, 1.0, 10)
+    smoothed = np.array([2.0, 1.8, 1.5, 1.0, 0.8, 0.9, 1.5, 3.0, np.nan, np.nan])
+    raw = np.array([2.0, 1.7, 1.4, 0.9, 0.7, 1.0, 2.5, 9.0, 50.0, np.inf])
+    fig = plots.plot_lr_find(lrs, smoothed, raw_losses=raw)
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.get_lines()[1].get_ydata(), raw)  # the whole raw curve drawn
+    low, high = ax.get_ylim()
+    assert low <= 0.7 and 4.0 <= high < 9.0  # up to twice the first loss
+    off = [line for line in ax.get_lines() if line.get_label() == "off the top"]
+    np.testing.assert_allclose(off[0].get_xdata(), lrs[[7, 8]])  # 9.0 and 50.0, on the edge
+    note = ax.texts[0].get_text()
+    assert note.startswith("2 of 20 losses above") and "up to 50" in note
+    assert "1 not finite" in note
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == [line.get_label() for line in ax.get_lines() if line.get_label()[0] != "_"]
 
 
 def test_plot_trajectories_panels_and_paths(tmp_path):
@@ -74,7 +96,7 @@ def test_plot_trajectories_panels_and_paths(tmp_path):
             "log_levels": False,
         },
     }
-    fig = plots.plot_trajectories(problems, path=tmp_path / "t.png")
+    fig = plot_paths.plot_trajectories(problems, path=tmp_path / "t.png")
     assert len(fig.axes) == 2 and saved(tmp_path / "t.png")
     first = fig.axes[0].get_lines()
     np.testing.assert_allclose(first[0].get_xydata(), path)
@@ -82,12 +104,23 @@ def test_plot_trajectories_panels_and_paths(tmp_path):
     legend = [t.get_text() for t in fig.legends[0].get_texts()]  # one legend for all panels
     assert legend == ["sgd", "adam", "start", "end of path", "minimum"]
     assert fig.axes[0].get_legend() is None and fig.axes[1].get_legend() is None
+    for ax in fig.axes:
+        assert (ax.get_xlabel(), ax.get_ylabel()) == ("x", "y")
+        ends = [line for line in ax.get_lines() if line.get_marker() == "o"]
+        assert len(ends) == len(problems[ax.get_title()]["paths"])
+        assert all(line.get_markersize() >= 6 for line in ends)  # visible end markers
+    starts = [line for line in fig.axes[0].get_lines() if line.get_marker() == "s"]
+    np.testing.assert_allclose(starts[0].get_xydata(), path[:1])
+    widths = [line.get_linewidth() for line in first if line.get_linestyle() == "-"]
+    assert widths[0] > widths[1]  # the earlier path wider: it shows under the later one
+    without = plot_paths.plot_trajectories({"saddle": problems["saddle"]})
+    assert "minimum" not in [t.get_text() for t in without.legends[0].get_texts()]
 
 
 def test_plot_trajectories_keeps_each_optimizers_colour_across_panels():
     path = np.array([[-1.0, 1.0], [0.0, 0.0]])
     spec = {"fn": lambda x, y: x**2 + y**2, "xlim": (-2, 2), "ylim": (-2, 2)}
-    fig = plots.plot_trajectories(
+    fig = plot_paths.plot_trajectories(
         {
             "a": {**spec, "paths": {"sgd": path, "adam": path}},
             "b": {**spec, "paths": {"adam": path}},
@@ -148,11 +181,12 @@ def test_plot_curve_panels_one_panel_per_run_against_the_others(tmp_path):
         np.testing.assert_allclose(own[1].get_ydata(), h["val_loss"])
         assert own[0].get_color() == "C0" and own[1].get_color() == "C1"  # same in every panel
         best = int(np.argmin(h["val_loss"]))
-        np.testing.assert_allclose(own[2].get_xydata(), [[best, h["val_loss"][best]]])
+        np.testing.assert_allclose(own[2].get_xydata(), [[best + 1, h["val_loss"][best]]])
         title = ax.get_title()
-        assert title.startswith(f"{name}: best val_loss ") and f"(epoch {best})" in title
+        assert title.startswith(f"{name}: best val_loss ") and f"(epoch {best + 1})" in title
     assert panels[0].get_shared_y_axes().joined(panels[0], panels[2])  # one y scale
-    assert [t.get_text() for t in fig.legends[0].get_texts()][:2] == ["train", "validation"]
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["train", "validation", "the other runs' validation", "best val_loss"]
 
 
 def test_plot_curve_panels_zoom_fits_the_later_epochs():
@@ -169,19 +203,58 @@ def test_plot_curve_panels_zoom_fits_the_later_epochs():
     assert plain.axes[0].get_ylim()[0] < 0.3
 
 
-def test_plot_dots_zooms_to_the_values_and_sorts(tmp_path):
-    values = {"sgd": 0.963, "momentum": 0.9593, "nesterov": 0.9556, "adam": 0.9667}
-    fig = plots.plot_dots(values, step=1 / 270, title="test accuracy", path=tmp_path / "d.png")
-    assert saved(tmp_path / "d.png")
+def test_plot_error_counts_counts_from_zero(tmp_path):
+    total = 270
+    accuracies = {"sgd": 260 / total, "momentum": 259 / total, "adam": 261 / total}
+    fig = plots.plot_error_counts(accuracies, total=total, path=tmp_path / "e.png")
+    assert saved(tmp_path / "e.png")
     ax = fig.axes[0]
+    assert [bar.get_width() for bar in ax.patches] == [11, 10, 9]  # fewest errors on top
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["momentum", "sgd", "adam"]
+    assert [t.get_text() for t in ax.texts] == [
+        "11 wrong (259/270 right)",
+        "10 wrong (260/270 right)",
+        "9 wrong (261/270 right)",
+    ]
     low, high = ax.get_xlim()
-    assert 0.94 < low < 0.9556 and 0.9667 < high < 0.98  # zoomed: bars from 0 would hide it
-    xy = ax.collections[-1].get_offsets()
-    np.testing.assert_allclose(xy[:, 0], sorted(values.values()))  # best on top (last row)
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["nesterov", "momentum", "sgd", "adam"]
-    assert ax.get_title() == "test accuracy"
-    grid = [line for line in ax.get_lines() if line.get_xdata()[0] == line.get_xdata()[-1]]
-    steps = np.diff(sorted(line.get_xdata()[0] for line in grid))
-    np.testing.assert_allclose(steps, 1 / 270)  # one grid line per test example
-    kept = plots.plot_dots({"b": 2.0, "a": 1.0}, sort=False)
-    assert [t.get_text() for t in kept.axes[0].get_yticklabels()] == ["a", "b"]  # "b" on top
+    assert low == 0 and high > 11  # from 0: one example is one in ten, not a large gap
+    fig.draw_without_rendering()
+    assert all(float(t.get_text()).is_integer() for t in ax.get_xticklabels())
+    with pytest.raises(ValueError, match="total"):
+        plots.plot_error_counts(accuracies, total=0)
+
+
+def tick_texts(labels):
+    return [t.get_text() for t in labels if t.get_text()]
+
+
+def test_plot_curve_panels_single_short_run_reads_plainly():
+    run = {"adam": {"loss": [2.4, 2.2], "val_loss": [2.05, 1.6]}}
+    fig = plots.plot_curve_panels(run, logy=True, mark_best="val_loss")
+    fig.draw_without_rendering()
+    ax = fig.axes[0]
+    epochs = tick_texts(ax.get_xticklabels())
+    assert epochs and all(float(e).is_integer() for e in epochs)  # no epoch 0.2, 0.4, ...
+    losses = tick_texts(ax.get_yticklabels()) + tick_texts(ax.yaxis.get_minorticklabels())
+    assert len(losses) >= 3 and all("^" not in t and "times" not in t for t in losses)
+    values = [float(t.replace("\u2212", "-")) for t in losses]  # plain decimals
+    assert min(values) <= 2.0 and max(values) >= 2.0
+    low, high = ax.get_ylim()
+    assert low <= 1.6 and high >= 2.4
+    np.testing.assert_array_equal(ax.get_lines()[0].get_xdata(), [1, 2])
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend == ["train", "validation", "best val_loss"]  # no "other runs" line drawn
+    assert ax.get_title().endswith("(epoch 2)")
+
+
+def test_plot_curves_ticks_on_a_narrow_log_axis():
+    fig = plots.plot_curves({"sgd": {"loss": [1.9, 1.7, 1.5]}}, logy=True)
+    fig.draw_without_rendering()
+    ax = fig.axes[0]
+    assert all(float(t).is_integer() for t in tick_texts(ax.get_xticklabels()))
+    labels = tick_texts(ax.get_yticklabels()) + tick_texts(ax.yaxis.get_minorticklabels())
+    assert labels and all("^" not in t for t in labels)
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["sgd"]
+    wide = plots.plot_curves({"sgd": {"loss": [10.0, 0.01]}}, logy=True)
+    wide.draw_without_rendering()
+    assert "0.1" in tick_texts(wide.axes[0].get_yticklabels())  # decades, written plainly
