@@ -294,8 +294,8 @@ def plot_error_counts(
     Example:
         >>> from dlopt.lab.plots import plot_error_counts
         >>> fig = plot_error_counts({"sgd": 258 / 270, "adam": 261 / 270}, total=270)
-        >>> [bar.get_width() for bar in fig.axes[0].patches]  # fewest errors on top
-        [12.0, 9.0]
+        >>> [int(bar.get_width()) for bar in fig.axes[0].patches]  # fewest errors on top
+        [12, 9]
         >>> [text.get_text() for text in fig.axes[0].texts]
         ['12 wrong (258/270 right)', '9 wrong (261/270 right)']
     """
@@ -306,16 +306,16 @@ def plot_error_counts(
     total = int(total)
     errors = {name: round((1.0 - float(a)) * total) for name, a in accuracies.items()}
     items = sorted(errors.items(), key=lambda kv: -kv[1])  # most errors at the bottom
-    names, counts = [k for k, _ in items], np.asarray([v for _, v in items], float)
+    names, counts = [k for k, _ in items], [v for _, v in items]
     fig = Figure(figsize=(6.5, 0.32 * len(items) + 1.3))
     ax = fig.add_subplot()
     rows = np.arange(len(items))
     ax.barh(rows, counts, height=0.6, color="C3", alpha=0.75)
     for count, row in zip(counts, rows, strict=True):
-        text = f"{count:.0f} wrong ({total - count:.0f}/{total} right)"
+        text = f"{count} wrong ({total - count}/{total} right)"
         ax.annotate(text, (count, row), xytext=(4, 0), textcoords="offset points",
                     va="center", fontsize=8)  # fmt: skip
-    ax.set_xlim(0, max(float(counts.max()), 1.0) * 1.6)
+    ax.set_xlim(0, max(max(counts), 1) * 1.6)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_yticks(rows, names, fontsize=9)
     ax.set_ylim(-0.6, len(items) - 0.4)
