@@ -20,9 +20,9 @@ loss held near 4e-3), still overfitting by the same reading. Augmentation keeps 
 together in ratio (train 0.08, validation 0.31; diagnose finds no problem) but its absolute
 gap, 0.23, is the largest: 60 epochs are too few for the harder, noisy task. Dropout 0.5
 turns its validation loss up late (overfitting from epoch 35), though its test accuracy is the
-best (0.926 against 0.911). Early stopping halts at epoch 35 (best at 29) with the
-unregularized gap. Regularization is a trade-off to measure, not a switch. (diagnose reads
-the cross-entropy curves: with L2 the logged loss also holds the penalty.)
+best (0.926 against 0.911). Early stopping halts after epoch 35 (best at 30, epochs counted
+from 1) with the unregularized gap. Regularization is a trade-off to measure, not a switch.
+(diagnose reads the cross-entropy curves: with L2 the logged loss also holds the penalty.)
 
 Run: ``python examples/regularization.py`` (under a minute on 2 CPU cores);
 writes ``examples/figures/regularization.png``.
@@ -112,23 +112,56 @@ def main():
             + ("; ".join(f"{f.kind} from epoch {f.epoch}" for f in findings) or "no problems found")
         )
 
-    fig = Figure(figsize=(15, 3.2))
-    axes = fig.subplots(1, len(results), sharey=True)
-    for ax, (name, r) in zip(axes, results.items(), strict=True):
-        h = cross_entropy(r["history"])
-        ax.plot(h["loss"], "-", color="C0", label="train")
-        ax.plot(h["val_loss"], "--", color="C1", label="validation")
-        ax.set_yscale("log")
-        ax.set_title(f"{name}\ntest acc {r['test_accuracy']:.3f}", fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("cross-entropy")
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
     path = os.path.join(OUT, "regularization.png")
-    save(fig, path)
+    save(plot(results), path)
     print(f"\nwrote {path}")
     return results
+
+
+def plot(results):
+    """Train and validation cross-entropy per variant, one panel each in a 2 x 3 grid (the
+    sixth, ``fig.axes[5]``, holds the legend); a variant that stopped early marks its best
+    epoch (a line and a dot on its validation curve) and its last (a dotted line).
+
+    ``results`` maps a name to ``{"history", "test_accuracy"}``; epochs are counted from 1.
+    """
+    fig = Figure(figsize=(12, 7.2))
+    axes = fig.subplots(2, 3, sharex=True, sharey=True).ravel()
+    for ax, (name, r) in zip(axes, results.items(), strict=False):
+        h = cross_entropy(r["history"])
+        epochs = np.arange(1, len(h["loss"]) + 1)
+        ax.plot(epochs, h["loss"], "-", color="C0", label="train")
+        ax.plot(epochs, h["val_loss"], "--", color="C1", label="validation")
+        ax.set_yscale("log")
+        title = f"{name}: test accuracy {r['test_accuracy']:.3f}"
+        if len(epochs) < EPOCHS:  # stopped early: the best epoch's weights were restored
+            best = int(np.nanargmin(h["val_loss"])) + 1
+            ax.axvline(best, color="C2", lw=1.2, label="best epoch (weights restored)")
+            ax.axvline(len(epochs), color="C3", ls=":", lw=1.5, label="last epoch run (stopped)")
+            ax.plot([best], [h["val_loss"][best - 1]], "o", color="C2", ms=6)
+            title += f"\nbest epoch {best}, stopped after {len(epochs)}"
+        ax.set_title(title, fontsize=11)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=9)
+    for ax in axes[len(results) :]:
+        ax.axis("off")  # the spare panel holds the legend
+    for ax in axes[2:5]:  # the bottom of each column (the top right has none below)
+        ax.set_xlabel("epoch", fontsize=10)
+        ax.xaxis.set_tick_params(labelbottom=True)
+    for ax in axes[::3]:
+        ax.set_ylabel("cross-entropy", fontsize=10)
+    drawn = {}  # label -> handle, once each, over every panel
+    for ax in axes[: len(results)]:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            drawn.setdefault(label, handle)
+    axes[-1].legend(list(drawn.values()), list(drawn), loc="center", fontsize=11, frameon=False)
+    fig.suptitle(
+        f"{TRAIN_EXAMPLES} digits, MLP {HIDDEN[0]}x{HIDDEN[1]}, Adam 1e-3: train (solid) vs "
+        "validation (dashed) cross-entropy",
+        fontsize=12,
+    )
+    fig.tight_layout()
+    return fig
 
 
 if __name__ == "__main__":
