@@ -110,27 +110,40 @@ def main():
 
 
 def plot(curves):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Training loss (log) and test accuracy per step, one line per optimizer; the loss axis
+    holds every curve (down to the smallest positive loss), the target loss is a labelled
+    line, the accuracy axis holds every value after the first tenth of the steps (the title
+    says what is below), and the legend sits below the panels, over no curve. Returns the
+    figure."""
+    from matplotlib.figure import Figure
 
     from dlopt.lab.plots import save
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    steps = np.arange(1, STEPS + 1)
+    fig = Figure(figsize=(11, 4.6))
+    left, right = fig.subplots(1, 2)
     for name, (losses, accs) in curves.items():
-        left.semilogy(steps, losses, label=name, lw=1.5)
+        steps = np.arange(1, len(losses) + 1)
+        left.plot(steps, losses, label=name, lw=1.5)
         right.plot(steps, accs, label=name, lw=1.5)
-    left.axhline(TARGET, color="gray", ls=":", lw=1)
-    left.set_ylim(1e-7, 5)
+    left.axhline(TARGET, color="gray", ls=":", lw=1.2, label=f"target loss {TARGET}")
+    left.set_yscale("log")
+    losses = np.concatenate([np.asarray(c[0], float) for c in curves.values()])
+    positive = losses[np.isfinite(losses) & (losses > 0)]
+    left.set_ylim(min(positive.min(), TARGET) / 3, max(positive.max(), TARGET) * 3)
+    accs = np.concatenate([np.asarray(c[1], float) for c in curves.values()])
+    late = np.concatenate([np.asarray(c[1], float)[len(c[1]) // 10 :] for c in curves.values()])
+    bottom = max(0.0, min(late.min(), 0.9) - 0.02)
+    right.set_ylim(bottom, min(1.0, accs.max() + 0.01) + 0.005)
     left.set(xlabel="step", ylabel="training loss (full set)", title="digits MLP: training loss")
-    right.set(xlabel="step", ylabel="test accuracy", title="test accuracy", ylim=(0.8, 1.0))
-    left.legend()
+    below = f"; the first steps' {accs.min():.2f} is below the axis" if accs.min() < bottom else ""
+    right.set(xlabel="step", ylabel="test accuracy", title=f"test accuracy{below}")
     for ax in (left, right):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
+    handles, labels = left.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.07, 1, 1))
     save(fig, os.path.join(OUT, "modern_optimizers.png"))
+    return fig
 
 
 if __name__ == "__main__":
