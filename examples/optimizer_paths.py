@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import dlopt
-from dlopt.lab.plots import plot_trajectories, save
+from dlopt.lab.plot_paths import draw_trajectories, legend_handles, path_colors, plot_trajectories
+from dlopt.lab.plots import save
 
 OUT = os.path.join(os.path.dirname(__file__), "figures")
 
@@ -85,32 +86,49 @@ def run(tx, fn, start, steps):
     return np.concatenate([np.asarray(p0)[None], np.asarray(path)])
 
 
-def save_gif(fn, paths, xlim, ylim, path, frames=30):
-    """An animated GIF of the paths being drawn (small: 30 frames, 72 dpi)."""
-    from matplotlib.animation import FuncAnimation, PillowWriter
+GIF_SIZE, GIF_DPI = (7.2, 4.6), 90  # 648 x 414 pixels
+
+
+def gif_figure(fn, paths, xlim, ylim, upto):
+    """One frame of the animation: the paths' first ``upto`` points, in the PNG's colours
+    (each optimizer's place in OPTIMIZERS), the legend below the axes."""
     from matplotlib.figure import Figure
 
-    from dlopt.lab.plots import draw_trajectories
-
-    fig = Figure(figsize=(5, 3))
+    fig = Figure(figsize=GIF_SIZE)
     ax = fig.add_subplot()
+    colors = path_colors(list(paths), list(OPTIMIZERS))
+    draw_trajectories(
+        ax,
+        fn,
+        {k: v[:upto] for k, v in paths.items()},
+        xlim=xlim,
+        ylim=ylim,
+        minimum=(0, 0),
+        title=f"ill-conditioned quadratic, step {upto - 1}",
+        colors=colors,
+    )
+    handles, labels = legend_handles(list(paths), colors)
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=10, frameon=False)
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def save_gif(fn, paths, xlim, ylim, path, frames=30):
+    """An animated GIF of the paths being drawn (30 frames of `gif_figure`, 648 x 414)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
+
     steps = len(next(iter(paths.values())))
-
-    def frame(i):
-        ax.clear()
-        upto = max(2, int((i + 1) / frames * steps))
-        draw_trajectories(
-            ax,
-            fn,
-            {k: v[:upto] for k, v in paths.items()},
-            xlim=xlim,
-            ylim=ylim,
-            minimum=(0, 0),
-            title=f"ill-conditioned quadratic, step {upto - 1}",
-        )
-        ax.legend(fontsize=6, loc="upper right")
-
-    FuncAnimation(fig, frame, frames=frames).save(path, writer=PillowWriter(fps=8), dpi=72)
+    images = []
+    for i in range(frames):
+        fig = gif_figure(fn, paths, xlim, ylim, max(2, int((i + 1) / frames * steps)))
+        fig.set_dpi(GIF_DPI)
+        canvas = FigureCanvasAgg(fig)
+        canvas.draw()
+        images.append(Image.fromarray(np.asarray(canvas.buffer_rgba())).convert("RGB"))
+    palette = images[-1].quantize(colors=256)  # one palette: the colours stay put
+    frames_p = [im.quantize(palette=palette) for im in images]
+    frames_p[0].save(path, save_all=True, append_images=frames_p[1:], duration=125, loop=0)
 
 
 def main():
