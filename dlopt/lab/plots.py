@@ -408,7 +408,7 @@ def plot_lr_find(
     Line 0 is ``losses`` against ``learning_rates``; ``raw_losses`` adds a faint line; a
     suggested learning rate is a vertical marker. The y axis runs from the lowest loss to
     twice the first (a diverging run's last batches would flatten the rest); every value
-    above it is marked by a triangle on the top edge, and a note on the figure says how
+    above it is marked by a triangle on the top edge, and a note under the axes says how
     many are off the axes, up to what value, and how many batch losses are not finite.
 
     Returns:
@@ -418,16 +418,16 @@ def plot_lr_find(
     ax = fig.add_subplot()
     lrs = np.asarray(learning_rates, float)
     ax.plot(lrs, losses, label="smoothed loss")
-    drawn = [np.asarray(losses, float)]
+    drawn = {"smoothed loss": np.asarray(losses, float)}
     if raw_losses is not None:
         ax.plot(lrs, raw_losses, alpha=0.3, label="batch loss")
-        drawn.append(np.asarray(raw_losses, float))
+        drawn["batch loss"] = np.asarray(raw_losses, float)
     if suggested_lr is not None:
         ax.axvline(suggested_lr, color="C3", ls="--", label=f"suggested lr {suggested_lr:.2g}")
-    every = np.concatenate(drawn)
+    every = np.concatenate(list(drawn.values()))
     finite = every[np.isfinite(every)]
     if finite.size:
-        first = drawn[0][np.isfinite(drawn[0])]
+        first = drawn["smoothed loss"][np.isfinite(drawn["smoothed loss"])]
         start = abs(first[0]) if first.size else abs(finite[0])
         low, high = finite.min(), min(finite.max(), start * 2 + 1e-12)
         if high > low:
@@ -443,27 +443,28 @@ def plot_lr_find(
     return save(fig, path)
 
 
-def _mark_off_the_top(ax: Any, lrs: np.ndarray, drawn: Sequence[np.ndarray], top: float) -> None:
-    """Triangles on the top edge at the learning rates whose losses lie above ``top``, and a
-    note naming how many values are above it or not finite."""
-    every = np.concatenate(drawn)
-    above = np.isfinite(every) & (every > top)
-    broken = int(np.sum(~np.isfinite(drawn[-1])))  # the batch losses when given
-    if not above.any() and not broken:
-        return
+def _mark_off_the_top(
+    ax: Any, lrs: np.ndarray, drawn: Mapping[str, np.ndarray], top: float
+) -> None:
+    """Triangles on the top edge at the learning rates whose values lie above ``top``, and a
+    note under the axes naming, per drawn series, how many values are above it, and how
+    many batch losses (the last series) are not finite."""
     parts = []
-    if above.any():
-        at = np.concatenate([lrs] * len(drawn))[above]
-        ax.plot(at, np.ones_like(at), "^", color="C1", ms=4, clip_on=False,
-                transform=ax.get_xaxis_transform(), label="off the top")  # fmt: skip
-        parts.append(
-            f"{int(above.sum())} of {every.size} losses above {top:.3g} (up to "
-            f"{every[above].max():.3g}, from lr {at.min():.2g}) are off the top"
-        )
+    for name, values in drawn.items():
+        above = np.isfinite(values) & (values > top)
+        if above.any():
+            ax.plot(lrs[above], np.ones(int(above.sum())), "^", color="C1", ms=4, clip_on=False,
+                    transform=ax.get_xaxis_transform(), label=f"{name} off the top")  # fmt: skip
+            parts.append(
+                f"{int(above.sum())} of {values.size} {name} values above {top:.3g} (up to "
+                f"{values[above].max():.3g}, from lr {lrs[above].min():.2g}) are off the top"
+            )
+    broken = int(np.sum(~np.isfinite(list(drawn.values())[-1])))
     if broken:
-        parts.append(f"{broken} not finite (diverged)")
-    ax.text(0.01, 0.01, "; ".join(parts), transform=ax.transAxes, fontsize=7, color="0.3",
-            va="bottom", ha="left", wrap=True)  # fmt: skip
+        parts.append(f"{list(drawn)[-1]} values not finite (diverged): {broken}")
+    if parts:
+        ax.annotate("\n".join(parts), (0, 0), xycoords="axes fraction", xytext=(0, -40),
+                    textcoords="offset points", va="top", fontsize=7, color="0.3")  # fmt: skip
 
 
 def _count_label(count: float, _pos: Any = None) -> str:

@@ -57,7 +57,7 @@ def test_plot_lr_find_marks_the_suggestion(tmp_path):
     assert saved(tmp_path / "lr.png")
     low, high = ax.get_ylim()
     assert low <= 0.5 and high >= 2.1  # every finite value in view: no triangles
-    assert [t.get_text() for t in ax.texts] == ["5 not finite (diverged)"]
+    assert [t.get_text() for t in ax.texts] == ["batch loss values not finite (diverged): 5"]
 
 
 def test_plot_lr_find_says_what_is_off_the_top():
@@ -69,11 +69,11 @@ def test_plot_lr_find_says_what_is_off_the_top():
     np.testing.assert_allclose(ax.get_lines()[1].get_ydata(), raw)  # the whole raw curve drawn
     low, high = ax.get_ylim()
     assert low <= 0.7 and 4.0 <= high < 9.0  # up to twice the first loss
-    off = [line for line in ax.get_lines() if line.get_label() == "off the top"]
+    off = [line for line in ax.get_lines() if line.get_label() == "batch loss off the top"]
     np.testing.assert_allclose(off[0].get_xdata(), lrs[[7, 8]])  # 9.0 and 50.0, on the edge
     note = ax.texts[0].get_text()
-    assert note.startswith("2 of 20 losses above") and "up to 50" in note
-    assert "1 not finite" in note
+    assert note.startswith("2 of 10 batch loss values above") and "up to 50" in note
+    assert note.endswith("batch loss values not finite (diverged): 1")
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert legend == [line.get_label() for line in ax.get_lines() if line.get_label()[0] != "_"]
 
