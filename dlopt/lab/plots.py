@@ -181,9 +181,9 @@ def plot_curve_panels(
         logy: a logarithmic y axis.
         mark_best: a key whose best epoch (minimum; maximum for names with "acc") gets a dot
             and goes into the panel title.
-        zoom: y limits fitted to the values after the first tenth of the epochs (at least
-            one), so that late differences show; earlier values may leave the axes (a note
-            says so).
+        zoom: y limits fitted to the values after the first tenth of the epochs, so that
+            late differences show; earlier values may leave the axes (a note says so). Runs
+            of fewer than 10 epochs are not zoomed.
         ncols: panels per row.
         path: where to save the PNG.
 
@@ -240,8 +240,9 @@ def plot_curve_panels(
         ax.set_visible(False)
     series = [h[k] for h in runs.values() for k in keys if k in h]
     note = ""
-    if zoom:
-        skip = max(1, math.ceil(0.1 * max(len(v) for h in runs.values() for v in h.values())))
+    longest = max((len(v) for h in runs.values() for v in h.values()), default=0)
+    if zoom and longest >= 10:  # a shorter run has no late epochs to zoom to
+        skip = math.ceil(0.1 * longest)
         limits = _zoom_limits(series, skip, logy)
         if limits is not None:
             axes[0].set_ylim(limits[0], limits[1])

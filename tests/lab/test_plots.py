@@ -201,6 +201,10 @@ def test_plot_curve_panels_zoom_fits_the_later_epochs():
     assert "run off the axes" in fig._suptitle.get_text()
     plain = plots.plot_curve_panels(runs, keys=("accuracy", "val_accuracy"))
     assert plain.axes[0].get_ylim()[0] < 0.3
+    short = {"a": {"accuracy": [0.2, 0.3], "val_accuracy": [0.3, 0.5]}}  # a --quick run
+    fig = plots.plot_curve_panels(short, keys=("accuracy", "val_accuracy"), zoom=True)
+    low, high = fig.axes[0].get_ylim()
+    assert low <= 0.2 and high >= 0.5 and fig._suptitle is None  # not zoomed to epoch 2
 
 
 def test_plot_error_counts_counts_from_zero(tmp_path):
