@@ -33,7 +33,9 @@ def path_colors(names: Sequence[str], every: Sequence[str]) -> list[str]:
     return [f"C{list(every).index(n) % 10}" for n in names]
 
 
-def legend_handles(names: Sequence[str], colors: Sequence[str], *, minimum: bool = True):
+def legend_handles(
+    names: Sequence[str], colors: Sequence[str], *, minimum: bool = True
+) -> tuple[list[Line2D], list[str]]:
     """Handles and labels for a legend of the paths and the start / end / minimum markers."""
     handles = [Line2D([], [], color=c, lw=2) for c in colors]
     handles += [

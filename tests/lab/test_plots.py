@@ -262,3 +262,9 @@ def test_plot_curves_ticks_on_a_narrow_log_axis():
     wide = plots.plot_curves({"sgd": {"loss": [10.0, 0.01]}}, logy=True)
     wide.draw_without_rendering()
     assert "0.1" in tick_texts(wide.axes[0].get_yticklabels())  # decades, written plainly
+
+
+def test_path_colors_keep_each_optimizers_place():
+    assert plot_paths.path_colors(["Adam", "SGD"], ["SGD", "Momentum", "Adam"]) == ["C2", "C0"]
+    with pytest.raises(ValueError, match="names"):
+        plot_paths.path_colors(["Lion"], ["SGD"])
