@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
-from typing import Any
 
 import chex
 import jax.numpy as jnp
@@ -12,7 +10,7 @@ import jax.numpy as jnp
 from dlopt.core import numerics, rule
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import GradientTransformation, ScalarOrSchedule
-from dlopt.core.combine import chain
+from dlopt.core.combine import Mask, chain
 from dlopt.optimizers.adabelief import ScaleByBeliefState
 from dlopt.transforms.regularizers import add_decayed_weights
 from dlopt.transforms.scaling import scale_by_learning_rate
@@ -86,7 +84,7 @@ def acprop(
     eps: chex.Numeric = 1e-16,
     eps_root: chex.Numeric = 1e-16,
     weight_decay: chex.Numeric = 0.0,
-    mask: Any | Callable[[chex.ArrayTree], Any] | None = None,
+    mask: Mask | None = None,
 ) -> GradientTransformation:
     """ACProp: momentum centering and asynchronous update (Zhuang et al., 2021).
 

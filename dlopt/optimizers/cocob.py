@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import chex
 import jax.numpy as jnp
@@ -11,7 +10,7 @@ import jax.numpy as jnp
 from dlopt.core import numerics, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import GradientTransformation, ScalarOrSchedule
-from dlopt.core.combine import chain
+from dlopt.core.combine import Mask, chain
 from dlopt.transforms.regularizers import add_decayed_weights
 from dlopt.transforms.scaling import scale_by_learning_rate
 
@@ -105,7 +104,7 @@ def cocob(
     alpha: chex.Numeric = 100.0,
     eps: chex.Numeric = 1e-8,
     weight_decay: chex.Numeric = 0.0,
-    mask: Any | Callable[[chex.ArrayTree], Any] | None = None,
+    mask: Mask | None = None,
 ) -> GradientTransformation:
     """COCOB-Backprop: stochastic subgradient descent without a learning rate.
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import chex
@@ -12,7 +11,7 @@ import jax.numpy as jnp
 from dlopt.core import numerics, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import GradientTransformation, ScalarOrSchedule, identity
-from dlopt.core.combine import chain
+from dlopt.core.combine import Mask, chain
 from dlopt.transforms.regularizers import add_decayed_weights
 from dlopt.transforms.scaling import scale_by_learning_rate
 
@@ -128,7 +127,7 @@ def dog(
     init_step: tuple[str, chex.Numeric] = ("heuristic", 1e-6),
     eps: chex.Numeric = 1e-8,
     weight_decay: chex.Numeric | None = None,
-    mask: Any | Callable[[chex.ArrayTree], Any] | None = None,
+    mask: Mask | None = None,
 ) -> GradientTransformation:
     """DoG: SGD with the step size "distance over gradients" (Ivgi et al., 2023).
 
@@ -243,7 +242,7 @@ def dowg(
     init_estim_sq_dist: chex.Numeric | None = None,
     eps: chex.Numeric = 1e-4,
     weight_decay: chex.Numeric | None = None,
-    mask: Any | Callable[[chex.ArrayTree], Any] | None = None,
+    mask: Mask | None = None,
 ) -> GradientTransformation:
     """DoWG: distance over weighted gradients (Khaled et al., 2023).
 
