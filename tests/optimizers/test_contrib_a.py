@@ -24,6 +24,7 @@ from support.optimizers import optax_signature_prefix
 import dlopt
 
 STEPS = 30
+HALF = STEPS // 2  # every loop runs HALF steps per call: one compile per case and library
 
 
 def _sched(lib):
@@ -79,7 +80,7 @@ def initial_params(dtype=jnp.float32):
 
 @functools.cache
 def runner(name: str, library: str):
-    """A jitted ``(params, state, steps) -> (params, state, updates)`` loop for one case."""
+    """A jitted ``(params, state) -> (params, state, last updates)`` of `HALF` steps."""
     lib = {"dlopt": dlopt, "optax": optax}[library]
     tx, needs_value = build(name, lib), CASES[name][1]
 
@@ -90,19 +91,21 @@ def runner(name: str, library: str):
         updates, state = tx.update(grads, state, params, **extra)
         return (dlopt.apply_updates(params, updates), state), updates
 
-    @functools.partial(jax.jit, static_argnums=2)
-    def run(params, state, steps):
-        (params, state), updates = jax.lax.scan(one, (params, state), None, length=steps)
+    @jax.jit
+    def run(params, state):
+        (params, state), updates = jax.lax.scan(one, (params, state), None, length=HALF)
         return params, state, jax.tree.map(lambda u: u[-1], updates)
 
     return tx, run
 
 
-def run_lib(name: str, library: str, steps: int = STEPS, params=None):
+def run_lib(name: str, library: str):
+    """`STEPS` steps from `initial_params`: (params, state, last updates)."""
     tx, run = runner(name, library)
-    params = initial_params() if params is None else params
+    params = initial_params()
     with jax.numpy_dtype_promotion("standard"):  # optax is not clean under strict promotion
-        return run(params, tx.init(params), steps)
+        params, state, _ = run(params, tx.init(params))
+        return run(params, state)
 
 
 def _own_state(state):
@@ -130,11 +133,11 @@ def test_checkpoint_resume_is_bitwise(name):
     """Half the steps, the state through msgpack bytes, the other half: the same bits."""
     tx, run = runner(name, "dlopt")
     params = initial_params()
-    straight = run(params, tx.init(params), STEPS)
-    half_params, half_state, _ = run(params, tx.init(params), STEPS // 2)
+    half_params, half_state, _ = run(params, tx.init(params))
+    straight = run(half_params, half_state)
     blob = flax.serialization.to_bytes(half_state)
     restored = flax.serialization.from_bytes(tx.init(params), blob)
-    resumed = run(half_params, restored, STEPS - STEPS // 2)
+    resumed = run(half_params, restored)
     chex.assert_trees_all_equal(resumed[0], straight[0])
     chex.assert_trees_all_equal(resumed[1], straight[1])
 
