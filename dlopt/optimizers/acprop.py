@@ -112,7 +112,7 @@ def acprop(
         >>> params = jnp.array([1.0, -2.0])
         >>> state = tx.init(params)
         >>> for _ in range(3):
-        ...     updates, state = tx.update(jax.grad(lambda w: jnp.sum(w**2))(params), state)
+        ...     updates, state = tx.update(jax.grad(lambda w: jnp.sum(w**2))(params), state, params)
         ...     params = dlopt.apply_updates(params, updates)
         >>> bool(jnp.sum(params**2) < 5.0)
         True
