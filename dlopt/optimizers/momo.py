@@ -78,6 +78,17 @@ def _polyak_step(*, barf, gamma, iprod, sq_norm, lb, alpha, weight_decay, lower_
     return tau, new_lb.astype(lb.dtype), shrink
 
 
+def _decayed_step(direction, params, updates, *, alpha, weight_decay, shrink, tau):
+    """``-(alpha lambda / (1 + alpha lambda)) x - tau d`` per leaf, in each parameter's dtype."""
+
+    def one(d, p, out):
+        f = numerics.compute_dtype(p.dtype, tau.dtype)
+        p = p.astype(f)
+        return (-(alpha * weight_decay) / shrink * p - tau * d.astype(f)).astype(out)
+
+    return jax.tree.map(one, direction, params, numerics.out_dtypes(updates, params))
+
+
 def _alpha(learning_rate, count, dtype):
     alpha = learning_rate(count) if callable(learning_rate) else learning_rate
     return jnp.asarray(alpha).astype(dtype)
@@ -160,12 +171,9 @@ def momo(
             weight_decay=weight_decay, lower_bound=lower_bound, bc1=1.0, adapt=adapt_lower_bound,
         )  # fmt: skip
 
-        def step(d, p, out):
-            f = numerics.compute_dtype(p.dtype, dtype)
-            p = p.astype(f)
-            return (-(alpha * weight_decay) / shrink * p - tau * d.astype(f)).astype(out)
-
-        new_updates = jax.tree.map(step, exp_avg, params, numerics.out_dtypes(updates, params))
+        new_updates = _decayed_step(
+            exp_avg, params, updates, alpha=alpha, weight_decay=weight_decay, shrink=shrink, tau=tau
+        )
         count = tree_lib.safe_increment(state.count)
         return new_updates, MomoState(exp_avg, barf, gamma, lb, count)
 
@@ -257,12 +265,15 @@ def momo_adam(
             weight_decay=weight_decay, lower_bound=lower_bound, bc1=bc1, adapt=adapt_lower_bound,
         )  # fmt: skip
 
-        def step(w, p, out):
-            f = numerics.compute_dtype(p.dtype, dtype)
-            p = p.astype(f)
-            return (-(alpha * weight_decay) / shrink * p - tau * w.astype(f)).astype(out)
-
-        new_updates = jax.tree.map(step, weighted, params, numerics.out_dtypes(updates, params))
+        new_updates = _decayed_step(
+            weighted,
+            params,
+            updates,
+            alpha=alpha,
+            weight_decay=weight_decay,
+            shrink=shrink,
+            tau=tau,
+        )
         new_state = MomoAdamState(exp_avg, exp_avg_sq, barf, gamma, lb, count)
         return new_updates, new_state
 
