@@ -242,7 +242,31 @@ from dlopt.wrappers.quantized import QuantizedArray as QuantizedArray
 from dlopt.wrappers.quantized import QuantizedState as QuantizedState
 from dlopt.wrappers.quantized import quantized as quantized
 
+# --- contrib optimizers (optax.contrib): also at dlopt.contrib.X
+from dlopt.optimizers.acprop import acprop as acprop
+from dlopt.optimizers.acprop import scale_by_acprop as scale_by_acprop
+from dlopt.optimizers.cocob import COCOBState as COCOBState
+from dlopt.optimizers.cocob import cocob as cocob
+from dlopt.optimizers.cocob import scale_by_cocob as scale_by_cocob
+from dlopt.optimizers.dog import DoGState as DoGState
+from dlopt.optimizers.dog import DoWGState as DoWGState
+from dlopt.optimizers.dog import dog as dog
+from dlopt.optimizers.dog import dowg as dowg
+from dlopt.optimizers.dog import scale_by_dog as scale_by_dog
+from dlopt.optimizers.dog import scale_by_dowg as scale_by_dowg
+from dlopt.optimizers.madgrad import MadgradState as MadgradState
+from dlopt.optimizers.madgrad import madgrad as madgrad
+from dlopt.optimizers.madgrad import scale_by_madgrad as scale_by_madgrad
+from dlopt.optimizers.mechanic import MechanicState as MechanicState
+from dlopt.optimizers.mechanic import mechanize as mechanize
+from dlopt.optimizers.momo import MomoAdamState as MomoAdamState
+from dlopt.optimizers.momo import MomoState as MomoState
+from dlopt.optimizers.momo import momo as momo
+from dlopt.optimizers.momo import momo_adam as momo_adam
+from dlopt.transforms.normalization import NormalizeState as NormalizeState
+
 # --- submodules
+from dlopt import contrib as contrib
 from dlopt import metrics as metrics
 from dlopt.core import numerics as numerics
 from dlopt import testing as testing

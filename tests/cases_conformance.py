@@ -143,6 +143,33 @@ TRANSFORMS = [
         lambda: dlopt.chain(dlopt.sgd(0.1), dlopt.reduce_on_plateau(patience=0)),
         {"extra_args": {"value": 1.0}},
     ),
+    # contrib optimizers (optax.contrib): acprop ... momo_adam
+    Entry("scale_by_acprop", "", dlopt.scale_by_acprop),
+    Entry("acprop", "decay", lambda: dlopt.acprop(1e-2, weight_decay=1e-2), DECAYS),
+    Entry("scale_by_cocob", "", dlopt.scale_by_cocob),
+    Entry("cocob", "decay", lambda: dlopt.cocob(weight_decay=1e-2), DECAYS),
+    Entry("scale_by_dog", "distance", lambda: dlopt.scale_by_dog(("distance", 1e-3))),
+    Entry("dog", "learning_rate", lambda: dlopt.dog(init_step=("learning_rate", 1e-2))),
+    Entry("dog", "heuristic_decay", lambda: dlopt.dog(0.5, weight_decay=1e-2), DECAYS),
+    Entry("scale_by_dowg", "", dlopt.scale_by_dowg),
+    Entry("dowg", "decay", lambda: dlopt.dowg(init_estim_sq_dist=1e-2, weight_decay=1e-2), DECAYS),
+    Entry("scale_by_madgrad", "schedule", lambda: dlopt.scale_by_madgrad(_schedule)),
+    Entry("madgrad", "decay", lambda: dlopt.madgrad(1e-2, weight_decay=1e-2), DECAYS),
+    Entry("mechanize", "adam", lambda: dlopt.mechanize(dlopt.adam(1.0))),
+    Entry("momo", "", dlopt.momo, {"extra_args": {"value": 1.0}}),
+    Entry(
+        "momo",
+        "adapt_decay",
+        lambda: dlopt.momo(weight_decay=1e-2, adapt_lower_bound=True),
+        {"extra_args": {"value": 1.0}, **DECAYS},
+    ),
+    Entry("momo_adam", "", dlopt.momo_adam, {"extra_args": {"value": 1.0}}),
+    Entry(
+        "momo_adam",
+        "adapt_decay",
+        lambda: dlopt.momo_adam(weight_decay=1e-2, adapt_lower_bound=True),
+        {"extra_args": {"value": 1.0}, **DECAYS},
+    ),
     # freezing and parameter groups named by path (transfer learning)
     Entry("set_to_zero", "", dlopt.set_to_zero),
     Entry(

@@ -48,6 +48,7 @@ REQUIRED: dict[str, Any] = {
     "inner": dlopt.sgd(0.1),
     "max_consecutive_errors": 3,
     "every_k": 2,
+    "init_step": ("heuristic", 1e-6),  # scale_by_dog
 }
 GROUPS = (
     cases_adam_family, cases_large_batch, cases_modern, cases_schedule_free, cases_second_order,

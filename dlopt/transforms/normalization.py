@@ -8,7 +8,7 @@ import jax.numpy as jnp
 
 from dlopt.core import numerics, validation
 from dlopt.core import tree as tree_lib
-from dlopt.core.base import GradientTransformation, init_empty_state
+from dlopt.core.base import EmptyState, GradientTransformation, init_empty_state
 from dlopt.core.per_leaf import per_leaf
 
 
@@ -101,6 +101,9 @@ def normalize_by_update_norm(
         return _divide(updates, params, jnp.where(scale_factor == 0, jnp.inf, divisor)), state
 
     return GradientTransformation(init_empty_state, update_fn)
+
+
+NormalizeState = EmptyState  # optax.contrib's name for `normalize`'s (empty) state
 
 
 def normalize() -> GradientTransformation:
