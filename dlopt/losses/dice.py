@@ -112,7 +112,7 @@ def dice_loss(
     )
     loss = 1.0 - (intersection + smooth) / denominator
     if class_weights is not None:
-        loss = loss * class_weights
+        loss = loss * jnp.broadcast_to(class_weights, loss.shape)
     if ignore_background and probs.shape[-1] > 1:
         loss = loss[..., 1:]
     if reduction == "mean":

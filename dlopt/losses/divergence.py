@@ -32,6 +32,9 @@ def kl_divergence(
     :math:`q`; terms with :math:`q_i = 0` count 0. Same as torch's
     ``kl_div(log_predictions, targets, reduction="none").sum(-1)``.
 
+    Deliberate difference from optax: the gradient in ``targets`` at :math:`q_i = 0` is
+    finite (optax's is NaN, from differentiating ``log 0`` under a ``where``).
+
     Args:
       log_predictions: log-probabilities of the predicted distribution ``[..., dim]``.
       targets: probabilities of the target distribution ``[..., dim]``.
@@ -67,7 +70,8 @@ def kl_divergence_with_log_targets(
 ) -> jax.Array:
     r"""`kl_divergence` with the targets in log-space: :math:`\sum_i e^{\ell_i}(\ell_i - \log p_i)`.
 
-    A target of log-probability ``-inf`` contributes 0. Same as torch's
+    A target of log-probability ``-inf`` contributes 0 (deliberate difference from optax,
+    whose value is NaN there: ``0 * inf``). Same as torch's
     ``kl_div(log_predictions, log_targets, reduction="none", log_target=True).sum(-1)``.
 
     Example:

@@ -74,7 +74,8 @@ def multiclass_hinge_loss(
       [0.5]
     """
     scores, labels = jnp.asarray(scores), jnp.asarray(labels)
-    is_true = jnp.arange(scores.shape[-1]) == labels[..., None]
+    classes = jnp.arange(scores.shape[-1]).reshape((1,) * labels.ndim + (-1,))
+    is_true = classes == labels[..., None]
     return jnp.max(jnp.where(is_true, scores, scores + 1.0), axis=-1) - _true_score(scores, labels)
 
 

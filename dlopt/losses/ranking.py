@@ -85,7 +85,7 @@ def ranking_softmax_loss(
     else:
         log_probs = jax.nn.log_softmax(logits, axis=-1)
     if weights is not None:
-        labels = labels * weights
+        labels = labels * jnp.broadcast_to(weights, labels.shape)
     loss = -jnp.sum(labels * log_probs, axis=-1, where=where)
     if where is not None:
         where = jnp.any(where, axis=-1)

@@ -67,7 +67,8 @@ def ntxent(
     shifted_neg, shifted_pos = xcs_neg - row_max, xcs_pos - row_max
     denominator = jnp.sum(jnp.exp(shifted_neg), axis=1, keepdims=True) + jnp.exp(shifted_pos)
     log_softmax = shifted_pos - jnp.log(denominator)
-    return -jnp.where(positives, log_softmax, 0.0).sum() / positives.sum()
+    num_pairs = positives.sum().astype(log_softmax.dtype)
+    return -jnp.where(positives, log_softmax, 0.0).sum() / num_pairs
 
 
 def triplet_margin_loss(
