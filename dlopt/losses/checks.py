@@ -18,24 +18,24 @@ def shape_of(x: Any) -> tuple[int, ...]:
     return tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
 
 
+def _check_kind(name: str, x: Any, kind: Any, fix: str) -> None:
+    dtype = jax.dtypes.result_type(x)
+    if not jnp.issubdtype(dtype, kind):
+        raise TypeError(
+            f"Expected the input to have a dtype that is a subdtype of {kind.__name__}, got "
+            f"{dtype} instead for {name}; {fix}."
+        )
+
+
 def check_floating(name: str, x: Any) -> None:
     """``x`` has a floating dtype (a ``TypeError`` like optax's otherwise)."""
-    dtype = jax.dtypes.result_type(x)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(
-            f"Expected the input to have a dtype that is a subdtype of floating, got {dtype} "
-            f"instead for {name}; cast it, e.g. {name}.astype(jnp.float32)."
-        )
+    _check_kind(name, x, jnp.floating, f"cast it, e.g. {name}.astype(jnp.float32)")
 
 
 def check_integer(name: str, x: Any) -> None:
     """``x`` has an integer dtype (class indices)."""
-    dtype = jax.dtypes.result_type(x)
-    if not jnp.issubdtype(dtype, jnp.integer):
-        raise TypeError(
-            f"Expected the input to have a dtype that is a subdtype of integer, got {dtype} "
-            f"instead for {name}; pass class indices as integers, e.g. jnp.argmax(one_hot, -1)."
-        )
+    fix = "pass class indices as integers, e.g. jnp.argmax(one_hot, -1)"
+    _check_kind(name, x, jnp.integer, fix)
 
 
 def check_same_shape(name_a: str, a: Any, name_b: str, b: Any) -> None:
