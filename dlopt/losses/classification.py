@@ -75,13 +75,13 @@ def softmax_cross_entropy(
 def _weighted_log_softmax(x: jax.Array, weights: jax.Array) -> jax.Array:
     """``weights * log_softmax(x)`` with 0·log 0 = 0, and a gradient free of NaN there.
 
-    Where a weight is 0 the product is 0 whatever ``x`` (also ``-inf``); the derivative in
-    ``x`` is ``w - softmax(x) * sum(w)``, which is finite everywhere.
+    Only a ``-inf`` log-probability under a zero weight is replaced (by 0), so the product is
+    0 there and the derivative in the weights is ``log_softmax(x)`` wherever that is finite;
+    the derivative in ``x`` is ``w - softmax(x) * sum(w)``, finite everywhere.
     """
     log_p = jax.nn.log_softmax(x, axis=-1)
-    nonzero = weights != 0
-    safe_log_p = jnp.where(nonzero, log_p, 0.0)
-    return jnp.where(nonzero, weights * safe_log_p, 0.0)
+    keep = jnp.logical_or(weights != 0, jnp.isfinite(log_p))
+    return weights * jnp.where(keep, log_p, 0.0)
 
 
 def safe_softmax_cross_entropy(
