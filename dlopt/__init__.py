@@ -265,6 +265,30 @@ from dlopt.optimizers.momo import momo as momo
 from dlopt.optimizers.momo import momo_adam as momo_adam
 from dlopt.transforms.normalization import NormalizeState as NormalizeState
 
+# --- losses (optax's top-level loss names; all of them live in dlopt.losses)
+from dlopt import losses as losses
+from dlopt.losses.divergence import convex_kl_divergence as convex_kl_divergence
+from dlopt.losses.regression import cosine_distance as cosine_distance
+from dlopt.losses.regression import cosine_similarity as cosine_similarity
+from dlopt.losses.ctc import ctc_loss as ctc_loss
+from dlopt.losses.ctc import ctc_loss_with_forward_probs as ctc_loss_with_forward_probs
+from dlopt.losses.divergence import generalized_kl_divergence as generalized_kl_divergence
+from dlopt.losses.margin import hinge_loss as hinge_loss
+from dlopt.losses.regression import huber_loss as huber_loss
+from dlopt.losses.divergence import kl_divergence as kl_divergence
+from dlopt.losses.regression import l2_loss as l2_loss
+from dlopt.losses.regression import log_cosh as log_cosh
+from dlopt.losses.self_supervised import ntxent as ntxent
+from dlopt.losses.classification import safe_softmax_cross_entropy as safe_softmax_cross_entropy
+from dlopt.losses.sigmoid import sigmoid_binary_cross_entropy as sigmoid_binary_cross_entropy
+from dlopt.losses.sigmoid import sigmoid_focal_loss as sigmoid_focal_loss
+from dlopt.losses.smoothing import smooth_labels as smooth_labels
+from dlopt.losses.classification import softmax_cross_entropy as softmax_cross_entropy
+from dlopt.losses.classification import (
+    softmax_cross_entropy_with_integer_labels as softmax_cross_entropy_with_integer_labels,
+)
+from dlopt.losses.regression import squared_error as squared_error
+
 # --- submodules
 from dlopt import contrib as contrib
 from dlopt import metrics as metrics
