@@ -210,7 +210,8 @@ def main(argv=None) -> dict:
                         "n": len(part["train"][0]),
                         "test_accuracy": acc,
                         "epochs": len(history),
-                        "best_epoch": int(np.nanargmin(history.history["val_loss"])),
+                        # counted from 1, as fit's log counts
+                        "best_epoch": int(np.nanargmin(history.history["val_loss"])) + 1,
                         "seconds": seconds,
                         "history": history,
                         "params": trained,
