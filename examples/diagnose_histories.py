@@ -399,7 +399,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", default=OUT, help="the JSON file to write (default %(default)s)")
     parser.add_argument("--only", default=None, help="train only the runs whose id has this")
     args = parser.parse_args(argv)
-    runs = load(args.table) if args.table else generate(args.out, args.only)
+    if not args.table:
+        generate(args.out, args.only)
+    runs = load(args.table or args.out)  # the nulls (non-finite losses) back as NaN
     print(format_table(runs))
 
 
