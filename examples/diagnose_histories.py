@@ -24,7 +24,7 @@ is 1.5x its healthy twin's best, or its own best for one too high); the generato
 runs it drops. The runs of ``dlopt demo`` (one per optimizer of
 `dlopt.lab.cli.DEMO_OPTIMIZERS`, ten) are stored too, unlabelled ("demo").
 
-``python examples/diagnose_histories.py`` trains them all (about 15 minutes on 2 shared CPU
+``python examples/diagnose_histories.py`` trains them all (36 minutes on 2 busy shared CPU
 cores) and writes ``out/diagnose_histories.json`` (``--out`` elsewhere); the committed set that
 ``tests/lab/test_diagnose.py`` reads, ``tests/fixtures/diagnose_histories.json``, is what
 ``python examples/diagnose_histories.py --out tests/fixtures/diagnose_histories.json`` writes.
