@@ -8,6 +8,7 @@ table with ``python examples/diagnose_histories.py --table``.
 
 import importlib.util
 import math
+import os
 
 import numpy as np
 import pytest
@@ -79,6 +80,18 @@ def test_the_demo_runs_are_not_told_to_change_their_learning_rate():
     for run in DEMO:
         kinds = [f.kind for f in diagnose(run["history"])]
         assert not [k for k in kinds if k.startswith("lr_")], (run["id"], kinds)
+
+
+def test_the_fixture_is_what_the_script_makes_and_the_script_does_not_overwrite_it():
+    recipes = {r["id"]: r for r in labelled.recipes() + labelled.demo_recipes()}
+    for run in RUNS + DEMO:  # every stored run is a recipe of the script, as stored
+        recipe = recipes[run["id"]]
+        assert {k: run[k] for k in recipe if k != "model"} == {
+            k: v for k, v in recipe.items() if k != "model"
+        }
+    assert [r["id"] for r in DEMO] == [r["id"] for r in labelled.demo_recipes()]
+    assert os.path.abspath(labelled.OUT) != os.path.abspath(labelled.PATH)
+    assert "/out/" in labelled.OUT.replace(os.sep, "/")
 
 
 def test_findings_carry_confidence_and_evidence():
