@@ -287,7 +287,7 @@ def plot_results(results: dict, n_test: int, path: str) -> None:
             ax.plot(range(1, len(acc) + 1), acc, color=f"C{i}", label=strategy)  # epochs from 1
         n = results[(STRATEGIES[0], fraction)][0]["n"]
         ax.set_title(f"validation accuracy, {fraction:.0%} of the data ({n} images)", fontsize=9)
-        ax.set_xlabel("epoch (626 examples each)", fontsize=8)
+        ax.set_xlabel(f"epoch ({n} training images each)", fontsize=8)
         ax.grid(alpha=0.3)
     curves[0].set_ylabel("validation accuracy", fontsize=8)
     for ax in curves[1:]:
