@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import tempfile
 import time
@@ -118,18 +117,6 @@ def print_report(report: dict) -> None:
     print(report["confusion"])
 
 
-@contextlib.contextmanager
-def quiet_absl():
-    """Hides absl warnings (orbax warns that a restore opens its folder read-only)."""
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def plot_run(history, best_epoch: int, confusion, path: str) -> None:
     """Loss and accuracy per epoch (the restored epoch marked) and the confusion matrix."""
     from matplotlib.figure import Figure
@@ -219,8 +206,7 @@ def train_and_restore(state, train, val, directory, args):
         f"{last['loss']:.4f}, val_loss {last['val_loss']:.4f}, val_accuracy "
         f"{last['val_accuracy']:.4f}"
     )
-    with quiet_absl():
-        best, best_history = restore(directory, target=state)
+    best, best_history = restore(directory, target=state)  # quietly
     return state, history, best, best_history
 
 

@@ -81,8 +81,9 @@ def plot_comparison(histories: dict, params: dict, path: str) -> None:
     curves, diffs = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1.2, 1]})
     for (name, history), style in zip(histories.items(), ("-", "--"), strict=True):
         h = history.history
-        curves.plot(h["loss"], style, color="C0", label=f"train, {name}")
-        curves.plot(h["val_loss"], style, color="C1", label=f"validation, {name}")
+        epochs = range(1, len(h["loss"]) + 1)  # counted from 1, as fit's log counts
+        curves.plot(epochs, h["loss"], style, color="C0", label=f"train, {name}")
+        curves.plot(epochs, h["val_loss"], style, color="C1", label=f"validation, {name}")
     curves.set_yscale("log")
     ticks = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]
     curves.set_yticks(ticks, [f"{t:g}" for t in ticks])

@@ -21,12 +21,16 @@ change with the seed). The label is the recipe, never what `diagnose` says:
 
 A wrong learning rate is kept only if it did harm (`check_labels`: its late validation loss
 is 1.5x its healthy twin's best, or its own best for one too high); the generator prints the
-runs it drops. The nine runs of ``dlopt demo`` are stored too, unlabelled ("demo").
+runs it drops. The runs of ``dlopt demo`` (one per optimizer of
+`dlopt.lab.cli.DEMO_OPTIMIZERS`, ten) are stored too, unlabelled ("demo").
 
-``python examples/diagnose_histories.py`` trains them all (about 6 minutes on 2 shared CPU
-cores) and writes ``tests/fixtures/diagnose_histories.json``, which ``tests/lab/test_diagnose.py``
-reads; ``python examples/diagnose_histories.py --table`` only reads that file and prints the
-confusion table: for each finding (and "none"), how many runs of each true label get it, with
+``python examples/diagnose_histories.py`` trains them all (36 minutes on 2 busy shared CPU
+cores) and writes ``out/diagnose_histories.json`` (``--out`` elsewhere); the committed set that
+``tests/lab/test_diagnose.py`` reads, ``tests/fixtures/diagnose_histories.json``, is what
+``python examples/diagnose_histories.py --out tests/fixtures/diagnose_histories.json`` writes.
+``python examples/diagnose_histories.py --table`` only reads the committed set (or
+``--table FILE``) and prints the confusion table: for each verdict (a finding, "not enough
+epochs to judge", "not converged", or "none"), how many runs of each true label get it, with
 its precision and recall.
 """
 
@@ -39,11 +43,11 @@ import os
 import time
 from collections.abc import Sequence
 
-from dlopt.lab.diagnose import KINDS, diagnose
+from dlopt.lab.diagnose import KINDS, VERDICTS, diagnose
 
-PATH = os.path.normpath(
-    os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "diagnose_histories.json")
-)
+ROOT = os.path.normpath(os.path.join(os.path.dirname(__file__), ".."))
+PATH = os.path.join(ROOT, "tests", "fixtures", "diagnose_histories.json")  # the committed set
+OUT = os.path.join(ROOT, "out", "diagnose_histories.json")  # where a new set goes by default
 LABELS = ("healthy", *KINDS)
 SEEDS = (0, 1, 2)
 SERIES = ("loss", "val_loss", "accuracy", "val_accuracy")
@@ -115,9 +119,10 @@ def recipes() -> list[dict]:
 
 
 def demo_recipes() -> list[dict]:
-    """The nine runs of ``dlopt demo`` (digits, MLP 128-64, dropout 0.2, early stopping with
-    patience 8): unlabelled, kept to check that none of them is told its learning rate is
-    wrong."""
+    """The runs of ``dlopt demo``, one per optimizer of `DEMO_OPTIMIZERS` (digits, MLP 128-64,
+    dropout 0.2, early stopping with patience 8, the optimizer from
+    `dlopt.lab.cli.build_optimizer`): unlabelled, kept to check that none of them is told its
+    learning rate is wrong."""
     from dlopt.lab.cli import DEMO_OPTIMIZERS
 
     runs = []
@@ -131,6 +136,8 @@ def demo_recipes() -> list[dict]:
                 "model": ("mlp", (128, 64), 0.2),
                 "optimizer": factory,
                 "optimizer_kwargs": kwargs,
+                "demo_name": name,
+                "min_delta": 0.0,  # the demo's EarlyStopping
                 "lr": lr,
                 "epochs": 40,
                 "patience": 8,
@@ -156,8 +163,12 @@ def check_labels(runs: Sequence[dict]) -> list[dict]:
     kept = []
     for r in runs:
         if r["label"] in ("lr_too_high", "lr_too_low"):
-            v = r["history"]["val_loss"]
-            late = [x if math.isfinite(x) else math.inf for x in v[len(v) // 2 :]]
+            # a non-finite value is stored as None: infinitely bad
+            v = [
+                math.inf if x is None or not math.isfinite(x) else x
+                for x in r["history"]["val_loss"]
+            ]
+            late = v[len(v) // 2 :]
             end = sum(late) / len(late)
             twin = best.get((r["family"], r["optimizer"], r["seed"]), -math.inf)
             own = min(v) if r["label"] == "lr_too_high" else math.inf
@@ -238,10 +249,15 @@ def train(run: dict) -> dict:
     (x, y), (x_val, y_val), (x_test, y_test) = data["train"], data["val"], data["test"]
     variables = model.init(jax.random.key(run["seed"]), jnp.asarray(x[:2]))
     params, model_state = variables.pop("params"), dict(variables)
-    kwargs = dict(run.get("optimizer_kwargs", {}))
-    if run["optimizer"] == "adamw":
-        kwargs["mask"] = dlopt.weights_only  # as the demo does
-    tx = getattr(dlopt, run["optimizer"])(run["lr"], **kwargs)
+    if "demo_name" in run:
+        from dlopt.lab.cli import build_optimizer
+
+        tx = build_optimizer(run["demo_name"], run["lr"])
+    else:
+        kwargs = dict(run.get("optimizer_kwargs", {}))
+        if run["optimizer"] == "adamw":
+            kwargs["mask"] = dlopt.weights_only  # as the demo does
+        tx = getattr(dlopt, run["optimizer"])(run["lr"], **kwargs)
     state = TrainState.create(
         apply_fn=model.apply, params=params, tx=tx, rng=run["seed"], model_state=model_state
     )
@@ -252,7 +268,12 @@ def train(run: dict) -> dict:
         val_data=[{"x": x_val, "y": y_val}],
         loss_fn=classifier_loss(model, l2=run["l2"]),
         callbacks=[
-            EarlyStopping("val_loss", patience=run["patience"], min_delta=1e-3, restore_best=True)
+            EarlyStopping(
+                "val_loss",
+                patience=run["patience"],
+                min_delta=run.get("min_delta", 1e-3),
+                restore_best=True,
+            )
         ]
         if run["patience"] is not None
         else [],
@@ -266,7 +287,12 @@ def train(run: dict) -> dict:
     return {**run, "test_accuracy": round(test_accuracy, 4), "history": history}
 
 
-def generate(path: str = PATH, only: str | None = None) -> list[dict]:
+def _g(x: float | None) -> str:
+    """A stored value for the log: 3 significant digits, or "nan" for a non-finite one."""
+    return "nan" if x is None else f"{x:.3g}"
+
+
+def generate(path: str = OUT, only: str | None = None) -> list[dict]:
     """Trains every recipe (those whose id contains ``only``) and writes them to ``path``."""
     runs = []
     todo = [r for r in recipes() + demo_recipes() if only is None or only in r["id"]]
@@ -276,7 +302,7 @@ def generate(path: str = PATH, only: str | None = None) -> list[dict]:
         h = runs[-1]["history"]
         print(
             f"[{i + 1}/{len(todo)} {time.perf_counter() - start:5.0f}s] {run['id']}: val_loss "
-            f"{h['val_loss'][0]:.3g} -> {h['val_loss'][-1]:.3g}, test acc "
+            f"{_g(h['val_loss'][0])} -> {_g(h['val_loss'][-1])}, test acc "
             f"{runs[-1]['test_accuracy']:.3f}",
             flush=True,
         )
@@ -308,9 +334,10 @@ def load(path: str = PATH, section: str = "runs") -> list[dict]:
 
 
 def confusion(runs: Sequence[dict], **kwargs) -> dict[str, dict[str, int]]:
-    """``finding -> true label -> count`` of runs; the finding ``"none"`` counts the runs that
-    get no finding. ``kwargs`` go to `diagnose`."""
-    table = {k: dict.fromkeys(LABELS, 0) for k in (*KINDS, "none")}
+    """``finding -> true label -> count`` of runs; the findings are the problems (`KINDS`), the
+    verdicts "too_few_epochs" and "not_converged" (`VERDICTS`) and ``"none"``: the runs that get
+    no finding. ``kwargs`` go to `diagnose`."""
+    table = {k: dict.fromkeys(LABELS, 0) for k in (*KINDS, *VERDICTS, "none")}
     for run in runs:
         kinds = {f.kind for f in diagnose(run["history"], **kwargs)} or {"none"}
         for kind in kinds:
@@ -320,15 +347,25 @@ def confusion(runs: Sequence[dict], **kwargs) -> dict[str, dict[str, int]]:
 
 def scores(runs: Sequence[dict], **kwargs) -> dict[str, tuple[float, float]]:
     """``finding -> (precision, recall)`` on ``runs`` (``"none"`` is scored against the
-    healthy label)."""
+    healthy label; a verdict, which no label names, gets NaN)."""
     table = confusion(runs, **kwargs)
     count = {label: sum(r["label"] == label for r in runs) for label in LABELS}
     out = {}
     for kind, row in table.items():
+        if kind in VERDICTS:
+            out[kind] = (math.nan, math.nan)
+            continue
         truth = "healthy" if kind == "none" else kind
         given = sum(row.values())
-        out[kind] = (row[truth] / given if given else math.nan, row[truth] / count[truth])
+        out[kind] = (
+            row[truth] / given if given else math.nan,
+            row[truth] / count[truth] if count[truth] else math.nan,
+        )
     return out
+
+
+def _score(x: float) -> str:
+    return "-" if math.isnan(x) else f"{x:.2f}"
 
 
 def format_table(runs: Sequence[dict], **kwargs) -> str:
@@ -337,7 +374,7 @@ def format_table(runs: Sequence[dict], **kwargs) -> str:
     count = {label: sum(r["label"] == label for r in runs) for label in LABELS}
     head = ["finding \\ label", *(f"{label} ({count[label]})" for label in LABELS)]
     rows = [
-        [kind, *(str(table[kind][label]) for label in LABELS), f"{p:.2f}", f"{r:.2f}"]
+        [kind, *(str(table[kind][label]) for label in LABELS), _score(p), _score(r)]
         for kind, (p, r) in score.items()
     ]
     head += ["precision", "recall"]
@@ -351,11 +388,20 @@ def format_table(runs: Sequence[dict], **kwargs) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--table", action="store_true", help="only print the confusion table")
-    parser.add_argument("--out", default=PATH, help="the JSON file (default %(default)s)")
+    parser.add_argument(
+        "--table",
+        nargs="?",
+        const=PATH,
+        default=None,
+        metavar="JSON",
+        help=f"only print the confusion table of a stored set (default {PATH})",
+    )
+    parser.add_argument("--out", default=OUT, help="the JSON file to write (default %(default)s)")
     parser.add_argument("--only", default=None, help="train only the runs whose id has this")
     args = parser.parse_args(argv)
-    runs = load(args.out) if args.table else generate(args.out, args.only)
+    if not args.table:
+        generate(args.out, args.only)
+    runs = load(args.table or args.out)  # the nulls (non-finite losses) back as NaN
     print(format_table(runs))
 
 

@@ -105,7 +105,7 @@ def main(argv=None):
     bar.close()
     print(f"data: {data['source']}")
     print(
-        f"{'model':>34}  {'train n':>7}  {'epochs':>6}  {'best':>4}  {'val loss':>8}  "
+        f"{'model':>34}  {'train n':>7}  {'epochs':>6}  {'best':>4}  {'best val':>8}  "
         f"{'test acc':>8}  {'test F1':>7}"
     )
     for name, n, epochs, best, val, acc, f1 in rows:

@@ -210,7 +210,8 @@ def main(argv=None) -> dict:
                         "n": len(part["train"][0]),
                         "test_accuracy": acc,
                         "epochs": len(history),
-                        "best_epoch": int(np.nanargmin(history.history["val_loss"])),
+                        # counted from 1, as fit's log counts
+                        "best_epoch": int(np.nanargmin(history.history["val_loss"])) + 1,
                         "seconds": seconds,
                         "history": history,
                         "params": trained,
@@ -282,10 +283,11 @@ def plot_results(results: dict, n_test: int, path: str) -> None:
     for ax, fraction in zip(curves, fractions, strict=True):
         for i, strategy in enumerate(STRATEGIES):
             r = results[(strategy, fraction)][0]
-            ax.plot(r["history"].history["val_accuracy"], color=f"C{i}", label=strategy)
+            acc = r["history"].history["val_accuracy"]
+            ax.plot(range(1, len(acc) + 1), acc, color=f"C{i}", label=strategy)  # epochs from 1
         n = results[(STRATEGIES[0], fraction)][0]["n"]
         ax.set_title(f"validation accuracy, {fraction:.0%} of the data ({n} images)", fontsize=9)
-        ax.set_xlabel("epoch (626 examples each)", fontsize=8)
+        ax.set_xlabel(f"epoch ({n} training images each)", fontsize=8)
         ax.grid(alpha=0.3)
     curves[0].set_ylabel("validation accuracy", fontsize=8)
     for ax in curves[1:]:

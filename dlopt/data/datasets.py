@@ -7,10 +7,12 @@ TFDS and scikit-learn are imported only inside the functions that use them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import tempfile
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,26 @@ OFFLINE_DATASETS = ("digits", "breast_cancer")
 
 _OFFLINE_TEST_FRACTION = 0.2
 _CHUNK = 1024
+
+
+_TEMPDIR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _scratch_tempdir() -> Iterator[None]:
+    """While TFDS runs, `tempfile`'s default folder is a scratch folder removed afterwards.
+
+    TFDS's ``DatasetInfo.initialize_from_bucket`` copies metadata through
+    ``tempfile.mkdtemp("tfds")`` and never removes the folder: every probe of a dataset that is
+    not prepared (and every ``data_source`` call) left an empty ``/tmp/tmpXXXXtfds`` behind.
+    """
+    with _TEMPDIR_LOCK, tempfile.TemporaryDirectory(prefix="dlopt-tfds-") as scratch:
+        previous = tempfile.tempdir
+        tempfile.tempdir = scratch
+        try:
+            yield
+        finally:
+            tempfile.tempdir = previous
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -208,18 +230,19 @@ def load(
 
     split = "train" if split is None else split
     data_dir = None if data_dir is None else os.fspath(data_dir)
-    try:
-        builder = tfds.builder(name, data_dir=data_dir)
-    except tfds.core.registered.DatasetNotFoundError:
-        raise ValueError(
-            f"unknown dataset name={name!r}: neither a TFDS dataset nor one of the offline "
-            f"datasets {OFFLINE_DATASETS}."
-        ) from None
-    if not builder.is_prepared():
-        where = f"data_dir={builder.data_dir!r}"
-        if not download:
-            raise _unavailable(name, where, "download=False")
-        if not _network_available():
-            raise _unavailable(name, where, "there is no network to download it")
-    source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
+    with _scratch_tempdir():
+        try:
+            builder = tfds.builder(name, data_dir=data_dir)
+        except tfds.core.registered.DatasetNotFoundError:
+            raise ValueError(
+                f"unknown dataset name={name!r}: neither a TFDS dataset nor one of the offline "
+                f"datasets {OFFLINE_DATASETS}."
+            ) from None
+        if not builder.is_prepared():
+            where = f"data_dir={builder.data_dir!r}"
+            if not download:
+                raise _unavailable(name, where, "download=False")
+            if not _network_available():
+                raise _unavailable(name, where, "there is no network to download it")
+        source = tfds.data_source(name, split=split, data_dir=data_dir, download=download)
     return source if as_source else gather(source)

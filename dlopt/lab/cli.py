@@ -138,12 +138,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             bar.update(epochs - result["epochs"])  # epochs skipped by early stopping
             h = result["history"].history
             histories[name] = result["history"]
+            best = result["best_epoch"] - 1  # the epoch whose weights are tested
             rows.append(
                 {
                     "optimizer": name,
                     "lr": DEMO_OPTIMIZERS[name][1],
-                    "train loss": h["loss"][-1],
-                    "val loss": h["val_loss"][-1],
+                    "train loss": h["loss"][best],
+                    "val loss": h["val_loss"][best],
                     "best epoch": result["best_epoch"],
                     "epochs": result["epochs"],
                     "test acc": result["test_accuracy"],
@@ -156,6 +157,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 f"{min(h['val_loss']):.4g} at epoch {result['best_epoch']}"
             )
     print(_table(rows, list(rows[0])))
+    print(
+        "train loss, val loss, test acc and F1: of the best epoch (lowest val loss, its weights "
+        "restored); epochs counted from 1"
+    )
     print("\ndiagnosis (dlopt.diagnose):")
     for name, history in histories.items():
         print(f"{name}:\n  " + format_findings(diagnose(history)).replace("\n", "\n  "))

@@ -1,9 +1,18 @@
 """Reads a training history and names what went wrong, when it started, and the usual remedy.
 
 `diagnose` looks at the per-epoch train loss ``t`` and validation loss ``v`` and reports a
-problem only when it has evidence well beyond the noise of the curves, with the 0-based epoch
-it starts at, a confidence and the numbers it used; a healthy run, whose curves wiggle but
-trend the right way, gets none ("no problem found").
+problem only when it has evidence well beyond the noise of the curves, with the epoch it starts
+at (counted from 1, as `dlopt.training.fit`'s log and Keras's count them), a confidence and the
+numbers it used; a healthy run, whose curves wiggle but trend the right way and have leveled
+off, gets none ("no problem found"). Two verdicts say that a run cannot be called healthy yet
+(`VERDICTS`):
+
+* ``too_few_epochs``: fewer than ``MIN_EPOCHS`` (5) epochs, and no non-finite loss: not enough
+  epochs to judge (an empty or one-epoch history, a 2-epoch smoke test).
+* ``not_converged``: no problem found, but the validation loss (else the train loss) still
+  falls steeply at the end: by more than ``STILL_FALLING`` (0.05 on the log scale, about 5%)
+  per epoch over its last ``max(3, min(window, n // 3))`` epochs (least-squares slope), and by
+  more than ``3 s`` over them.
 
 Each curve is read on a log scale (losses are positive; otherwise divided by its range), so a
 change of 0.1 is about 10%. Its noise ``s`` is the robust spread of its second differences,
@@ -11,7 +20,7 @@ change of 0.1 is about 10%. Its noise ``s`` is the robust spread of its second d
 steady (linear or exponential) trend. Levels are medians of a few epochs, and a change counts
 when it exceeds ``3 s`` and a minimum size. In order, the first kind with evidence is reported:
 
-* ``lr_too_high``: a non-finite loss; a blow-up inside epoch 0; the train loss spiking to
+* ``lr_too_high``: a non-finite loss; a blow-up inside the first epoch; the train loss spiking to
   ``diverge_factor`` x its best so far; the validation loss oscillating (swings of 10% and
   more, each epoch moving a large part of the progress); or the model getting worse: ``v``
   climbs beyond its noise while ``t`` ends no lower than the best ``v``.
@@ -39,6 +48,7 @@ from typing import Any, NamedTuple
 from dlopt.core import validation
 
 KINDS = ("lr_too_high", "overfitting", "underfitting", "plateau", "lr_too_low")
+VERDICTS = ("too_few_epochs", "not_converged")  # no problem found, but not healthy either
 
 REMEDIES = {
     "lr_too_high": "lower the learning rate (3-10x), add warmup or gradient clipping "
@@ -50,6 +60,8 @@ REMEDIES = {
     "plateau": "reduce the learning rate on plateau (ReduceLROnPlateau / reduce_on_plateau) "
     "or use a decaying schedule",
     "lr_too_low": "train longer or raise the learning rate (run dlopt lr-find)",
+    "too_few_epochs": "train for more epochs before judging the run",
+    "not_converged": "train for more epochs (EarlyStopping stops once it levels off)",
 }
 
 # Thresholds measured on the labelled runs of examples/diagnose_histories.py (log units).
@@ -61,11 +73,15 @@ LEVELING = 1 / 6  # lr_too_low: last-third slope over the steepest earlier one, 
 SLOW_RATE = 0.15  # lr_too_low: mean decrease per epoch (log) below this
 PLATEAU_STEP = 0.1  # plateau: an improvement is at least this part of the progress
 TRAIN_STALL = math.log(1.12)  # plateau: the train loss fell by less than this meanwhile
+# The verdicts that are no problem but no "healthy" either (VERDICTS).
+MIN_EPOCHS = 5  # too_few_epochs: fewer epochs than this (a non-finite loss is still reported)
+STILL_FALLING = 0.05  # not_converged: the fall (log) per epoch at the end, at least (~5%)
 _NO_EVIDENCE: Mapping[str, float] = MappingProxyType({})
 
 
 class Finding(NamedTuple):
-    """One diagnosis: its ``kind`` (one of `KINDS`), the 0-based ``epoch`` it starts at, what
+    """One diagnosis: its ``kind`` (one of `KINDS` or `VERDICTS`), the ``epoch`` it starts at
+    (counted from 1: the first epoch is epoch 1), what
     was seen (``message``), the usual ``remedy``, a ``confidence`` in (0.5, 1] (0.5 at the
     threshold, 1 for a non-finite loss) and the ``evidence``: the numbers the rule compared."""
 
@@ -140,14 +156,15 @@ class _Curve:
         return math.exp(y) if self.log else y * self.span
 
 
-def _find(kind: str, epoch: int, message: str, margin: float, **evidence: float) -> Finding:
-    """A `Finding` with its evidence (the named numbers, rounded, and the ``margin``: how many
-    times its threshold the deciding number is, >= 1) and confidence ``1 - 0.5 / margin``: 0.5
-    at the threshold, 0.75 at twice it, towards 1."""
+def _find(kind: str, index: int, message: str, margin: float, **evidence: float) -> Finding:
+    """A `Finding` at the epoch of the 0-based ``index`` (its epoch is ``index + 1``) with its
+    evidence (the named numbers, rounded, and the ``margin``: how many times its threshold the
+    deciding number is, >= 1) and confidence ``1 - 0.5 / margin``: 0.5 at the threshold, 0.75
+    at twice it, towards 1."""
     margin = max(margin, 1.0)
     ev = {k: float(f"{x:.4g}") for k, x in {**evidence, "margin": margin}.items()}
     confidence = round(1.0 - 0.5 / margin, 3)
-    return Finding(kind, int(epoch), message, REMEDIES[kind], confidence, ev)
+    return Finding(kind, int(index) + 1, message, REMEDIES[kind], confidence, ev)
 
 
 def _lr_too_high(t: _Curve, v: _Curve | None, names, diverge_factor, osc_tol, overfit_tol):
@@ -160,7 +177,7 @@ def _lr_too_high(t: _Curve, v: _Curve | None, names, diverge_factor, osc_tol, ov
         ratio = t.raw[0] / after
         message = (
             f"the first epoch's mean {loss} ({t.raw[0]:.4g}) is {ratio:.3g}x the loss right "
-            f"after it: it blew up inside epoch 0"
+            f"after it: it blew up inside the first epoch"
         )
         return _find("lr_too_high", 0, message, ratio / BLOWUP, ratio=ratio)
     # A spike: the train loss more than doubles over its best so far, undoing much progress.
@@ -203,7 +220,7 @@ def _lr_too_high(t: _Curve, v: _Curve | None, names, diverge_factor, osc_tol, ov
     t_then, t_end, v_best = t.raw_at(t.smooth[b]), t.raw_at(t.end), v.raw_at(v.smooth[b])
     if b < n - 1 and rise > need and t_end >= v_best:
         message = (
-            f"the model got worse after epoch {b}: {val_loss} climbs from {v.raw[b]:.4g} to "
+            f"the model got worse after epoch {b + 1}: {val_loss} climbs from {v.raw[b]:.4g} to "
             f"{v.raw_at(v.end):.4g} (more than its noise {v.noise:.3g}) while {loss} ends no "
             f"lower ({t_then:.4g} -> {t_end:.4g})"
         )
@@ -224,7 +241,7 @@ def _overfitting(t: _Curve, v: _Curve, names, window, overfit_tol, gap_factor, t
     falls = fall > max(Z * t.noise, math.log1p(tol)) and t_end < v_best
     if past > window and rise > need and falls:
         message = (
-            f"{val_loss} is lowest around epoch {b} ({v.raw[b]:.4g}) and climbs to "
+            f"{val_loss} is lowest around epoch {b + 1} ({v.raw[b]:.4g}) and climbs to "
             f"{v.raw_at(v.end):.4g} (more than its noise {v.noise:.3g}) while {loss} keeps "
             f"falling ({t.raw_at(t.smooth[b]):.4g} -> {t_end:.4g})"
         )
@@ -328,6 +345,23 @@ def _underfitting(t: _Curve, loss, underfit_drop, underfit_level):
     return None
 
 
+def _not_converged(c: _Curve, name: str, window: int) -> Finding | None:
+    """The monitored loss still falling steeply over its last epochs, or None."""
+    n = len(c.raw)
+    m = max(3, min(window, n // 3))
+    rate = -_slope(c.y[-m:])  # per epoch over the last m epochs, least squares
+    drop = rate * (m - 1)
+    if rate <= STILL_FALLING or drop <= Z * c.noise:
+        return None
+    message = (
+        f"{name} still falls steeply at the end: {-math.expm1(-rate):.1%} per epoch over the "
+        f"last {m} epochs (more than {-math.expm1(-STILL_FALLING):.1%}, and {drop:.3g} in all, "
+        f"beyond 3x its noise {c.noise:.3g}): not converged"
+    )
+    margin = min(rate / STILL_FALLING, drop / max(Z * c.noise, 1e-12))
+    return _find("not_converged", n - m, message, margin, per_epoch=rate, noise=c.noise)
+
+
 def diagnose(
     history: Any,
     *,
@@ -346,10 +380,15 @@ def diagnose(
 ) -> list[Finding]:
     """Names overfitting, underfitting, a learning rate too high or too low, and plateaus.
 
+    Epochs are counted from 1. A non-finite loss is a learning rate too high at the first epoch
+    it appears; otherwise fewer than ``MIN_EPOCHS`` (5) epochs are ``too_few_epochs`` ("not
+    enough epochs to judge") and nothing else is read.
+
     With ``s`` the noise of a curve (module docstring), ``b`` the epoch of the smoothed minimum
     of ``v``, ``end`` the median of the last 3-5 epochs and ``k = max(window, n // 3)``; all
-    differences on the log scale. At most one of the five kinds is reported, the first that
-    applies in this order (a learning rate too high explains what follows from it):
+    differences on the log scale. At most one of the five kinds (or ``not_converged``) is
+    reported, the first that applies in this order (a learning rate too high explains what
+    follows from it):
 
     * lr too high: a non-finite loss; ``t[0] > 10 max(t[1], v[0])``; ``t[i] > diverge_factor
       * m`` with ``t[i] - m > osc_tol * (t[0] - m)`` (``m`` the best before ``i``); after the
@@ -367,6 +406,9 @@ def diagnose(
       ``min_accuracy``.
     * plateau: over the last ``max(2 window, n / 3)`` epochs, ``v`` (else ``t``) moves by
       less than ``max(3 s, (v[0] - min v) / 10, tol)`` and ``t`` falls by less than 12%.
+    * not converged (none of the above): over the last ``m = max(3, min(window, n // 3))``
+      epochs, ``v`` (else ``t``) falls by more than ``STILL_FALLING`` (0.05, about 5%) per
+      epoch (least-squares slope), and by more than ``3 s`` over them.
 
     Args:
         history: a `dlopt.training.History`, a dict ``name -> per-epoch list``, or a list of
@@ -390,14 +432,17 @@ def diagnose(
 
     Returns:
         A list of `Finding`, sorted by epoch (empty when the run looks healthy); each has the
-        kind, epoch, message and remedy, a confidence and its evidence numbers.
+        kind (one of `KINDS` or `VERDICTS`), the epoch (from 1), message and remedy, a
+        confidence and its evidence numbers.
 
     Example:
         >>> from dlopt.lab.diagnose import diagnose
         >>> history = {"loss": [1.0, 0.6, 0.4, 0.3, 0.25, 0.2, 0.18, 0.16, 0.14, 0.12, 0.1],
         ...            "val_loss": [1.0, 0.7, 0.6, 0.62, 0.66, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95]}
         >>> [(f.kind, f.epoch) for f in diagnose(history)]
-        [('overfitting', 3)]
+        [('overfitting', 4)]
+        >>> [f.kind for f in diagnose({"loss": [2.3, 1.1]})]
+        ['too_few_epochs']
 
     References:
         Goodfellow, Bengio & Courville, 2016, "Deep Learning", ch. 11 (practical methodology);
@@ -437,11 +482,17 @@ def diagnose(
         name = min(bad, key=bad.__getitem__)
         n = bad[name]
         value = series[name][n]
-        message = f"{name} became {value} (the run diverged)"
-        return [Finding("lr_too_high", n, message, REMEDIES["lr_too_high"], 1.0, {"epoch": n})]
+        message = f"{name} became {value} at epoch {n + 1} (the run diverged)"
+        return [
+            Finding("lr_too_high", n + 1, message, REMEDIES["lr_too_high"], 1.0, {"epoch": n + 1})
+        ]
     n = len(t_all)
-    if n < 3:
-        return []
+    if n < MIN_EPOCHS:
+        message = (
+            f"{n} epoch{'s' * (n != 1)}, fewer than the {MIN_EPOCHS} needed to read the curves: "
+            "not enough epochs to judge"
+        )
+        return [_find("too_few_epochs", 0, message, MIN_EPOCHS / max(n, 1), epochs=n)]
     t, v = _Curve(t_all), (_Curve(v_all) if v_all is not None else None)
     names = (loss, val_loss)
     found = _lr_too_high(t, v, names, diverge_factor, osc_tol, overfit_tol)
@@ -454,11 +505,15 @@ def diagnose(
         found = _underfitting(t, loss, underfit_drop, underfit_level)
     if found is None:
         found = _plateau(t, c, name, loss, window, tol)
+    if found is None:
+        found = _not_converged(c, name, window)
     findings = [found] if found is not None else []
     if (
         min_accuracy is not None
         and accuracy in series
-        and not (found is not None and found.kind in ("lr_too_high", "underfitting"))
+        and not (
+            found is not None and found.kind in ("lr_too_high", "underfitting", "not_converged")
+        )
     ):
         acc = [a for a in series[accuracy] if math.isfinite(a)]
         if acc and max(acc) < min_accuracy:
@@ -469,7 +524,8 @@ def diagnose(
 
 
 def format_findings(findings: Sequence[Finding]) -> str:
-    """One line per finding, or a line saying that no problem was found."""
+    """One line per finding, or a line saying that no problem was found (the curves look
+    healthy: enough epochs, leveled off)."""
     if not findings:
         return "no problem found: the curves look healthy."
     return "\n".join(str(f) for f in findings)

@@ -171,7 +171,9 @@ def train_classifier(
     flat: bool | None = None,
 ) -> dict[str, Any]:
     """Fits ``model`` with ``tx`` on ``data`` (from `load_dataset`); returns the history, test
-    accuracy and macro F1 (of the best-val-loss weights with ``patience``), epochs, seconds.
+    accuracy and macro F1 (with ``patience``: of the best-val-loss weights, restored also when
+    the run was not stopped early), the ``best_epoch`` (lowest val loss, counted from 1 as
+    `fit`'s log counts), epochs, seconds.
 
     ``flat``: the layout, as `TrainState.create`'s ``flat`` (None: flat where it is faster;
     both layouts give the same parameters)."""
@@ -190,8 +192,10 @@ def train_classifier(
         flat=flat,
     )
     callbacks = [LambdaCallback(on_epoch_end=on_epoch)] if on_epoch else []
+    stop = None
     if patience is not None:
-        callbacks.append(EarlyStopping("val_loss", patience=patience, restore_best=True))
+        stop = EarlyStopping("val_loss", patience=patience, restore_best=True)
+        callbacks.append(stop)
     val = [{"x": data["val"][0], "y": data["val"][1]}]
     start = time.perf_counter()
     state, history = fit(
@@ -204,6 +208,9 @@ def train_classifier(
         progress=False,
     )
     seconds = time.perf_counter() - start
+    if stop is not None and not stop.stop_training and stop.best_weights is not None:
+        params, model_state = stop.best_weights  # not stopped: the best epoch's weights too
+        state = state.replace(params=params, model_state=model_state)
     x_test, y_test = data["test"]
     logits = model.apply({"params": state.params, **state.model_state}, x_test, train=False)
     y_pred, y_true = jnp.argmax(logits, -1), jnp.asarray(y_test)
@@ -215,8 +222,8 @@ def train_classifier(
         "test_f1": float(
             metrics.f1_score(y_true, y_pred, num_classes=num_classes, average="macro")
         ),
-        # the first epoch when every val loss is NaN (a diverged run)
-        "best_epoch": int(np.nanargmin(val_loss)) if np.isfinite(val_loss).any() else 0,
+        # counted from 1; the first epoch when every val loss is NaN (a diverged run)
+        "best_epoch": int(np.nanargmin(val_loss)) + 1 if np.isfinite(val_loss).any() else 1,
         "epochs": len(history),
         "seconds": seconds,
     }

@@ -7,6 +7,7 @@ holds is listed in `dlopt.training.checkpoint`.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Mapping, Sequence
@@ -21,6 +22,7 @@ from dlopt.core import tree as tree_lib
 from dlopt.training import callback_state
 from dlopt.training.layout import from_saved, saved_form
 from dlopt.training.loop import History
+from dlopt.training.quiet import quiet_reads
 
 TRASH = ".dlopt-trash"  # checkpoints being deleted are renamed here first
 STAGING = ".dlopt-staging"  # a checkpoint that replaces one of the same number is written here
@@ -96,11 +98,12 @@ def available_steps(directory: str | os.PathLike) -> list[int]:
     if not os.path.isdir(directory):
         return []
     finish_interrupted(directory)
-    manager = ocp.CheckpointManager(directory, options=_options(read_only=True))
-    try:
-        return sorted(manager.all_steps())
-    finally:
-        manager.close()
+    with quiet_reads():
+        manager = ocp.CheckpointManager(directory, options=_options(read_only=True))
+        try:
+            return sorted(manager.all_steps())
+        finally:
+            manager.close()
 
 
 # --------------------------------------------------------------------------- fingerprints
@@ -121,6 +124,14 @@ def fingerprint(state: Any) -> dict[str, list]:
         digest = hashlib.sha256(array.tobytes(order="C")).hexdigest()
         out[tree_lib.path_name(path)] = [str(array.dtype), list(array.shape), digest]
     return out
+
+
+def meta_digest(meta: Mapping[str, Any]) -> str:
+    """The sha256 of ``meta`` (without its own ``"meta_sha256"``) as canonical JSON: a byte
+    changed in the saved meta (a dtype, a shape, a fingerprint) is damage, not a mismatch."""
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def state_step(state: Any, epoch: int) -> int:
@@ -159,6 +170,7 @@ def write_run(
         "fingerprint": fingerprint(state),
         "callback_fingerprint": fingerprint(arrays),
     }
+    meta["meta_sha256"] = meta_digest(meta)
     items = {
         "state": ocp.args.StandardSave(state),
         "history": ocp.args.JsonSave(history.to_dict()),
@@ -217,6 +229,7 @@ def read_run(
         if os.path.isdir(os.path.join(staging, str(number))):
             directory = staging
     meta = _read(directory, number, {"meta": ocp.args.JsonRestore()}, fix)["meta"]
+    _check_meta(meta, number, directory, fix)
     flat_target, target = target, saved_form(target)
     if target is not None:
         _check_target(target, meta, number, directory)
@@ -257,17 +270,40 @@ def _item_names(directory: str, number: int) -> set[str]:
 
 
 def _read(directory: str, number: int, items: Mapping[str, Any], fix: str) -> Any:
-    """``manager.restore``; a failure after the target and meta checks means damaged files."""
-    manager = ocp.CheckpointManager(directory, options=_options(read_only=True))
-    try:
-        return manager.restore(number, args=ocp.args.Composite(**items))
-    except Exception as error:
+    """``manager.restore``, quietly; a failure after the target and meta checks means damaged
+    files."""
+    with quiet_reads():
+        manager = ocp.CheckpointManager(directory, options=_options(read_only=True))
+        try:
+            return manager.restore(number, args=ocp.args.Composite(**items))
+        except Exception as error:
+            raise CheckpointDamagedError(
+                f"Checkpoint {number} in {directory} is damaged and cannot be read "
+                f"({type(error).__name__}: {str(error)[:300]}). {fix}"
+            ) from None
+        finally:
+            manager.close()
+
+
+def _check_meta(meta: Any, number: int, directory: str, fix: str) -> None:
+    """Raises `CheckpointDamagedError` when the meta differs from its saved digest (written
+    since the digest exists), is no mapping, or names a dtype that numpy does not know."""
+    damaged = None
+    if not isinstance(meta, Mapping) or not isinstance(meta.get("fingerprint"), Mapping):
+        damaged = "its meta is not what dlopt writes"
+    elif "meta_sha256" in meta and meta["meta_sha256"] != meta_digest(meta):
+        damaged = "its meta differs from what was saved (digest mismatch)"
+    else:
+        for path, print_ in meta["fingerprint"].items():
+            try:
+                np.dtype(print_[0])
+            except (TypeError, ValueError, IndexError):
+                damaged = f"its meta names an unknown dtype {print_[0]!r} at {path!r}"
+                break
+    if damaged:
         raise CheckpointDamagedError(
-            f"Checkpoint {number} in {directory} is damaged and cannot be read "
-            f"({type(error).__name__}: {str(error)[:300]}). {fix}"
-        ) from error
-    finally:
-        manager.close()
+            f"Checkpoint {number} in {directory} is damaged: {damaged}. {fix}"
+        )
 
 
 def _check_prints(saved: Mapping, now: Mapping, number: int, directory: str, fix: str) -> None:

@@ -1,8 +1,11 @@
 """dlopt.data.load (offline sets, the TFDS path under tfds.testing.mock_data, the offline
 error) and dlopt.data.batches."""
 
+import glob
+import os
 import subprocess
 import sys
+import tempfile
 import time
 
 import chex
@@ -212,3 +215,18 @@ def test_batches_sharded_over_mesh():
         data.batches(DATA, 4, sharding=sharding)
     with pytest.raises(ValueError, match="batch_size=6"):
         data.batches(DATA, 6, sharding=sharding, drop_remainder=True)
+
+
+def _tfds_tmp_dirs():
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "tmp*tfds")))
+
+
+def test_tfds_probes_leave_no_tmp_folder(tmp_path, monkeypatch):
+    before, tempdir = _tfds_tmp_dirs(), tempfile.tempdir
+    with pytest.raises(data.DatasetUnavailableError):
+        data.load("mnist", "train", data_dir=tmp_path)  # not prepared: the GCS metadata probe
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
+    with tfds.testing.mock_data(num_examples=3):
+        assert len(data.load("mnist", "train")["label"]) == 3
+    assert _tfds_tmp_dirs() <= before  # other processes' folders may come and go
+    assert tempfile.tempdir == tempdir

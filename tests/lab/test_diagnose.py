@@ -8,6 +8,7 @@ table with ``python examples/diagnose_histories.py --table``.
 
 import importlib.util
 import math
+import os
 
 import numpy as np
 import pytest
@@ -15,7 +16,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from support import ROOT
 
-from dlopt.lab.diagnose import KINDS, REMEDIES, Finding, diagnose, format_findings
+from dlopt.lab.diagnose import (
+    KINDS,
+    MIN_EPOCHS,
+    REMEDIES,
+    STILL_FALLING,
+    VERDICTS,
+    Finding,
+    diagnose,
+    format_findings,
+)
 from dlopt.training import History
 
 _spec = importlib.util.spec_from_file_location(
@@ -64,10 +74,24 @@ def test_healthy_runs_get_no_problem_and_never_an_lr_finding():
 
 
 def test_the_demo_runs_are_not_told_to_change_their_learning_rate():
-    assert len(DEMO) == 9
+    from dlopt.lab.cli import DEMO_OPTIMIZERS
+
+    assert [r["id"] for r in DEMO] == [f"demo/{name}" for name in DEMO_OPTIMIZERS]
     for run in DEMO:
         kinds = [f.kind for f in diagnose(run["history"])]
         assert not [k for k in kinds if k.startswith("lr_")], (run["id"], kinds)
+
+
+def test_the_fixture_is_what_the_script_makes_and_the_script_does_not_overwrite_it():
+    recipes = {r["id"]: r for r in labelled.recipes() + labelled.demo_recipes()}
+    for run in RUNS + DEMO:  # every stored run is a recipe of the script, as stored
+        recipe = recipes[run["id"]]
+        assert {k: run[k] for k in recipe if k != "model"} == {
+            k: v for k, v in recipe.items() if k != "model"
+        }
+    assert [r["id"] for r in DEMO] == [r["id"] for r in labelled.demo_recipes()]
+    assert os.path.abspath(labelled.OUT) != os.path.abspath(labelled.PATH)
+    assert "/out/" in labelled.OUT.replace(os.sep, "/")
 
 
 def test_findings_carry_confidence_and_evidence():
@@ -91,33 +115,33 @@ SYNTHETIC = [
         "overfitting",
         _h(2 * np.exp(-0.3 * E) + 0.05, np.where(E < 10, 2 * np.exp(-0.3 * E) + 0.3,
                                                  2 * np.exp(-3.0) + 0.3 + 0.02 * (E - 10))),
-        [("overfitting", 11)],
+        [("overfitting", 12)],
     ),
     (
         "memorized",
         _h(2 * np.exp(-0.4 * E) + 1e-4, 2 * np.exp(-0.4 * E) + 0.2 + NOISE),
-        [("overfitting", 12)],
+        [("overfitting", 13)],
     ),
-    ("underfitting", _h(2.3 + NOISE, 2.31 + NOISE[::-1]), [("underfitting", 0)]),
+    ("underfitting", _h(2.3 + NOISE, 2.31 + NOISE[::-1]), [("underfitting", 1)]),
     (
         "levels off high",
         _h(2 * np.exp(-0.3 * E) + 1.0 + NOISE, 2 * np.exp(-0.3 * E) + 1.05),
-        [("underfitting", 0)],
+        [("underfitting", 1)],
     ),
-    ("oscillation", _h(1 + 0.5 * (-1.0) ** E, 1.1 + 0.5 * (-1.0) ** E), [("lr_too_high", 2)]),
+    ("oscillation", _h(1 + 0.5 * (-1.0) ** E, 1.1 + 0.5 * (-1.0) ** E), [("lr_too_high", 3)]),
     (
         "nan",
         _h([1.0, 0.8, 0.6, math.nan, math.nan], [1.0, 0.9, 0.7, math.nan, math.nan]),
-        [("lr_too_high", 3)],
+        [("lr_too_high", 4)],
     ),
-    ("val inf only", _h([1.0, 0.8, 0.6, 0.5], [1.0, 0.9, math.inf, 0.7]), [("lr_too_high", 2)]),
-    ("divergence", _h([1.0, 0.5, 0.4, 0.6, 1.0, 2.0, 5.0]), [("lr_too_high", 4)]),
-    ("blow-up in epoch 0", _h([40.0, 2.4, *(2.3 + NOISE[:8])]), [("lr_too_high", 0)]),
-    ("lr too low", _h(2.3 * (1 - 0.02 * E), 2.35 * (1 - 0.02 * E)), [("lr_too_low", 0)]),
+    ("val inf only", _h([1.0, 0.8, 0.6, 0.5], [1.0, 0.9, math.inf, 0.7]), [("lr_too_high", 3)]),
+    ("divergence", _h([1.0, 0.5, 0.4, 0.6, 1.0, 2.0, 5.0]), [("lr_too_high", 5)]),
+    ("blow-up in the first epoch", _h([40.0, 2.4, *(2.3 + NOISE[:8])]), [("lr_too_high", 1)]),
+    ("lr too low", _h(2.3 * (1 - 0.02 * E), 2.35 * (1 - 0.02 * E)), [("lr_too_low", 1)]),
     (
         "plateau",
         _h(np.maximum(2 * np.exp(-0.5 * E), 0.25) + NOISE, np.maximum(2 * np.exp(-0.5 * E), 0.3)),
-        [("plateau", 4)],
+        [("plateau", 5)],
     ),
     (
         "healthy",
@@ -131,7 +155,7 @@ SYNTHETIC = [
         "late wiggle",
         _h(2.0 * np.exp(-0.3 * E) + 0.04 + 0.004 * np.sin(2.1 * E),
            1.5 * np.exp(-0.3 * E) + 0.05 * (1 + 0.05 * np.sin(2.9 * E))),
-        [("plateau", 15)],
+        [("plateau", 16)],
     ),
 ]  # fmt: skip
 
@@ -144,7 +168,7 @@ REAL = [
             2.3148, 2.3143, 2.3166, 2.3158],
            [2.1921, 2.3585, 2.4346, 2.3242, 2.3102, 2.3159, 2.3215, 2.33, 2.3239, 2.3013, 2.3118,
             2.3173, 2.312, 2.3078, 2.3203]),
-        [("lr_too_high", 0)],
+        [("lr_too_high", 1)],
     ),
     (
         "sgd lr=3e-4: learns slowly",
@@ -152,7 +176,7 @@ REAL = [
             2.3614, 2.3514, 2.347, 2.34],
            [2.4264, 2.4203, 2.4143, 2.4083, 2.4024, 2.3965, 2.3907, 2.3849, 2.3792, 2.3735, 2.3679,
             2.3623, 2.3568, 2.3513, 2.3459]),
-        [("lr_too_low", 0)],
+        [("lr_too_low", 1)],
     ),
     (
         "adam lr=2e-2: validation loss swings",
@@ -160,7 +184,7 @@ REAL = [
             0.0702, 0.1209, 0.12, 0.1068, 0.121, 0.0818, 0.0835, 0.0484, 0.0467],
            [0.3123, 0.3384, 0.396, 0.4998, 0.309, 0.2584, 0.2877, 0.3538, 0.2333, 0.3423, 0.3004,
             0.3838, 0.6664, 0.6049, 0.4869, 0.6657, 0.5209, 0.6793, 0.662, 0.692]),
-        [("lr_too_high", 10)],
+        [("lr_too_high", 11)],
     ),
     (
         # val_loss 0.158 at epoch 5, then 0.16-0.23 with 10% swings: no rise beyond its noise.
@@ -197,6 +221,46 @@ def test_finds_each_kind_at_its_epoch(history, expected):
         assert f.remedy == REMEDIES[f.kind] and f.message and 0.5 <= f.confidence <= 1.0
 
 
+# ----------------------------------------------------------------------------- verdicts
+
+QUICK_DEMO = _h([2.21, 1.93], [2.05, 1.87])  # a 2-epoch --quick demo run, test accuracy 0.089
+
+
+@pytest.mark.parametrize(
+    "history",
+    [_h([]), _h([2.3]), _h([2.3], [2.3]), QUICK_DEMO, _h(np.geomspace(2.0, 0.2, MIN_EPOCHS - 1))],
+    ids=["empty", "one epoch", "one epoch with val", "quick demo", "one short of the minimum"],
+)
+def test_too_few_epochs_is_its_own_verdict(history):
+    findings = diagnose(history, min_accuracy=0.9)
+    assert [(f.kind, f.epoch) for f in findings] == [("too_few_epochs", 1)]
+    assert "not enough epochs to judge" in str(findings[0]) and findings[0].kind in VERDICTS
+    assert not format_findings(findings).startswith("no problem found")
+
+
+def test_a_non_finite_loss_is_reported_however_short_the_run():
+    assert [(f.kind, f.epoch) for f in diagnose(_h([2.3, math.nan]))] == [("lr_too_high", 2)]
+    assert [(f.kind, f.epoch) for f in diagnose(_h([math.inf]))] == [("lr_too_high", 1)]
+
+
+def test_a_run_still_falling_steeply_is_not_converged():
+    steep = _h(2 * np.exp(-0.3 * E[:10]), 2.1 * np.exp(-0.3 * E[:10]))  # -26% per epoch
+    findings = diagnose(steep)
+    # the last max(3, min(window, 10 // 3)) = 3 epochs: epochs 8, 9 and 10
+    assert [(f.kind, f.epoch) for f in findings] == [("not_converged", 8)], findings
+    assert "not converged" in str(findings[0]) and findings[0].evidence["per_epoch"] > STILL_FALLING
+    # the same run trained until it levels off is healthy
+    leveled = _h(2 * np.exp(-0.3 * E[:16]) + 0.3, 2.1 * np.exp(-0.3 * E[:16]) + 0.35)
+    assert diagnose(leveled) == []
+
+
+@pytest.mark.parametrize("rate, expected", [(0.03, []), (0.08, ["not_converged"])])
+def test_not_converged_threshold(rate, expected):
+    # a log-linear curve that falls by ``rate`` per epoch at the end, after a steep start
+    curve = np.concatenate([2 * np.exp(-0.4 * E[:12]), 2 * np.exp(-4.4 - rate * E[1:6])])
+    assert [f.kind for f in diagnose(_h(curve), window=2)] == expected
+
+
 def test_every_kind_is_exercised():
     kinds = {k for _, _, expected in SYNTHETIC + REAL for k, _ in expected}
     assert kinds == set(KINDS)
@@ -220,12 +284,12 @@ def test_history_list_and_dict_inputs_agree():
 
 def test_without_validation_loss_uses_train_loss():
     flat_end = np.concatenate([np.geomspace(2.0, 0.2, 10), np.full(10, 0.2) + NOISE[:10]])
-    # geomspace reaches 0.2 at epoch 9: flat from there
-    assert [(f.kind, f.epoch) for f in diagnose({"loss": flat_end})] == [("plateau", 9)]
+    # geomspace reaches 0.2 at its 10th epoch: flat from there
+    assert [(f.kind, f.epoch) for f in diagnose({"loss": flat_end})] == [("plateau", 10)]
 
 
 def test_min_accuracy_flags_underfitting_from_metrics():
-    history = {"loss": list(2 * np.exp(-0.5 * E[:8]) + 0.05), "accuracy": [0.3] * 8}
+    history = {"loss": list(2 * np.exp(-0.5 * E[:16]) + 0.05), "accuracy": [0.3] * 16}
     assert diagnose(history) == diagnose(history, min_accuracy=0.2) == []
     kinds = [f.kind for f in diagnose(history, min_accuracy=0.5)]
     assert kinds == ["underfitting"]
@@ -247,14 +311,14 @@ def test_any_finite_history_gives_valid_sorted_findings(loss, val):
     findings = diagnose({"loss": loss[:n] or [1.0], "val_loss": val[:n] or [1.0]})
     assert [f.epoch for f in findings] == sorted(f.epoch for f in findings)
     for f in findings:
-        assert isinstance(f, Finding) and f.kind in KINDS and 0 <= f.epoch < max(n, 1)
+        assert isinstance(f, Finding) and f.kind in KINDS + VERDICTS and 1 <= f.epoch <= max(n, 1)
         assert 0.5 <= f.confidence <= 1.0
 
 
 def test_format_findings():
     assert format_findings([]).startswith("no problem found")
     text = format_findings(diagnose(SYNTHETIC[0][1]))
-    assert text.startswith("[overfitting] from epoch 11 (confidence ") and "EarlyStopping" in text
+    assert text.startswith("[overfitting] from epoch 12 (confidence ") and "EarlyStopping" in text
 
 
 @pytest.mark.parametrize(

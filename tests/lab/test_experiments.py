@@ -110,7 +110,7 @@ def test_train_classifier_survives_a_diverged_run_and_counts_the_classes():
         for k in ("train", "val", "test")
     }
     result = train_classifier(dlopt.sgd(1e12), data, model=mlp([8], num_classes=2), epochs=2)
-    assert result["best_epoch"] == 0 and result["epochs"] == 2
+    assert result["best_epoch"] == 1 and result["epochs"] == 2  # epochs counted from 1
     assert 0.0 <= result["test_f1"] <= 1.0  # macro F1 over the 2 classes, not 10
 
 
@@ -136,3 +136,26 @@ def test_train_classifier_flat_and_tree_give_the_same_run(digits):
     np.testing.assert_allclose(flat["loss"], tree["loss"], rtol=1e-5)
     np.testing.assert_allclose(flat["val_loss"], tree["val_loss"], rtol=1e-5)
     assert runs[0]["test_accuracy"] == runs[1]["test_accuracy"] > 0.5
+
+
+def test_train_classifier_counts_epochs_from_1_and_tests_the_best_weights():
+    import dlopt
+    from dlopt.lab.experiments import train_classifier
+
+    data = load_dataset("digits", limit=300, seed=0)
+    model, snapshots = mlp([16]), []
+
+    def keep(epoch, state, history, logs):
+        snapshots.append(jax.tree.map(np.asarray, (state.params, state.model_state)))
+        return state
+
+    # too high a learning rate: val_loss is lowest at the 2nd of 6 epochs, no early stop
+    result = train_classifier(
+        dlopt.sgd(1.0, momentum=0.9), data, model=model, epochs=6, patience=10, on_epoch=keep
+    )
+    val_loss = result["history"].history["val_loss"]
+    assert result["best_epoch"] == int(np.argmin(val_loss)) + 1 == 2 and result["epochs"] == 6
+    params, model_state = snapshots[result["best_epoch"] - 1]
+    logits = model.apply({"params": params, **model_state}, data["test"][0], train=False)
+    accuracy = float(np.mean(np.argmax(logits, -1) == data["test"][1]))
+    assert result["test_accuracy"] == pytest.approx(accuracy)

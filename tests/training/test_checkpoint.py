@@ -28,6 +28,7 @@ from dlopt.training.checkpoint import (
     restore,
 )
 from dlopt.training.layout import to_tree
+from dlopt.training.store import meta_digest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -322,6 +323,7 @@ def test_values_that_differ_from_the_saved_fingerprint_are_reported(tmp_path):
     with open(path) as f:
         meta = json.load(f)
     meta["fingerprint"]["w"][2] = "0" * 64  # as if the stored bytes of w had changed
+    meta["meta_sha256"] = meta_digest(meta)  # the meta itself consistent: the arrays differ
     with open(path, "w") as f:
         json.dump(meta, f)
     with pytest.raises(CheckpointError, match=r"\['w'\] differ .* step=1"):
@@ -476,3 +478,72 @@ def test_callback_states_are_saved_with_their_arrays_and_checked(tmp_path, train
     chex.assert_trees_all_equal(stop_again.best_weights[0], state.params)
     with pytest.raises(CheckpointMismatchError, match="0:Counter"):
         restore(tmp_path, callbacks=[stop_again, again, ckpt])
+
+
+# ------------------------------------------------------------------- quiet reads, meta damage
+
+
+def test_restore_prints_nothing_and_leaves_the_loggers_as_they_were(
+    tmp_path, trained, capfd, caplog
+):
+    import logging
+
+    state, history = trained
+    ModelCheckpoint(tmp_path, save_best_only=False).save(0, state, history)
+    capfd.readouterr()
+    with caplog.at_level(logging.DEBUG):
+        restore(tmp_path, target=state)
+        available_steps(tmp_path)
+    out, err = capfd.readouterr()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert "read only" not in out + err and "WARNING" not in out + err, out + err
+    # only the reads are quiet: the same absl record outside them passes
+    assert not logging.getLogger("absl").filters and not logging.getLogger("asyncio").filters
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax loop
+@pytest.mark.parametrize("damage", [corrupt_manifest, flip_data_bytes])
+def test_a_damaged_checkpoint_raises_quietly(tmp_path, trained, damage, capfd, caplog):
+    import logging
+
+    from dlopt.training.checkpoint import CheckpointDamagedError
+
+    state, history = trained
+    ModelCheckpoint(tmp_path, save_best_only=False).save(0, state, history)
+    damage(os.path.join(tmp_path, str(int(state.step))))
+    capfd.readouterr()
+    with caplog.at_level(logging.DEBUG), pytest.raises(CheckpointDamagedError):
+        restore(tmp_path, target=state)
+    out, err = capfd.readouterr()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert "Task" not in out + err and "read only" not in out + err, out + err
+
+
+@pytest.mark.parametrize("old, new", [("float32", "flnat32"), ("[8]", "[9]"), ("int32", "int31")])
+def test_a_changed_byte_in_the_meta_is_damage(tmp_path, trained, old, new):
+    from dlopt.training.checkpoint import CheckpointDamagedError
+
+    state, history = trained
+    ModelCheckpoint(tmp_path, save_best_only=False).save(0, state, history)
+    (path,) = glob.glob(os.path.join(tmp_path, str(int(state.step)), "meta", "metadata"))
+    text = open(path).read()
+    assert old in text
+    open(path, "w").write(text.replace(old, new, 1))
+    for target in (state, None):
+        with pytest.raises(CheckpointDamagedError, match="damaged: its meta"):
+            restore(tmp_path, target=target)
+
+
+def test_an_unknown_dtype_in_an_old_meta_without_digest_is_damage(tmp_path, trained):
+    from dlopt.training.checkpoint import CheckpointDamagedError
+
+    state, history = trained
+    ModelCheckpoint(tmp_path, save_best_only=False).save(0, state, history)
+    (path,) = glob.glob(os.path.join(tmp_path, str(int(state.step)), "meta", "metadata"))
+    meta = json.load(open(path))
+    del meta["meta_sha256"]  # as written before the digest existed
+    json.dump(meta, open(path, "w"))
+    restore(tmp_path, target=state)  # an old checkpoint still restores
+    json.dump(json.loads(json.dumps(meta).replace("float32", "flnat32", 1)), open(path, "w"))
+    with pytest.raises(CheckpointDamagedError, match="unknown dtype 'flnat32'"):
+        restore(tmp_path, target=state)
