@@ -29,6 +29,14 @@ def dtype_of(x: Any) -> Any:
     return jnp.dtype(x.dtype) if hasattr(x, "dtype") else jnp.result_type(x)
 
 
+def as_arrays(tree: chex.ArrayTree) -> chex.ArrayTree:
+    """``tree`` with each Python number leaf (``{"w": 1.0}``) made a 0-d array, as optax
+    accepts them; arrays, abstract leaves and None pass unchanged."""
+    return jax.tree.map(
+        lambda x: jnp.asarray(x) if isinstance(x, int | float | complex) else x, tree
+    )
+
+
 def zeros_like(params: chex.ArrayTree, dtype: Any | None = None) -> chex.ArrayTree:
     """A tree of zeros shaped like ``params``, in ``dtype`` or each leaf's own dtype.
 
