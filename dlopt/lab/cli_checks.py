@@ -134,3 +134,59 @@ def int_at_least(low: int) -> Callable[[str], int]:
 
     parse.__name__ = "int"  # argparse names the type in "invalid int value"
     return parse
+
+
+def int_in_range(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: an int in [``low``, ``high``] (e.g. a seed, 0 to 2**32 - 1)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def finite_float_in(low: float, high: float) -> Callable[[str], float]:
+    """An argparse ``type``: a finite float in (``low``, ``high``] (a learning rate)."""
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not low < value <= high:
+            raise argparse.ArgumentTypeError(f"must be in ({low:g}, {high:g}], got {value:g}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(what: str, n_bytes: float, option: str) -> None:
+    """`UsageError` naming ``option`` when ``n_bytes`` (an estimate) exceeds the memory."""
+    total = memory_bytes()
+    if total is not None and n_bytes > total:
+        raise UsageError(
+            f"{option}: {what} needs about {n_bytes / 2**30:.3g} GiB, more than this "
+            f"machine's {total / 2**30:.3g} GiB; choose smaller sizes."
+        )
+
+
+def unique_names(option: str, names: Sequence[str], canonical: Sequence[str]) -> None:
+    """`UsageError` naming ``option`` when two of ``names`` mean the same (``canonical[i]``
+    is what ``names[i]`` resolves to, e.g. ``adam`` and ``ADAM`` both ``Adam``)."""
+    seen: dict[str, str] = {}
+    for name, key in zip(names, canonical, strict=True):
+        if key in seen:
+            raise UsageError(
+                f"{option} names {key} twice ({seen[key]!r} and {name!r}); name each once."
+            )
+        seen[key] = name
