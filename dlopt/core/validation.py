@@ -131,7 +131,8 @@ def check_transformation(name: str, tx: Any) -> None:
     """``tx`` has ``init`` and ``update`` (a ``GradientTransformation``, dlopt's or optax's)."""
     if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
         raise TypeError(
-            f"{name} must be a GradientTransformation (init, update), got {name}={tx!r}."
+            f"{name} must be a GradientTransformation (init, update), e.g. dlopt.adam(1e-3); "
+            f"got {name}={tx!r}."
         )
 
 

@@ -476,3 +476,17 @@ def test_callback_states_are_saved_with_their_arrays_and_checked(tmp_path, train
     chex.assert_trees_all_equal(stop_again.best_weights[0], state.params)
     with pytest.raises(CheckpointMismatchError, match="0:Counter"):
         restore(tmp_path, callbacks=[stop_again, again, ckpt])
+
+
+def test_model_checkpoint_in_an_unwritable_directory_is_one_line(tmp_path):
+    from dlopt.training.checkpoint import ModelCheckpoint
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    bad = [str(a_file), str(a_file / "sub")]
+    if os.path.isdir("/proc/self"):
+        bad.append("/proc/x")  # not creatable, even for root
+    for directory in bad:
+        with pytest.raises(ValueError, match="ModelCheckpoint cannot use directory=") as info:
+            ModelCheckpoint(directory)
+        assert len(str(info.value).splitlines()) == 1
