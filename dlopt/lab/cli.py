@@ -2,8 +2,9 @@
 
 Every subcommand has ``--help`` and an ``--out`` folder. Bad arguments (an unknown name, an
 output path that cannot be written, a missing optional dependency) exit with status 2 and one
-line on stderr, found before any training starts. Optimizer and schedule names are read in any
-case. Without matplotlib the commands still run and print their results, without figures.
+line on stderr, found before any training starts (seeds, learning rates, step counts, sizes
+that cannot fit in memory, names given twice). Optimizer, dataset and schedule names are read
+in any case. Without matplotlib the commands still run and print their results, without figures.
 The demo's data, model and training loop live in `dlopt.lab.experiments`, which the examples share.
 """
 
