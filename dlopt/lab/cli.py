@@ -11,7 +11,6 @@ The demo's data, model and training loop live in `dlopt.lab.experiments`, which 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import sys
@@ -31,6 +30,7 @@ from dlopt.lab.cli_checks import (
     int_at_least,
     int_in_range,
     output_file_error,
+    parse_kwargs,
     require,
     unique_names,
 )
@@ -236,37 +236,8 @@ SCHEDULE_ALIASES = {
     "onecycle": "cosine_onecycle_schedule",
 }
 _LENGTH_ARGS = ("decay_steps", "transition_steps")
-_STEP_ARGS = (*_LENGTH_ARGS, "warmup_steps", "transition_begin", "step_size")
+_OTHER_STEP_ARGS = ("warmup_steps", "transition_begin", "step_size")
 _MAX_STEPS = 10**7  # values drawn one per step: 80 MB of float64
-
-
-def _parse_value(key: str, text: str) -> Any:
-    """A Python literal (number, dict, ...); ``nan`` and ``inf`` read as floats, so the
-    schedule's own check names them; a step count must be a whole number."""
-    if text.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
-        return float(text)
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        raise UsageError(
-            f"cannot read {key}={text!r}: give a number (e.g. {key}="
-            f"{100 if key in _STEP_ARGS else 0.1}) or a Python literal."
-        ) from None
-    if key in _STEP_ARGS and isinstance(value, float):
-        if not value.is_integer():
-            raise UsageError(f"{key} is a number of steps and must be whole, got {key}={text}.")
-        value = int(value)
-    return value
-
-
-def _parse_kwargs(pairs: Sequence[str]) -> dict[str, Any]:
-    kwargs = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.isidentifier():
-            raise UsageError(f"--args takes NAME=VALUE pairs, got {pair!r}.")
-        kwargs[key] = _parse_value(key, value)
-    return kwargs
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
@@ -280,7 +251,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     if name not in SCHEDULE_ALIASES.values() or factory is None:
         choices = ", ".join(sorted(SCHEDULE_ALIASES))
         raise UsageError(f"unknown schedule {args.name!r}; choose from {choices}.")
-    kwargs = _parse_kwargs(args.args)
+    kwargs = parse_kwargs(args.args, step_args=(*_LENGTH_ARGS, *_OTHER_STEP_ARGS))
     try:
         inspect.signature(factory).bind(**kwargs)
     except TypeError as e:

@@ -8,9 +8,11 @@ dependencies (the ``flax``, ``data`` and ``plots`` extras) looked up without imp
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -190,3 +192,34 @@ def unique_names(option: str, names: Sequence[str], canonical: Sequence[str]) ->
                 f"{option} names {key} twice ({seen[key]!r} and {name!r}); name each once."
             )
         seen[key] = name
+
+
+def parse_value(key: str, text: str, *, step_args: Sequence[str] = ()) -> Any:
+    """``NAME=VALUE``'s value: a Python literal (number, dict, ...); ``nan`` and ``inf`` read
+    as floats (so the callee's own check names them); a ``step_args`` entry must be a whole
+    number (``1e3`` reads as 1000, ``100.5`` is refused)."""
+    if text.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        return float(text)
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise UsageError(
+            f"cannot read {key}={text!r}: give a number (e.g. {key}="
+            f"{100 if key in step_args else 0.1}) or a Python literal."
+        ) from None
+    if key in step_args and isinstance(value, float):
+        if not value.is_integer():
+            raise UsageError(f"{key} is a number of steps and must be whole, got {key}={text}.")
+        value = int(value)
+    return value
+
+
+def parse_kwargs(pairs: Sequence[str], *, step_args: Sequence[str] = ()) -> dict[str, Any]:
+    """``["a=1", "b=0.5"]`` as ``{"a": 1, "b": 0.5}`` (see `parse_value`)."""
+    kwargs = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--args takes NAME=VALUE pairs, got {pair!r}.")
+        kwargs[key] = parse_value(key, value, step_args=step_args)
+    return kwargs
