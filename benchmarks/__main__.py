@@ -47,7 +47,7 @@ def parser(prog: str = "python -m benchmarks") -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         default=None,
-        help="output folder (default: benchmarks/results; with --quick, a temporary folder)",
+        help="output folder (default: benchmarks/results; with --quick, a new temporary folder)",
     )
     p.add_argument("--name", default=None, help="file stem (default: latest or quick)")
     p.add_argument(
@@ -74,19 +74,20 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m benchmarks
     p = parser(prog)
     args = p.parse_args(argv)
     quick = args.quick
+    if args.name is not None and (not args.name.strip() or os.sep in args.name):
+        p.error(f"--name must be a plain file stem, got {args.name!r}")
     if args.out is not None:
         out = Path(args.out)
     else:
+        # --quick: a fresh folder each run (a fixed /tmp name is shared by every user)
         out = (
-            Path(tempfile.gettempdir(), "dlopt_bench")
+            Path(tempfile.mkdtemp(prefix="dlopt_bench_"))
             if quick
             else Path(__file__).parent / "results"
         )
     problem = output_folder_error(args.out if args.out is not None else out)
     if problem is not None:
         p.error(f"--out {problem}")
-    if args.name is not None and (not args.name.strip() or os.sep in args.name):
-        p.error(f"--name must be a plain file stem, got {args.name!r}")
 
     from benchmarks import memory, report, roofline, shelf, train_step, update_step
 

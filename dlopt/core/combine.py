@@ -41,9 +41,11 @@ def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArg
     wrapped = [with_extra_args_support(t) for t in transforms]
 
     def init_fn(params):
+        params = tree_lib.as_arrays(params)  # Python-number leaves, as optax accepts them
         return tuple(t.init(params) for t in wrapped)
 
     def update_fn(updates, state, params=None, **extra_args):
+        updates, params = tree_lib.as_arrays(updates), tree_lib.as_arrays(params)
         if len(state) != len(wrapped):
             raise ValueError(
                 f"chain of {len(wrapped)} transforms got a state of {len(state)} entries; "

@@ -67,14 +67,13 @@ def moment_dtype(
     ``accumulator_dtype``, adafactor's ``dtype_momentum``) and dlopt ``mu_dtype``.
 
     ``mu_dtype`` wins over an ``optax_dtype`` left at its default ``optax_default``; two
-    different explicit dtypes raise, naming both arguments; a non-dtype raises naming its own.
+    different explicit dtypes raise, naming both arguments; a non-dtype or a non-floating
+    dtype raises naming its own (`dlopt.core.validation.check_storage_dtype`).
     """
-    resolved = {}
-    for arg, value in ((name, optax_dtype), ("mu_dtype", mu_dtype)):
-        try:
-            resolved[arg] = canonical_dtype(value)
-        except TypeError as error:
-            raise TypeError(f"{arg} must be a dtype or None, got {arg}={value!r}.") from error
+    resolved = {
+        arg: validation.check_storage_dtype(arg, value)
+        for arg, value in ((name, optax_dtype), ("mu_dtype", mu_dtype))
+    }
     optax_value, mu = resolved[name], resolved["mu_dtype"]
     if mu is None:
         return optax_value
@@ -243,7 +242,10 @@ def _generic_stochastic(x: jax.Array, dtype: Any, bits: jax.Array) -> jax.Array:
     """Any narrower float: pick the upper neighbour with probability ``(x - lo) / (hi - lo)``."""
     nearest = x.astype(dtype)
     above = nearest.astype(x.dtype) > x
-    other = jnp.nextafter(nearest, jnp.where(above, -jnp.inf, jnp.inf).astype(dtype))
+    # towards -max/+max rather than -inf/+inf: float8_e4m3fn and the *fnuz dtypes have no
+    # infinity (inf casts to NaN there, and nextafter towards NaN is NaN)
+    big = jnp.finfo(dtype).max
+    other = jnp.nextafter(nearest, jnp.where(above, -big, big).astype(dtype))
     lo = jnp.where(above, other, nearest)
     hi = jnp.where(above, nearest, other)
     lo_w, hi_w = lo.astype(x.dtype), hi.astype(x.dtype)

@@ -18,6 +18,7 @@ import functools
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
@@ -38,10 +39,11 @@ def leafwise(tx: GradientTransformation) -> GradientTransformationExtraArgs:
             if probe is not None:
                 probe.per_leaf = True
             return inner.init(params.unflatten())
-        return inner.init(params)
+        return inner.init(tree_lib.as_arrays(params))
 
     def update_fn(updates, state, params=None, **extra_args):
         if not isinstance(updates, Buffers):
+            updates, params = tree_lib.as_arrays(updates), tree_lib.as_arrays(params)
             return inner.update(updates, state, params, **extra_args)
         tree_params = params.unflatten() if isinstance(params, Buffers) else params
         new, state = inner.update(updates.unflatten(), state, tree_params, **extra_args)

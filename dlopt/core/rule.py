@@ -54,6 +54,40 @@ def filled(value: chex.Numeric) -> Init:
     return lambda params, dtype: tree_lib.full_like(params, value, dtype)
 
 
+# the optimizer argument that sets a state field's storage dtype, for error messages
+_DTYPE_ARGS = {
+    **dict.fromkeys(
+        ("mu", "m", "exp_avg", "grad_sum", "previous_gradient", "ax", "clipped_linear"),
+        "mu_dtype",
+    ),
+    **dict.fromkeys(
+        ("nu", "n", "exp_avg_sq", "nu_max", "e_g", "e_x", "accumulator", "sum_of_squares"),
+        "nu_dtype",
+    ),
+    "trace": "accumulator_dtype",
+    "preconditioners": "factor_dtype",
+    "eigenbases": "factor_dtype",
+}
+
+
+def _dtype_arg(field: str) -> str:
+    """How a message names the argument behind state field ``field``'s storage dtype."""
+    arg = _DTYPE_ARGS.get(field)
+    return arg or f"the storage dtype of state field {field!r} (its *_dtype argument)"
+
+
+def _check_state(state: Any, state_cls: Any, fields: tuple[str, ...]) -> None:
+    """A ``TypeError`` naming ``state_cls`` when ``state`` lacks one of its ``fields`` (the
+    state of another transform was passed); any object with the fields passes (optax's)."""
+    missing = [name for name in fields if not hasattr(state, name)]
+    if missing:
+        raise TypeError(
+            f"expected a {state_cls.__name__} as this transform's state, got a "
+            f"{type(state).__name__} (no field {missing[0]!r}). Pass the state that this "
+            "transform's own init(params) returned."
+        )
+
+
 def check_moment_hyperparameters(
     b1: chex.Numeric, b2: chex.Numeric, eps: chex.Numeric, eps_root: chex.Numeric = 0.0
 ) -> None:
@@ -109,7 +143,7 @@ def moment_rule(
         leaf_fn: the update for one parameter (see the module docstring).
         moments: state field -> storage dtype (or None: the parameter's) or a `Moment`, in
             the order ``leaf_fn`` takes them. Dtypes are canonicalized (float64 -> float32
-            without x64).
+            without x64); a non-floating one raises naming the field's ``*_dtype`` argument.
         rounding: ``"stochastic"`` or ``"nearest"`` (validated here).
         count: the state field holding the int32 step; a state saved with None there
             (optional in optax's state) counts from zero.
@@ -146,7 +180,10 @@ def moment_rule(
     specs = {
         name: (spec if isinstance(spec, Moment) else Moment(spec)) for name, spec in moments.items()
     }
-    specs = {name: s._replace(dtype=numerics.canonical_dtype(s.dtype)) for name, s in specs.items()}
+    specs = {
+        name: s._replace(dtype=validation.check_storage_dtype(_dtype_arg(name), s.dtype))
+        for name, s in specs.items()
+    }
     # a moment kept in the parameters' dtypes tells the update's dtype when params are absent
     like = next((n for n, s in specs.items() if s.dtype is None and s.like_params), None)
 
@@ -161,6 +198,8 @@ def moment_rule(
         return state_cls(**fields)
 
     def update_fn(updates, state, params=None):
+        updates, params = tree_lib.as_arrays(updates), tree_lib.as_arrays(params)
+        _check_state(state, state_cls, (count, *specs))
         if needs_params is not None:
             if params is None:
                 raise ValueError(

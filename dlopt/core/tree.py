@@ -29,6 +29,14 @@ def dtype_of(x: Any) -> Any:
     return jnp.dtype(x.dtype) if hasattr(x, "dtype") else jnp.result_type(x)
 
 
+def as_arrays(tree: chex.ArrayTree) -> chex.ArrayTree:
+    """``tree`` with each Python number leaf (``{"w": 1.0}``) made a 0-d array, as optax
+    accepts them; arrays, abstract leaves and None pass unchanged."""
+    return jax.tree.map(
+        lambda x: jnp.asarray(x) if isinstance(x, int | float | complex) else x, tree
+    )
+
+
 def zeros_like(params: chex.ArrayTree, dtype: Any | None = None) -> chex.ArrayTree:
     """A tree of zeros shaped like ``params``, in ``dtype`` or each leaf's own dtype.
 
@@ -120,7 +128,9 @@ def check_matching_trees(a: chex.ArrayTree, b: chex.ArrayTree, name_a: str, name
     if paths_a.keys() != paths_b.keys() or jax.tree.structure(a) != jax.tree.structure(b):
         only_a = sorted(paths_a.keys() - paths_b.keys())
         only_b = sorted(paths_b.keys() - paths_a.keys())
-        if only_a:
+        if type(a) is not type(b) and not (a is None or b is None):
+            where = f"{name_a} is a {type(a).__name__} and {name_b} a {type(b).__name__}"
+        elif only_a:
             where = f"{name_a} has {only_a[0] or 'a leaf at the root'} that {name_b} lacks"
         elif only_b:
             where = f"{name_b} has {only_b[0] or 'a leaf at the root'} that {name_a} lacks"

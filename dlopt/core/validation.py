@@ -106,11 +106,33 @@ def check_non_negative_or_inf(name: str, value: Any) -> None:
         check_non_negative(name, value)
 
 
+def check_storage_dtype(name: str, dtype: Any) -> Any:
+    """``dtype`` (a state buffer's storage dtype) canonicalized, or None for None.
+
+    Floating dtypes (float8 to float64, bfloat16) and complex ones are accepted; integer and
+    boolean dtypes are refused (a moment rounds to 0 there and the update never moves), as is
+    anything that is not a dtype. Canonical: float64 is float32 while x64 is off.
+    """
+    if dtype is None:
+        return None
+    try:
+        canonical = jax.dtypes.canonicalize_dtype(dtype)
+    except TypeError as error:
+        raise TypeError(f"{name} must be a dtype or None, got {name}={dtype!r}.") from error
+    if not jnp.issubdtype(canonical, jnp.inexact):
+        raise ValueError(
+            f"{name} must be a floating dtype (e.g. jnp.bfloat16 or jnp.float32), got "
+            f"{canonical}: optimizer state in an integer or bool dtype rounds to 0."
+        )
+    return canonical
+
+
 def check_transformation(name: str, tx: Any) -> None:
     """``tx`` has ``init`` and ``update`` (a ``GradientTransformation``, dlopt's or optax's)."""
     if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
         raise TypeError(
-            f"{name} must be a GradientTransformation (init, update), got {name}={tx!r}."
+            f"{name} must be a GradientTransformation (init, update), e.g. dlopt.adam(1e-3); "
+            f"got {name}={tx!r}."
         )
 
 
@@ -118,8 +140,22 @@ def check_transformation(name: str, tx: Any) -> None:
 
 
 def check_learning_rate(learning_rate: Any, name: str = "learning_rate") -> None:
-    """A learning rate is a finite number >= 0 or a schedule ``step -> value``."""
+    """A learning rate is a finite number >= 0 or a schedule ``step -> value``.
+
+    A dlopt schedule carries its ``value_range`` (`dlopt.schedules.ranges`): one that goes
+    below 0 (or is unbounded) is refused here, at construction. Any other callable cannot be
+    checked without calling it: keeping its values >= 0 is the caller's responsibility.
+    """
     value = _concrete_float(name, learning_rate, schedule_ok=True)
+    value_range = getattr(learning_rate, "value_range", None) if callable(learning_rate) else None
+    if value_range is not None:
+        low = float(value_range[0])
+        if not low >= 0:
+            raise ValueError(
+                f"{name} is a schedule whose values go down to {low:g}; a learning rate "
+                "must stay >= 0. Build it from non-negative values (e.g. "
+                "cosine_decay_schedule(0.1, 1000)); dlopt already subtracts the update."
+            )
     if value is not None and not (math.isfinite(value) and value >= 0):
         raise ValueError(
             f"{name} must be finite and >= 0, got {name}={learning_rate!r}. Pass a positive "

@@ -2,15 +2,15 @@
 
 Every subcommand has ``--help`` and an ``--out`` folder. Bad arguments (an unknown name, an
 output path that cannot be written, a missing optional dependency) exit with status 2 and one
-line on stderr, found before any training starts. Optimizer and schedule names are read in any
-case. Without matplotlib the commands still run and print their results, without figures.
+line on stderr, found before any training starts (seeds, learning rates, step counts, sizes
+that cannot fit in memory, names given twice). Optimizer, dataset and schedule names are read
+in any case. Without matplotlib the commands still run and print their results, without figures.
 The demo's data, model and training loop live in `dlopt.lab.experiments`, which the examples share.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import sys
@@ -22,12 +22,17 @@ import numpy as np
 from dlopt.lab.cli_checks import (
     OneLineParser,
     UsageError,
+    check_fits,
     check_output_folder,
     figures_available,
+    finite_float_in,
     image_formats,
     int_at_least,
+    int_in_range,
     output_file_error,
+    parse_kwargs,
     require,
+    unique_names,
 )
 
 DEMO_OPTIMIZERS: dict[str, tuple[str, float, dict[str, Any]]] = {
@@ -100,9 +105,24 @@ def _data_modules(dataset: str) -> tuple[str, str]:
     return ("sklearn", "data") if dataset == "digits" else ("tensorflow_datasets", "data")
 
 
+_FEATURES = {"digits": 64, "mnist": 784}  # inputs of the demo MLP; 10 classes for both
+
+
+def _check_mlp_fits(dataset: str, hidden: Sequence[int]) -> None:
+    """Refuses ``--hidden`` sizes whose MLP cannot fit in memory, before any allocation: the
+    parameters in float32 about 8 times over (params, gradients, two moments, the best
+    weights, the compiled step's temporaries)."""
+    widths = [_FEATURES[dataset], *hidden, 10]
+    n_params = sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=False))
+    check_fits(f"an MLP {list(hidden)} ({n_params:.3g} parameters)", 8 * 4 * n_params, "--hidden")
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """Trains one MLP with each optimizer, prints the table and diagnoses, writes the PNGs."""
     names = [resolve_optimizer(n) for n in args.optimizers or DEMO_OPTIMIZERS]
+    if args.optimizers:
+        unique_names("--optimizers", args.optimizers, names)
+    _check_mlp_fits(args.dataset, args.hidden)
     check_output_folder(args.out)
     require("dlopt demo", ("flax", "flax"), _data_modules(args.dataset))
     figures = figures_available("demo")
@@ -111,8 +131,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from dlopt.lab.experiments import mlp, train_classifier
     from dlopt.lab.progress import Progress
 
-    epochs = 2 if args.quick else args.epochs
-    data = _load(args.dataset, limit=300 if args.quick else args.limit, seed=args.seed)
+    # --quick sets what --epochs and --limit leave unset; an explicit value wins
+    epochs = args.epochs or (2 if args.quick else 40)
+    limit = args.limit or (300 if args.quick else None)
+    data = _load(args.dataset, limit=limit, seed=args.seed)
     print(
         f"data: {data['source']}, {len(data['train'][0])} train / {len(data['val'][0])} val / "
         f"{len(data['test'][0])} test examples; MLP {args.hidden}, dropout 0.2",
@@ -218,19 +240,8 @@ SCHEDULE_ALIASES = {
     "onecycle": "cosine_onecycle_schedule",
 }
 _LENGTH_ARGS = ("decay_steps", "transition_steps")
-
-
-def _parse_kwargs(pairs: Sequence[str]) -> dict[str, Any]:
-    kwargs = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.isidentifier():
-            raise UsageError(f"--args takes NAME=VALUE pairs, got {pair!r}.")
-        try:
-            kwargs[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            raise UsageError(f"cannot read the value of {key}: {value!r} (a number?).") from None
-    return kwargs
+_OTHER_STEP_ARGS = ("warmup_steps", "transition_begin", "step_size")
+_MAX_STEPS = 10**7  # values drawn one per step: 80 MB of float64
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
@@ -244,18 +255,26 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     if name not in SCHEDULE_ALIASES.values() or factory is None:
         choices = ", ".join(sorted(SCHEDULE_ALIASES))
         raise UsageError(f"unknown schedule {args.name!r}; choose from {choices}.")
-    kwargs = _parse_kwargs(args.args)
+    kwargs = parse_kwargs(args.args, step_args=(*_LENGTH_ARGS, *_OTHER_STEP_ARGS))
     try:
         inspect.signature(factory).bind(**kwargs)
     except TypeError as e:
         names = ", ".join(inspect.signature(factory).parameters)
         raise UsageError(f"{e} ({name} takes {names}).") from None
+    from dlopt.core import validation
+
     try:
         schedule = factory(**kwargs)
+        validation.check_learning_rate(schedule)  # this command draws learning rates
     except (ValueError, TypeError) as e:  # the schedule's own argument checks
         raise UsageError(str(e).splitlines()[0]) from None
-    figures = _check_figure_outputs("schedule", args.plot, args.out)
     steps = args.steps or int(next((kwargs[k] for k in _LENGTH_ARGS if k in kwargs), 1000) * 1.1)
+    if steps > _MAX_STEPS:
+        raise UsageError(
+            f"drawing {steps:.3g} steps (one value each) is too many; pass --steps N with "
+            f"N <= {_MAX_STEPS:.0e} to draw the first N steps."
+        )
+    figures = _check_figure_outputs("schedule", args.plot, args.out)
     values = np.asarray(schedule(np.arange(steps)), float)
     for t in np.unique(np.linspace(0, steps - 1, 11).astype(int)):
         print(f"step {t:>7d}  {values[t]:.6g}")
@@ -289,6 +308,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
             f"--max-lr must be greater than --min-lr, got --min-lr {args.min_lr:g} and "
             f"--max-lr {args.max_lr:g}."
         )
+    _check_mlp_fits(args.dataset, args.hidden)
     figures = _check_figure_outputs("lr-find", args.plot, args.out)
     require("dlopt lr-find", ("flax", "flax"), _data_modules(args.dataset))
 
@@ -356,13 +376,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 _positive_int = int_at_least(1)
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
+_seed = int_in_range(0, 2**32 - 1)  # what jax.random.key and numpy's generators take
+_learning_rate = finite_float_in(0.0, 1e6)  # beyond, float32 training overflows at once
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -375,8 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="train one MLP with 10 optimizers (Adam 8-bit included), compare, diagnose"
     )
-    demo.add_argument("--dataset", default="digits", choices=["digits", "mnist"])
-    demo.add_argument("--epochs", type=_positive_int, default=40)
+    demo.add_argument("--dataset", default="digits", type=str.lower, choices=list(_FEATURES))
+    demo.add_argument("--epochs", type=_positive_int, default=None, help="default 40 (quick: 2)")
     demo.add_argument("--batch-size", type=_positive_int, default=64)
     demo.add_argument("--hidden", type=_positive_int, nargs="+", default=[128, 64])
     demo.add_argument(
@@ -394,9 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"a subset of {', '.join(DEMO_OPTIMIZERS)} (any case)",
     )
     demo.add_argument(
-        "--quick", action="store_true", help="2 epochs on 300 examples (a smoke test)"
+        "--quick",
+        action="store_true",
+        help="2 epochs on 300 examples (a smoke test); an explicit --epochs or --limit wins",
     )
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=_seed, default=0, help="0 to 2**32 - 1")
     demo.add_argument(
         "--out", default="dlopt_demo", help="folder for the PNGs (default %(default)s)"
     )
@@ -411,7 +428,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="the schedule's arguments, e.g. init_value=0.1 decay_steps=1000",
     )
-    sched.add_argument("--steps", type=_positive_int, default=None)
+    sched.add_argument(
+        "--steps", type=_positive_int, default=None, help="default 1.1 x the schedule's length"
+    )
     sched.add_argument("--plot", default=None, help="PNG path (default OUT/schedule_NAME.png)")
     sched.add_argument("--out", default=".", help="folder for the PNG (default %(default)s)")
     sched.set_defaults(func=cmd_schedule)
@@ -422,14 +441,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="sgd",
         help=f"one of the demo's: {', '.join(DEMO_OPTIMIZERS)} (any case; default %(default)s)",
     )
-    find.add_argument("--dataset", default="digits", choices=["digits", "mnist"])
-    find.add_argument("--min-lr", type=_positive_float, default=1e-5)
-    find.add_argument("--max-lr", type=_positive_float, default=10.0)
+    find.add_argument("--dataset", default="digits", type=str.lower, choices=list(_FEATURES))
+    find.add_argument("--min-lr", type=_learning_rate, default=1e-5)
+    find.add_argument("--max-lr", type=_learning_rate, default=10.0, help="at most 1e6")
     find.add_argument("--steps", type=int_at_least(2), default=100, help="batches in the pass")
     find.add_argument("--batch-size", type=_positive_int, default=64)
     find.add_argument("--hidden", type=_positive_int, nargs="+", default=[128, 64])
     find.add_argument("--limit", type=_positive_int, default=None)
-    find.add_argument("--seed", type=int, default=0)
+    find.add_argument("--seed", type=_seed, default=0, help="0 to 2**32 - 1")
     find.add_argument("--plot", default=None, help="PNG path (default OUT/lr_find.png)")
     find.add_argument("--out", default=".", help="folder for lr_find.png (default %(default)s)")
     find.set_defaults(func=cmd_lr_find)

@@ -8,9 +8,11 @@ dependencies (the ``flax``, ``data`` and ``plots`` extras) looked up without imp
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -134,3 +136,90 @@ def int_at_least(low: int) -> Callable[[str], int]:
 
     parse.__name__ = "int"  # argparse names the type in "invalid int value"
     return parse
+
+
+def int_in_range(low: int, high: int) -> Callable[[str], int]:
+    """An argparse ``type``: an int in [``low``, ``high``] (e.g. a seed, 0 to 2**32 - 1)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {value}")
+        return value
+
+    parse.__name__ = "int"
+    return parse
+
+
+def finite_float_in(low: float, high: float) -> Callable[[str], float]:
+    """An argparse ``type``: a finite float in (``low``, ``high``] (a learning rate)."""
+
+    def parse(text: str) -> float:
+        value = float(text)
+        if not low < value <= high:
+            raise argparse.ArgumentTypeError(f"must be in ({low:g}, {high:g}], got {value:g}")
+        return value
+
+    parse.__name__ = "float"
+    return parse
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory in bytes (None where the OS does not say)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(what: str, n_bytes: float, option: str) -> None:
+    """`UsageError` naming ``option`` when ``n_bytes`` (an estimate) exceeds the memory."""
+    total = memory_bytes()
+    if total is not None and n_bytes > total:
+        raise UsageError(
+            f"{option}: {what} needs about {n_bytes / 2**30:.3g} GiB, more than this "
+            f"machine's {total / 2**30:.3g} GiB; choose smaller sizes."
+        )
+
+
+def unique_names(option: str, names: Sequence[str], canonical: Sequence[str]) -> None:
+    """`UsageError` naming ``option`` when two of ``names`` mean the same (``canonical[i]``
+    is what ``names[i]`` resolves to, e.g. ``adam`` and ``ADAM`` both ``Adam``)."""
+    seen: dict[str, str] = {}
+    for name, key in zip(names, canonical, strict=True):
+        if key in seen:
+            raise UsageError(
+                f"{option} names {key} twice ({seen[key]!r} and {name!r}); name each once."
+            )
+        seen[key] = name
+
+
+def parse_value(key: str, text: str, *, step_args: Sequence[str] = ()) -> Any:
+    """``NAME=VALUE``'s value: a Python literal (number, dict, ...); ``nan`` and ``inf`` read
+    as floats (so the callee's own check names them); a ``step_args`` entry must be a whole
+    number (``1e3`` reads as 1000, ``100.5`` is refused)."""
+    if text.strip().lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        return float(text)
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise UsageError(
+            f"cannot read {key}={text!r}: give a number (e.g. {key}="
+            f"{100 if key in step_args else 0.1}) or a Python literal."
+        ) from None
+    if key in step_args and isinstance(value, float):
+        if not value.is_integer():
+            raise UsageError(f"{key} is a number of steps and must be whole, got {key}={text}.")
+        value = int(value)
+    return value
+
+
+def parse_kwargs(pairs: Sequence[str], *, step_args: Sequence[str] = ()) -> dict[str, Any]:
+    """``["a=1", "b=0.5"]`` as ``{"a": 1, "b": 0.5}`` (see `parse_value`)."""
+    kwargs = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--args takes NAME=VALUE pairs, got {pair!r}.")
+        kwargs[key] = parse_value(key, value, step_args=step_args)
+    return kwargs

@@ -111,6 +111,7 @@ def _d_adaptation(
         return with_extra_args_support(tx)
 
     def update_fn(updates, state, params=None, **extra_args):
+        updates, params = tree_lib.as_arrays(updates), tree_lib.as_arrays(params)
         del extra_args
         _, new_state = tx.update(updates, state, params)
         dtypes = numerics.out_dtypes(updates, params)

@@ -238,6 +238,7 @@ def rmsprop(
         validation.check_in_range("momentum", momentum, 0.0, 1.0)
     if nesterov and momentum is None:
         raise ValueError("nesterov=True needs a momentum, got momentum=None. Pass momentum=0.9.")
+    validation.check_storage_dtype("mu_dtype", mu_dtype)  # checked even without momentum
     common = dict(
         decay=decay, eps=eps, initial_scale=initial_scale, eps_in_sqrt=eps_in_sqrt,
         bias_correction=bias_correction, nu_dtype=nu_dtype, state_rounding=state_rounding,

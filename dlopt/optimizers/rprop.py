@@ -106,6 +106,7 @@ def scale_by_rprop(
         )
 
     def update_fn(updates, state, params=None):
+        updates, params = tree_lib.as_arrays(updates), tree_lib.as_arrays(params)
         updates, step_sizes, prev_updates = tree_lib.map_unzip(
             functools.partial(
                 _rprop_leaf, eta_minus=eta_minus, eta_plus=eta_plus, min_step=min_step_size,

@@ -126,7 +126,7 @@ def schedule_free(
     validation.check_in_range("b1", b1, 0.0, 1.0, low_closed=False, high_closed=True)
     validation.check_non_negative("weight_lr_power", weight_lr_power)
     numerics.check_rounding(state_rounding)
-    state_dtype = numerics.canonical_dtype(state_dtype)
+    state_dtype = validation.check_storage_dtype("state_dtype", state_dtype)
     base = with_extra_args_support(base_optimizer)
 
     def init_fn(params):
@@ -142,6 +142,7 @@ def schedule_free(
         )
 
     def update_fn(updates, state, params=None, **extra_args):
+        updates, params = tree_lib.as_arrays(updates), tree_lib.as_arrays(params)
         if params is None:
             raise ValueError("schedule_free needs params: call update(grads, state, params).")
         tree_lib.check_matching_trees(params, updates, "params", "updates")

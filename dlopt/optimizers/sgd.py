@@ -120,6 +120,7 @@ def sgd(
         validation.check_in_range("momentum", momentum, 0.0, 1.0, high_closed=True)
     if nesterov and momentum is None:
         raise ValueError("nesterov=True needs a momentum, got momentum=None. Pass momentum=0.9.")
+    numerics.moment_dtype("accumulator_dtype", accumulator_dtype, mu_dtype)  # even unused
     if momentum is None:
         first = float_params_only()
     else:

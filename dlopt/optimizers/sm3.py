@@ -145,7 +145,10 @@ def scale_by_sm3(
     return rule.moment_rule(
         ScaleBySM3State,
         functools.partial(_sm3_leaf, b1=b1, b2=b2, eps=eps),
-        moments={"mu": rule.Moment(nu_dtype, covers, like_params=False), "nu": mu_dtype},
+        moments={
+            "mu": rule.Moment(validation.check_storage_dtype("nu_dtype", nu_dtype), covers, False),
+            "nu": validation.check_storage_dtype("mu_dtype", mu_dtype),
+        },
         rounding=state_rounding,
     )
 

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 
 from dlopt.core import validation
 from dlopt.core.base import Schedule
+from dlopt.schedules import ranges
 
 _F32 = jnp.float32
 
@@ -51,7 +52,11 @@ def constant_schedule(value: chex.Numeric) -> Schedule:
         0.10000000149011612
     """
     validation.check_finite("value", value)
-    return lambda count: jnp.full(jnp.shape(count), value, _F32)
+
+    def schedule(count):
+        return jnp.full(jnp.shape(count), value, _F32)
+
+    return ranges.with_range(schedule, ranges.spanning([value]))
 
 
 def step_decay_schedule(init_value: chex.Numeric, step_size: int, decay_rate: float) -> Schedule:
@@ -73,7 +78,11 @@ def step_decay_schedule(init_value: chex.Numeric, step_size: int, decay_rate: fl
     validation.check_finite("init_value", init_value)
     validation.check_finite("decay_rate", decay_rate)
     validation.check_positive("step_size", step_size)
-    return lambda count: _f32(init_value) * _f32(decay_rate) ** _floor_div(count, step_size)
+
+    def schedule(count):
+        return _f32(init_value) * _f32(decay_rate) ** _floor_div(count, step_size)
+
+    return ranges.with_range(schedule, ranges.geometric(init_value, decay_rate))
 
 
 def exponential_decay(
@@ -130,7 +139,7 @@ def exponential_decay(
             value = jnp.where(rate < 1, jnp.maximum(value, end), jnp.minimum(value, end))
         return value
 
-    return schedule
+    return ranges.with_range(schedule, ranges.geometric(init_value, decay_rate, end_value))
 
 
 def piecewise_constant_schedule(
@@ -164,7 +173,10 @@ def piecewise_constant_schedule(
             value = value * jnp.where(t >= boundary, _f32(scale), _F32(1.0))
         return value
 
-    return schedule
+    values = [init_value]
+    for _, scale in items:
+        values.append(values[-1] * scale)
+    return ranges.with_range(schedule, ranges.spanning(values))
 
 
 def polynomial_schedule(
@@ -208,7 +220,7 @@ def polynomial_schedule(
         init, end = _f32(init_value), _f32(end_value)
         return (init - end) * frac ** _f32(power) + end
 
-    return schedule
+    return ranges.with_range(schedule, ranges.spanning([init_value, end_value]))
 
 
 def linear_schedule(
@@ -265,6 +277,20 @@ def cosine_decay_schedule(
     """
     validation.check_finite("init_value", init_value)
     validation.check_finite("alpha", alpha)
+    a = ranges.spanning([alpha])
+    if a is not None and a[0] > 1:
+        raise ValueError(
+            f"alpha is the final value as a fraction of init_value and must be <= 1 for a "
+            f"decay, got alpha={alpha!r} (the schedule would rise to {alpha!r} * init_value)."
+        )
+    return _cosine_decay(init_value, decay_steps, alpha, exponent)
+
+
+def _cosine_decay(
+    init_value: chex.Numeric, decay_steps: int, alpha: chex.Numeric, exponent: chex.Numeric
+) -> Schedule:
+    """`cosine_decay_schedule` without the ``alpha <= 1`` check (a warmup's cosine part
+    rises to an ``end_value`` above its peak, as in optax)."""
     validation.check_positive("decay_steps", decay_steps)
     validation.check_positive("exponent", exponent)
 
@@ -274,7 +300,9 @@ def cosine_decay_schedule(
         a = _f32(alpha)
         return _f32(init_value) * ((1.0 - a) * cosine ** _f32(exponent) + a)
 
-    return schedule
+    a = ranges.spanning([alpha])  # the value moves from init_value to alpha * init_value
+    bounds = None if a is None else ranges.spanning([init_value, init_value * a[0]])
+    return ranges.with_range(schedule, bounds)
 
 
 def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> Schedule:
@@ -314,7 +342,7 @@ def join_schedules(schedules: Sequence[Schedule], boundaries: Sequence[int]) -> 
             value = jnp.where(count < boundary, value, _f32(fn(count - boundary)))
         return value
 
-    return schedule
+    return ranges.with_range(schedule, ranges.union(ranges.of(fn) for fn in schedules))
 
 
 def warmup_cosine_decay_schedule(
@@ -363,7 +391,7 @@ def warmup_cosine_decay_schedule(
     return join_schedules(
         [
             linear_schedule(init_value, peak_value, warmup_steps),
-            cosine_decay_schedule(peak_value, decay_steps - warmup_steps, alpha, exponent),
+            _cosine_decay(peak_value, decay_steps - warmup_steps, alpha, exponent),
         ],
         [warmup_steps],
     )
@@ -466,4 +494,5 @@ def cosine_onecycle_schedule(
         )
         return jnp.where(t < up, rising, jnp.where(t < transition_steps, falling, final))
 
-    return schedule
+    values = [peak_value, peak_value / div_factor, peak_value / (div_factor * final_div_factor)]
+    return ranges.with_range(schedule, ranges.spanning(values))

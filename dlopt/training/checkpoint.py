@@ -157,7 +157,8 @@ class ModelCheckpoint(Callback):
     ``fit(..., initial_epoch=len(history), history=history)``.
 
     Args:
-        directory: the checkpoint directory (created if missing).
+        directory: the checkpoint directory (created here if missing; one that cannot be
+            created raises a ``ValueError`` naming it).
         monitor: the ``logs`` entry to watch, e.g. ``"val_loss"`` or ``"val_accuracy"``.
         mode: ``"min"``, ``"max"``, or ``"auto"`` (``"max"`` for names with ``acc`` or
             ending in ``auc``, else ``"min"``), as in Keras.
@@ -203,6 +204,13 @@ class ModelCheckpoint(Callback):
         if max_to_keep is not None:
             validation.check_int("max_to_keep", max_to_keep, 1)
         self.directory = os.path.abspath(os.fspath(directory))
+        try:  # here rather than at the first save, an epoch of training later
+            os.makedirs(self.directory, exist_ok=True)
+        except OSError as error:
+            raise ValueError(
+                f"ModelCheckpoint cannot use directory={os.fspath(directory)!r}: "
+                f"{error.strerror or error}; pass a folder you can write to."
+            ) from None
         self.monitor = monitor
         self.mode = mode
         self.save_best_only = save_best_only

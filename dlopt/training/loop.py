@@ -256,7 +256,7 @@ def _train_epoch(state, train_data, epoch, train_step, run, shown):
     """One epoch of train steps: ``(state, logs)``, the logs their example-weighted means."""
     batches = _epoch_batches(train_data, epoch, "train_data")
     shown.epoch_begin(epoch, _len(batches))
-    mean = _Mean()
+    mean, i = _Mean(), -1
     for i, batch in enumerate(batches):
         state, metrics = train_step(state, batch)
         mean.add(metrics)
@@ -267,6 +267,11 @@ def _train_epoch(state, train_data, epoch, train_step, run, shown):
             state = run.on_train_batch_end(i, state, logs)
             if run.stop_training:
                 break
+    if i < 0:
+        raise ValueError(
+            f"train_data gave no batches in epoch {epoch + 1}; pass a non-empty list or "
+            "loader of batches (or a callable epoch -> iterable that yields some)."
+        )
     return state, mean.result()
 
 

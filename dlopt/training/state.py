@@ -29,6 +29,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from dlopt.core import tree as tree_lib
+from dlopt.core import validation
 from dlopt.core.base import GradientTransformation, apply_updates, with_extra_args_support
 from dlopt.core.flat import PACK_BELOW, Buffers, GroupBy, Layout, pack
 from dlopt.wrappers.fused import plan_layout, prefers_flat
@@ -139,6 +140,7 @@ class TrainState:
             >>> state.params["w"].shape, state.stored_params
             ((3, 2), Buffers(2 leaves in {'params/float32': 8}))
         """
+        validation.check_transformation("tx", tx)
         if flat is not None and not isinstance(flat, bool):
             raise ValueError(f"flat must be None, True or False, got flat={flat!r}.")
         if flat is False and (group_by is not None or pad_to is not None):

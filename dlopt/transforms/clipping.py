@@ -81,6 +81,7 @@ def clip_by_global_norm(max_norm: chex.Numeric) -> GradientTransformation:
 
     def update_fn(updates, state, params=None):
         del params
+        updates = tree_lib.as_arrays(updates)
         norm = numerics.global_norm(updates)
         limit = jnp.asarray(max_norm).astype(norm.dtype)
         safe_norm = jnp.where(norm > 0, norm, jnp.ones_like(norm))

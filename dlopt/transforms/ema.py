@@ -68,6 +68,7 @@ def ema(
         return EmaState(count=jnp.zeros([], jnp.int32), ema=tree_lib.moments_like(params, dtype))
 
     def update_fn(updates, state, params=None):
+        updates, params = tree_lib.as_arrays(updates), tree_lib.as_arrays(params)
         count = tree_lib.safe_increment(state.count)
         writer = numerics.StateWriter(count, state_rounding)
         updates, new_ema = tree_lib.map_unzip(

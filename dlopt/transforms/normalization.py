@@ -94,6 +94,7 @@ def normalize_by_update_norm(
     validation.check_non_negative("eps", eps)
 
     def update_fn(updates, state, params=None):
+        updates, params = tree_lib.as_arrays(updates), tree_lib.as_arrays(params)
         norm = numerics.global_norm(updates)
         divisor = (norm + tree_lib.scalar_like(eps, norm)) / tree_lib.scalar_like(
             scale_factor, norm
@@ -125,6 +126,7 @@ def normalize() -> GradientTransformation:
     """
 
     def update_fn(updates, state, params=None):
+        updates, params = tree_lib.as_arrays(updates), tree_lib.as_arrays(params)
         return _divide(updates, params, numerics.global_norm(updates)), state
 
     return GradientTransformation(init_empty_state, update_fn)

@@ -202,6 +202,7 @@ def _add_scaled(
         return state_type(count=jnp.zeros([], jnp.int32)) if scheduled else EmptyState()
 
     def update_fn(updates, state, params=None):
+        updates, params = tree_lib.as_arrays(updates), tree_lib.as_arrays(params)
         if params is None:
             raise ValueError(f"{name} needs params: call update(updates, state, params).")
         if scheduled:

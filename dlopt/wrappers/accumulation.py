@@ -103,6 +103,7 @@ def multi_steps(
         optax.MultiSteps (DeepMind, 2021).
     """
     validation.check_int("every_k", every_k, 1)
+    accumulator_dtype = validation.check_storage_dtype("accumulator_dtype", accumulator_dtype)
     inner = _extra_args(tx)
 
     def init_fn(params):

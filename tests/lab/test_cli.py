@@ -262,6 +262,31 @@ def test_a_bad_out_is_a_one_line_error_before_any_work(command, tmp_path, no_wor
         (["schedule", "cosine", "--args", "init_value=1.0", "decay_steps=9", "--plot", ""],
          "empty"),
         (["demo", "--optimizers", "adam", "nosuch"], "nosuch"),
+        (["demo", "--optimizers", "adam", "ADAM"], "--optimizers names Adam twice"),
+        (["demo", "--seed", "-1"], "--seed"),
+        (["demo", "--seed", "99999999999999999999999"], "--seed"),
+        (["demo", "--hidden", "100000", "100000"], "--hidden"),
+        (["lr-find", "--hidden", "100000", "100000"], "--hidden"),
+        (["lr-find", "--seed", "-1"], "--seed"),
+        (["lr-find", "--max-lr", "inf"], "--max-lr"),
+        (["lr-find", "--max-lr", "1e308"], "--max-lr"),
+        (["lr-find", "--max-lr", "nan"], "--max-lr"),
+        (["schedule", "cosine", "--args", "init_value=0.1", "decay_steps=1e12"], "--steps N"),
+        (["schedule", "cosine", "--args", "init_value=0.1", "decay_steps=1000000000000"],
+         "--steps N"),
+        (["schedule", "cosine", "--args", "init_value=0.1", "decay_steps=100.5"],
+         "decay_steps is a number of steps and must be whole"),
+        (["schedule", "cosine", "--args", "init_value=nan", "decay_steps=100"],
+         "init_value must be a finite number"),
+        (["schedule", "cosine", "--args", "init_value=0.1", "decay_steps=abc"], "decay_steps=100"),
+        # a negative learning rate is refused, not printed with rc 0
+        (["schedule", "cosine", "--args", "init_value=-0.1", "decay_steps=100"], ">= 0"),
+        (["schedule", "linear", "--args", "init_value=0.1", "end_value=-0.1",
+          "transition_steps=10"], "go down to -0.1"),
+        (["schedule", "piecewise", "--args", "init_value=0.1", "boundaries_and_scales={10: -1.0}"],
+         "go down to -0.1"),
+        (["schedule", "cosine", "--args", "init_value=0.1", "decay_steps=100", "alpha=5"],
+         "alpha"),
         (["bench", "--reps", "0"], "--reps"),
         (["bench", "--optimizers", "nosuch"], "nosuch"),
     ],
@@ -334,3 +359,61 @@ def test_bench_knows_every_benchmarked_optimizer(monkeypatch):
     from benchmarks.update_step import OPTIMIZERS as BENCHMARKED
 
     assert list(OPTIMIZERS) == list(BENCHMARKED)
+
+
+def test_dataset_names_in_any_case():
+    assert cli.build_parser().parse_args(["demo", "--dataset", "MNIST"]).dataset == "mnist"
+    assert cli.build_parser().parse_args(["lr-find", "--dataset", "Digits"]).dataset == "digits"
+
+
+@pytest.mark.parametrize(
+    "argv, limit, epochs",
+    [
+        (["--quick"], 300, 2),
+        (["--quick", "--limit", "50"], 50, 2),  # an explicit value wins over --quick
+        (["--quick", "--epochs", "3"], 300, 3),
+        ([], None, 40),
+    ],
+)
+def test_quick_fills_in_what_limit_and_epochs_leave_unset(argv, limit, epochs, monkeypatch):
+    seen = {}
+
+    def load(name, *, limit, seed):
+        seen["limit"] = limit
+        raise cli.UsageError("stop here")
+
+    monkeypatch.setattr(cli, "_load", load)
+    monkeypatch.setattr(cli, "figures_available", lambda command: False)
+    assert run(["demo", *argv, "--optimizers", "sgd"]) == 2
+    assert seen["limit"] == limit
+    args = cli.build_parser().parse_args(["demo", *argv])
+    assert (args.epochs or (2 if args.quick else 40)) == epochs
+
+
+def test_bench_quick_writes_to_a_fresh_temporary_folder(tmp_path, no_work, monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    for _ in range(2):
+        with pytest.raises(AssertionError, match="started working"):
+            run(["bench", "--quick"])
+    assert len(list(tmp_path.glob("dlopt_bench_*"))) == 2  # not one fixed /tmp/dlopt_bench
+
+
+def test_refusals_as_a_user_meets_them():
+    """Real processes: exit status 2 and one line on stderr, before any data is loaded."""
+    cases = [
+        (["demo", "--seed", "-1"], "--seed"),
+        (["schedule", "cosine", "--args", "init_value=0.1", "decay_steps=1e12"], "--steps N"),
+        (["demo", "--hidden", "100000", "100000"], "GiB"),
+    ]
+    for argv, match in cases:
+        done = subprocess.run(
+            [sys.executable, "-m", "dlopt.lab.cli", *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        err = done.stderr.strip().splitlines()
+        assert done.returncode == 2, (argv, done.stderr)
+        assert len(err) == 1 and match in err[0] and not done.stdout, (argv, done.stderr)

@@ -352,3 +352,66 @@ def test_schedule_drives_an_optimizer_inside_jit():
         updates, state = update({"w": jnp.ones(2)}, state)
         steps.append(float(-updates["w"][0]))
     np.testing.assert_allclose(steps, [1.0, 1.0, 0.5, 0.5, 0.25, 0.25])
+
+
+# --- the range of a schedule's values, known when it is built
+
+RANGES = [
+    (lambda: dlopt.constant_schedule(0.1), (0.1, 0.1)),
+    (lambda: dlopt.linear_schedule(0.1, -0.1, 10), (-0.1, 0.1)),
+    (lambda: dlopt.polynomial_schedule(0.0, 1.0, 2.0, 10), (0.0, 1.0)),
+    (lambda: dlopt.piecewise_constant_schedule(0.1, {10: -1.0, 20: 0.5}), (-0.1, 0.1)),
+    (lambda: dlopt.cosine_decay_schedule(0.1, 100, alpha=0.1), (0.01, 0.1)),
+    (lambda: dlopt.cosine_decay_schedule(-0.1, 100), (-0.1, 0.0)),
+    (lambda: dlopt.exponential_decay(1.0, 10, 0.5), (0.0, 1.0)),
+    (lambda: dlopt.exponential_decay(1.0, 10, 0.5, end_value=0.2), (0.2, 1.0)),
+    (lambda: dlopt.exponential_decay(1.0, 10, 2.0), (1.0, math.inf)),
+    (lambda: dlopt.step_decay_schedule(1.0, 10, 0.5), (0.0, 1.0)),
+    (lambda: dlopt.warmup_cosine_decay_schedule(0.0, 1.0, 10, 100, 0.1), (0.0, 1.0)),
+    (lambda: dlopt.warmup_exponential_decay_schedule(0.0, 1.0, 10, 10, 0.5), (0.0, 1.0)),
+    (lambda: dlopt.cosine_onecycle_schedule(100, 1.0, div_factor=10.0), (1e-5, 1.0)),
+]
+
+
+@pytest.mark.parametrize(("make", "expected"), RANGES)
+def test_value_range_bounds_every_value(make, expected):
+    schedule = make()
+    low, high = schedule.value_range
+    assert (low, high) == pytest.approx(expected)
+    values = np.asarray(schedule(jnp.arange(0, 150)))
+    assert values.min() >= low - 1e-6 and values.max() <= high + 1e-6
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: dlopt.cosine_decay_schedule(-0.1, 100),
+        lambda: dlopt.linear_schedule(0.1, -0.1, 10),
+        lambda: dlopt.piecewise_constant_schedule(0.1, {10: -1.0}),
+        lambda: dlopt.join_schedules(
+            [dlopt.constant_schedule(0.1), dlopt.constant_schedule(-0.1)], [5]
+        ),
+    ],
+)
+@pytest.mark.parametrize("optimizer", [dlopt.adam, dlopt.sgd, dlopt.lamb])
+def test_a_schedule_going_below_zero_is_refused_as_a_learning_rate(make, optimizer):
+    with pytest.raises(ValueError, match="learning_rate is a schedule whose values go down to"):
+        optimizer(make())
+
+
+def test_a_schedule_may_go_negative_elsewhere_and_stays_a_callable():
+    schedule = dlopt.linear_schedule(0.1, -0.1, 10)  # e.g. for a hyperparameter of any sign
+    assert float(schedule(10)) == pytest.approx(-0.1)
+    assert float(jax.jit(schedule)(10)) == pytest.approx(-0.1)
+
+
+def test_an_unknown_callable_is_the_callers_responsibility():
+    dlopt.adam(lambda count: -0.1)  # nothing known about its values: not called to check
+
+
+def test_cosine_decay_alpha_above_one_is_refused():
+    with pytest.raises(ValueError, match="alpha .* must be <= 1"):
+        dlopt.cosine_decay_schedule(0.1, 100, alpha=5)
+    # a warmup whose end_value is above its peak still rises, as in optax
+    schedule = dlopt.warmup_cosine_decay_schedule(0.0, 0.1, 10, 100, end_value=0.2)
+    assert float(schedule(100)) == pytest.approx(0.2)

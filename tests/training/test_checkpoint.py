@@ -547,3 +547,17 @@ def test_an_unknown_dtype_in_an_old_meta_without_digest_is_damage(tmp_path, trai
     json.dump(json.loads(json.dumps(meta).replace("float32", "flnat32", 1)), open(path, "w"))
     with pytest.raises(CheckpointDamagedError, match="unknown dtype 'flnat32'"):
         restore(tmp_path, target=state)
+
+
+def test_model_checkpoint_in_an_unwritable_directory_is_one_line(tmp_path):
+    from dlopt.training.checkpoint import ModelCheckpoint
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    bad = [str(a_file), str(a_file / "sub")]
+    if os.path.isdir("/proc/self"):
+        bad.append("/proc/x")  # not creatable, even for root
+    for directory in bad:
+        with pytest.raises(ValueError, match="ModelCheckpoint cannot use directory=") as info:
+            ModelCheckpoint(directory)
+        assert len(str(info.value).splitlines()) == 1

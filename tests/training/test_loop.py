@@ -214,3 +214,10 @@ def test_history_views_json_and_equality():
     other = History.from_dict(h.to_dict())
     other.epochs[0]["loss"] = 0.4
     assert other != h and History() != h and h != {"epochs": h.epochs}
+
+
+@pytest.mark.parametrize("data", [[], lambda epoch: []])
+def test_fit_on_empty_data_is_refused(data):
+    state = TrainState.create(apply_fn=None, params={"w": jnp.ones(2)}, tx=dlopt.sgd(0.1), rng=0)
+    with pytest.raises(ValueError, match="train_data gave no batches in epoch 1"):
+        fit(state, data, epochs=2, train_step=lambda s, b: (s, {}), progress=False)

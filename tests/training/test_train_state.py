@@ -62,3 +62,14 @@ def test_apply_gradients_is_one_sgd_step():
     state = state.apply_gradients({"w": jnp.array([2.0, 4.0])})
     np.testing.assert_allclose(state.params["w"], [0.0, -4.0])
     assert int(state.step) == 1
+
+
+def test_create_with_a_string_tx_names_tx():
+    with pytest.raises(TypeError, match=r"tx must be a GradientTransformation .* got tx='adam'"):
+        TrainState.create(apply_fn=None, params={"w": jnp.ones(2)}, tx="adam", rng=0)
+
+
+def test_apply_gradients_with_a_list_for_dict_params_names_both_containers():
+    state = TrainState.create(apply_fn=None, params={"w": jnp.ones(2)}, tx=dlopt.sgd(0.1), rng=0)
+    with pytest.raises(ValueError, match="params is a dict and updates a list"):
+        state.apply_gradients(grads=[jnp.ones(2)])
