@@ -71,6 +71,7 @@ def scale_by_cocob(alpha: chex.Numeric = 100.0, eps: chex.Numeric = 1e-8) -> Gra
     validation.check_positive("eps", eps)
 
     def init_fn(params):
+        params = tree_lib.as_arrays(params)  # Python numbers, as optax accepts
         tree_lib.check_float_params(params)
         zeros = tree_lib.zeros_like(params)
         return COCOBState(
@@ -82,6 +83,7 @@ def scale_by_cocob(alpha: chex.Numeric = 100.0, eps: chex.Numeric = 1e-8) -> Gra
         )
 
     def update_fn(updates, state, params=None):
+        updates, params = tree_lib.as_arrays(updates), tree_lib.as_arrays(params)
         if params is None:
             raise ValueError("scale_by_cocob needs params: call update(updates, state, params).")
         tree_lib.check_matching_trees(params, updates, "params", "updates")

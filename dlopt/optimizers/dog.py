@@ -92,6 +92,7 @@ def scale_by_dog(
     validation.check_non_negative("eps", eps)
 
     def init_fn(params):
+        params = tree_lib.as_arrays(params)  # Python numbers, as optax accepts
         tree_lib.check_float_params(params)
         dtype = numerics.scalar_dtype(params)
         if tag == "distance":
@@ -108,6 +109,7 @@ def scale_by_dog(
         )
 
     def update_fn(updates, state, params=None):
+        updates, params = tree_lib.as_arrays(updates), tree_lib.as_arrays(params)
         _needs_params("scale_by_dog", params, updates)
         dtype = state.max_dist.dtype
         dist = jnp.sqrt(_distance(params, state.init_params)).astype(dtype)
@@ -213,6 +215,7 @@ def scale_by_dowg(
     start = eps if init_estim_sq_dist is None else init_estim_sq_dist
 
     def init_fn(params):
+        params = tree_lib.as_arrays(params)  # Python numbers, as optax accepts
         tree_lib.check_float_params(params)
         dtype = numerics.scalar_dtype(params)
         return DoWGState(
@@ -222,6 +225,7 @@ def scale_by_dowg(
         )
 
     def update_fn(updates, state, params=None):
+        updates, params = tree_lib.as_arrays(updates), tree_lib.as_arrays(params)
         _needs_params("scale_by_dowg", params, updates)
         dtype = state.estim_sq_dist.dtype
         sq_dist = jnp.maximum(
