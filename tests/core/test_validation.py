@@ -76,7 +76,14 @@ def test_check_storage_dtype_canonicalizes():
 
 # --- Python numbers as leaves (optax accepts them)
 
-NEEDS_MORE = {"scale_by_polyak", "polyak_sgd", "reduce_on_plateau", "lookahead", "momo", "momo_adam"}
+NEEDS_MORE = {
+    "scale_by_polyak",
+    "polyak_sgd",
+    "reduce_on_plateau",
+    "lookahead",
+    "momo",
+    "momo_adam",
+}
 
 
 def test_python_number_leaves_work_in_every_transform():
