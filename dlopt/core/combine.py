@@ -97,7 +97,8 @@ class MaskedState(NamedTuple):
     inner_state: Any
 
 
-Mask = chex.ArrayTree | Callable[[chex.ArrayTree], chex.ArrayTree]
+MaskOrFn = chex.ArrayTree | Callable[[chex.ArrayTree], chex.ArrayTree]  # optax's name
+Mask = MaskOrFn
 
 
 def resolve_mask(mask: Mask, tree: chex.ArrayTree) -> chex.ArrayTree:
@@ -323,3 +324,7 @@ def _check_label(label: Any, what: str) -> None:
         hash(label)
     except TypeError:
         raise TypeError(f"{what} must be hashable, got {label!r}.") from None
+
+
+multi_transform = partition  # optax's deprecated name for `partition`, kept for its users
+MultiTransformState = PartitionState

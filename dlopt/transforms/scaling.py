@@ -10,7 +10,13 @@ import jax.numpy as jnp
 
 from dlopt.core import numerics, validation
 from dlopt.core import tree as tree_lib
-from dlopt.core.base import GradientTransformation, ScalarOrSchedule, Schedule, init_empty_state
+from dlopt.core.base import (
+    EmptyState,
+    GradientTransformation,
+    ScalarOrSchedule,
+    Schedule,
+    init_empty_state,
+)
 
 
 def _scale_leaf(u: chex.Array, factor: chex.Numeric, out_dtype) -> chex.Array:
@@ -21,6 +27,9 @@ def _scaled(updates, params, factor):
     """``factor * u`` leaf by leaf, in each parameter's dtype when ``params`` are given."""
     dtypes = numerics.out_dtypes(updates, params)
     return jax.tree.map(lambda u, d: _scale_leaf(u, factor, d), updates, dtypes)
+
+
+ScaleState = EmptyState  # the state of `scale` (optax's alias)
 
 
 def scale(step_size: chex.Numeric) -> GradientTransformation:
