@@ -201,7 +201,7 @@ def unitwise_clip(
 
 @per_leaf
 def adaptive_grad_clip(
-    clipping: chex.Numeric, eps: chex.Numeric = 1e-3, *, axis: Axis = None
+    clipping: chex.Numeric, eps: chex.Numeric = 1e-3, axis: Axis = None
 ) -> GradientTransformation:
     """Adaptive gradient clipping (AGC): each unit's update norm is at most ``clipping``
     times its parameter norm.
