@@ -7,6 +7,8 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import chex
+import jax
+import jax.numpy as jnp
 
 from dlopt.core.base import (
     GradientTransformation,
@@ -88,7 +90,12 @@ def monitor(
     names = tuple(txs)
 
     def init_fn(params):
-        return MonitorState({}, tuple(txs[n].init(params) for n in names))
+        states = tuple(txs[n].init(params) for n in names)
+        # zeros shaped like the first measurements, so the state keeps one structure (scan,
+        # checkpoints); optax starts from {} (a deliberate difference)
+        first = jax.eval_shape(lambda: update_fn(params, MonitorState({}, states), params)[1])
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first.measurements)
+        return MonitorState(zeros, states)
 
     def update_fn(updates, state, params=None, **extra_args):
         measurements, new_states = {}, []
