@@ -50,6 +50,9 @@ DELIBERATE: dict[tuple[str, str], str] = {
         "would break saved checkpoints"
     ),
     ("", "ScaleByRStdDevState"): "as ScaleByRmsState",
+    ("", "scale_by_learning_rate"): (
+        "learning_rate is required: optax's default None silently turns it into identity()"
+    ),
     ("", "AddDecayedWeightsState"): (
         "a class with count (a scheduled weight_decay's step), EmptyState for a constant one"
     ),

@@ -31,6 +31,22 @@ def _tree_module(module: types.ModuleType) -> bool:
     return name.startswith(("optax.tree", "optax.tree_utils"))
 
 
+def _evaluated(fn: Any) -> Any:
+    """``fn`` with its signature's annotations evaluated (set once as ``__signature__``).
+
+    dlopt's modules postpone annotations (strings); optax's tests that check
+    ``annotation in (optax.ScalarOrSchedule, optax.Schedule)`` (ScheduleAsLearningRateTest)
+    see dlopt's ``ScalarOrSchedule``, which compares equal to optax's.
+    """
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    if "__signature__" not in vars(target):
+        try:
+            target.__signature__ = inspect.signature(target, eval_str=True)
+        except Exception:  # noqa: BLE001 - an annotation that needs TYPE_CHECKING imports
+            pass
+    return fn
+
+
 class Proxy(types.ModuleType):
     """A module that answers with dlopt's function wherever dlopt exports the same name."""
 
@@ -51,7 +67,7 @@ class Proxy(types.ModuleType):
             ours = getattr(dlopt, name, None)
             if ours is not None and _is_function(ours):
                 SWAPPED.setdefault(real.__name__, set()).add(name)
-                return ours
+                return _evaluated(ours)
         return value
 
     def __setattr__(self, name: str, value: Any) -> None:

@@ -20,7 +20,8 @@ Params = chex.ArrayTree
 Updates = chex.ArrayTree
 OptState = chex.ArrayTree
 Numeric = chex.Numeric
-Schedule = Callable[[chex.Numeric], chex.Numeric]
+Schedule = Callable[[jax.typing.ArrayLike], jax.typing.ArrayLike]
+# equal (==) to optax's ScalarOrSchedule, so an annotation check written for optax accepts it
 ScalarOrSchedule = float | jax.Array | Schedule
 
 

@@ -240,6 +240,7 @@ def optimistic_adam(
     validation.check_non_negative("learning_rate", learning_rate)
     if optimism is None:
         optimism = learning_rate
+    validation.check_finite("optimism", optimism)
     return chain(
         scale_by_adam(
             b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov

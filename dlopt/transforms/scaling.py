@@ -15,7 +15,6 @@ from dlopt.core.base import (
     GradientTransformation,
     ScalarOrSchedule,
     Schedule,
-    identity,
     init_empty_state,
 )
 
@@ -82,19 +81,18 @@ def scale_by_schedule(step_size_fn: Schedule) -> GradientTransformation:
 
 
 def scale_by_learning_rate(
-    learning_rate: ScalarOrSchedule | None = None, *, flip_sign: bool = True
+    learning_rate: ScalarOrSchedule, *, flip_sign: bool = True
 ) -> GradientTransformation:
     """``u <- -lr * u`` (or ``+lr * u`` with ``flip_sign=False``); ``lr`` may be a schedule.
 
-    A constant learning rate keeps no state (`EmptyState`); a schedule keeps the step count;
-    ``None`` (optax's default) is `identity` (the step size applied elsewhere).
+    A constant learning rate keeps no state (`EmptyState`); a schedule keeps the step count.
+    Deliberate difference from optax: ``learning_rate`` is required (optax's default ``None``
+    silently makes the transform `identity`; write ``identity()`` for that).
 
     Example:
         >>> import dlopt
         >>> tx = dlopt.chain(dlopt.scale_by_adam(), dlopt.scale_by_learning_rate(1e-3))
     """
-    if learning_rate is None:
-        return identity()
     validation.check_learning_rate(learning_rate)
     sign = -1.0 if flip_sign else 1.0
     if callable(learning_rate):
