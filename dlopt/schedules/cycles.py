@@ -66,13 +66,15 @@ def piecewise_interpolate_schedule(
         boundaries, scales = (), ()
 
     def schedule(count):
-        bounds = jnp.stack((0,) + tuple(boundaries))
-        values = jnp.cumprod(jnp.stack((init_value,) + tuple(scales)))
-        interval_sizes = jnp.maximum(bounds[1:] - bounds[:-1], 1)
-        indicator = jnp.logical_and(bounds[:-1] <= count, count < bounds[1:])
-        pct = (count - bounds[:-1]) / interval_sizes
-        interp_vals = interpolate(values[:-1], values[1:], pct)
-        return indicator.dot(interp_vals) + (bounds[-1] <= count) * values[-1]
+        t = jnp.asarray(count).astype(jnp.float32)
+        bounds = jnp.asarray((0, *boundaries), jnp.float32)
+        factors = [jnp.asarray(v).astype(jnp.float32) for v in (init_value, *scales)]
+        values = jnp.cumprod(jnp.stack(factors))
+        sizes = jnp.maximum(bounds[1:] - bounds[:-1], 1.0)
+        inside = ((bounds[:-1] <= t) & (t < bounds[1:])).astype(jnp.float32)
+        interp = interpolate(values[:-1], values[1:], (t - bounds[:-1]) / sizes)
+        after = (bounds[-1] <= t).astype(jnp.float32)
+        return jnp.dot(inside, interp) + after * values[-1]
 
     return schedule
 
