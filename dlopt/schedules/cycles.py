@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from dlopt.core import validation
 from dlopt.core.base import Schedule
 from dlopt.schedules.decay import (
+    cosine_interpolate,
     join_schedules,
     linear_schedule,
     warmup_cosine_decay_schedule,
@@ -20,10 +21,6 @@ from dlopt.schedules.decay import (
 
 def _linear_interpolate(start, end, pct):
     return (end - start) * pct + start
-
-
-def _cosine_interpolate(start, end, pct):
-    return end + (start - end) / 2.0 * (jnp.cos(jnp.pi * pct) + 1)
 
 
 def piecewise_interpolate_schedule(
@@ -55,7 +52,7 @@ def piecewise_interpolate_schedule(
         [1.0, 0.55, 0.1, 0.0505, 0.001]
     """
     validation.check_choice("interpolate_type", interpolate_type, ("linear", "cosine"))
-    interpolate = _linear_interpolate if interpolate_type == "linear" else _cosine_interpolate
+    interpolate = _linear_interpolate if interpolate_type == "linear" else cosine_interpolate
     if boundaries_and_scales:
         boundaries, scales = zip(*sorted(boundaries_and_scales.items()), strict=True)
         if not all(s >= 0.0 for s in scales):

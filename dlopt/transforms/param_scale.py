@@ -3,6 +3,7 @@ and `scale_by_distance_over_gradients` (DoG, the distance travelled from the sta
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import chex
@@ -47,6 +48,16 @@ def scale_by_param_block_norm(min_scale: chex.Numeric = 1e-3) -> GradientTransfo
         Array([5., 5.], dtype=float32)
     """
     validation.check_non_negative("min_scale", min_scale)
+    return param_block_scaling("scale_by_param_block_norm", lambda p: safe_block_norm(p, min_scale))
+
+
+def param_block_scaling(
+    name: str, block_scale: Callable[[chex.Array], chex.Array]
+) -> GradientTransformation:
+    """``u <- u * block_scale(w)`` leaf by leaf (in the wider of the two dtypes, returned in
+    the parameter's): the stateless body of `scale_by_param_block_norm` and
+    `dlopt.scale_by_param_block_rms`. ``name`` is the factory's, for the missing-params error.
+    """
 
     def init_fn(params):
         tree_lib.check_float_params(params)
@@ -54,12 +65,11 @@ def scale_by_param_block_norm(min_scale: chex.Numeric = 1e-3) -> GradientTransfo
 
     def scale_leaf(u, p, out_dtype):
         f = numerics.compute_dtype(u.dtype, p.dtype)
-        norm = safe_block_norm(p.astype(f), min_scale)
-        return (u.astype(f) * norm.astype(f)).astype(out_dtype)
+        return (u.astype(f) * block_scale(p.astype(f)).astype(f)).astype(out_dtype)
 
     def update_fn(updates, state, params=None):
         if params is None:
-            raise ValueError("scale_by_param_block_norm needs params: call update(u, s, params).")
+            raise ValueError(f"{name} needs params: call update(u, s, params).")
         dtypes = numerics.out_dtypes(updates, params)
         return jax.tree.map(scale_leaf, updates, params, dtypes), state
 
