@@ -103,15 +103,7 @@ def conditionally_mask(
         u_t \\leftarrow \\begin{cases} \\mathrm{inner}(u_t) & c(t) \\\\ 0 & \\text{else}
         \\end{cases}
 
-    On a rejected step the inner state is kept as it was. ``step`` counts the calls from 0.
-
-    Args:
-        inner: the transform to run.
-        should_transform_fn: ``(step, **extra_args) -> bool`` (a `ConditionFn`).
-        forward_extra_args: pass the update's extra arguments to the condition too.
-
-    Returns:
-        A `GradientTransformationExtraArgs` with state `ConditionallyMaskState`.
+    The arguments are `conditionally_transform`'s; the state is `ConditionallyMaskState`.
 
     Example:
         >>> import jax.numpy as jnp, dlopt
