@@ -57,9 +57,6 @@ def _quiet(factory, *args):
         return factory(*args)
 
 
-# default_params' structure: {"matrix", "vector", "scalar", "nested": [a, [b]]}
-_FREEZE_MASK = {"matrix": False, "vector": True, "scalar": False, "nested": [False, [True]]}
-
 DECAYS = {"decays_weights": True}
 
 TRANSFORMS = [
@@ -224,8 +221,7 @@ TRANSFORMS = [
     Entry(
         "selective_transform",
         "",
-        lambda: dlopt.selective_transform(dlopt.adam(1e-2), freeze_mask=_FREEZE_MASK),
-        {"check_none_leaves": False},
+        lambda: dlopt.selective_transform(dlopt.adam(1e-2), freeze_mask=_matrices),
     ),
     Entry("stateless_with_tree_map", "", lambda: dlopt.stateless_with_tree_map(_half)),
     Entry(

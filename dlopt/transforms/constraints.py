@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from dlopt.core import numerics
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import EmptyState, GradientTransformation, init_empty_state
-from dlopt.core.combine import masked, partition
+from dlopt.core.combine import masked, partition, resolve_mask
 
 NonNegativeParamsState = EmptyState
 
@@ -122,7 +122,7 @@ def freeze(
 def selective_transform(
     optimizer: GradientTransformation,
     *,
-    freeze_mask: bool | chex.ArrayTree,
+    freeze_mask: bool | chex.ArrayTree | Callable[[chex.ArrayTree], chex.ArrayTree],
 ) -> GradientTransformation:
     """``optimizer`` on the leaves where ``freeze_mask`` is False; zero updates and no
     optimizer state on the others (optax's name for a `partition` with a frozen group).
@@ -132,7 +132,8 @@ def selective_transform(
 
     Args:
         optimizer: the transform for the trained leaves.
-        freeze_mask: a pytree of bools with the params' structure (True freezes the leaf).
+        freeze_mask: a pytree of bools with the params' structure (True freezes the leaf),
+            or (dlopt only) a callable ``params -> such a pytree``.
 
     Returns:
         A `GradientTransformation` with state `dlopt.PartitionState`.
@@ -146,10 +147,9 @@ def selective_transform(
         >>> tx.update(params, tx.init(params), params)[0]["embed"]
         Array([0., 0.], dtype=float32)
     """
-    if callable(freeze_mask):
-        raise TypeError(
-            "freeze_mask must be a pytree of bools (not a callable); for a callable mask use "
-            "dlopt.freeze(mask) or dlopt.partition."
-        )
-    labels = jax.tree.map(lambda m: "freeze" if m else "train", freeze_mask)
+
+    def labels(params):
+        mask = resolve_mask(freeze_mask, params)
+        return jax.tree.map(lambda m: "freeze" if m else "train", mask)
+
     return partition({"train": optimizer, "freeze": _set_to_zero()}, labels)
