@@ -6,6 +6,8 @@ entry gives the same parameters in the tree and the flat layout).
 
 from __future__ import annotations
 
+import warnings
+
 import cases_adam_family
 import cases_large_batch
 import cases_modern
@@ -39,6 +41,20 @@ def _halve(updates, params):
 
 def _schedule(count):
     return 0.1 / (1.0 + count.astype(jnp.float32))
+
+
+def _norms(updates):
+    return jax.tree.map(lambda u: jnp.sqrt(jnp.sum(u * u)), updates)
+
+
+def _half(u, p):
+    return 0.5 * u
+
+
+def _quiet(factory, *args):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return factory(*args)
 
 
 DECAYS = {"decays_weights": True}
@@ -195,4 +211,55 @@ TRANSFORMS = [
     *cases_modern.CONFORMANCE,
     *cases_schedule_free.CONFORMANCE,
     *cases_second_order.CONFORMANCE,
+    # optax API: wrappers, layouts, monitoring (issue 21)
+    Entry("apply_every", "", lambda: dlopt.apply_every(2)),
+    Entry(
+        "multi_steps",
+        "schedule_skip",
+        lambda: dlopt.MultiSteps(
+            dlopt.adam(1e-2), lambda step: 2, should_skip_update_fn=dlopt.skip_not_finite
+        ).gradient_transformation(),
+    ),
+    Entry(
+        "multi_transform",
+        "",
+        lambda: dlopt.multi_transform(
+            {"matrix": dlopt.adam(1e-2), "other": dlopt.sgd(0.1)}, _labels
+        ),
+    ),
+    Entry("flatten", "", lambda: dlopt.flatten(dlopt.adam(1e-2))),
+    Entry(
+        "conditionally_mask",
+        "",
+        lambda: dlopt.conditionally_mask(dlopt.sgd(0.1, momentum=0.9), lambda step: step % 2 == 0),
+    ),
+    Entry(
+        "conditionally_transform",
+        "",
+        lambda: dlopt.conditionally_transform(dlopt.adam(1e-2), lambda step: step >= 1),
+    ),
+    Entry("snapshot", "", lambda: dlopt.chain(dlopt.snapshot("g", _norms), dlopt.sgd(0.1))),
+    Entry("monitor", "", lambda: dlopt.chain(dlopt.monitor({"g": _norms}), dlopt.sgd(0.1))),
+    Entry(
+        "measure_with_ema",
+        "in_monitor",
+        lambda: dlopt.monitor({"ema": dlopt.measure_with_ema(_norms, 0.9)}),
+    ),
+    Entry(
+        "selective_transform",
+        "",
+        lambda: dlopt.selective_transform(dlopt.adam(1e-2), freeze_mask=_matrices),
+    ),
+    Entry("stateless_with_tree_map", "", lambda: dlopt.stateless_with_tree_map(_half)),
+    Entry(
+        "scale_by_param_block_norm",
+        "",
+        lambda: dlopt.chain(dlopt.scale_by_param_block_norm(), dlopt.scale(-0.1)),
+    ),
+    Entry(
+        "scale_by_distance_over_gradients",
+        "",
+        lambda: dlopt.chain(dlopt.scale_by_distance_over_gradients(), dlopt.scale(-1.0)),
+    ),
+    Entry("optimistic_adam", "", lambda: _quiet(dlopt.optimistic_adam, 1e-2)),
 ]

@@ -49,6 +49,7 @@ REQUIRED: dict[str, Any] = {
     "max_consecutive_errors": 3,
     "every_k": 2,
     "init_step": ("heuristic", 1e-6),  # scale_by_dog
+    "measure": lambda updates: updates,
 }
 GROUPS = (
     cases_adam_family, cases_large_batch, cases_modern, cases_schedule_free, cases_second_order,
@@ -67,6 +68,15 @@ NO_HYPERPARAMETERS = {
     "inject_hyperparams",
     "inject_stateful_hyperparams",
     "fused",
+    # optax API wrappers (issue 21): transforms, callables and masks only
+    "multi_transform",
+    "flatten",
+    "monitor",
+    "snapshot",
+    "selective_transform",
+    "stateless_with_tree_map",
+    "conditionally_mask",
+    "conditionally_transform",
 }.union(*(group.NO_HYPERPARAMETERS for group in GROUPS))
 NUMERIC_HINTS = ("Numeric", "float", "int", "Schedule", "Array")
 EXTRA_ARGS = {"value": jnp.asarray(1.0, jnp.float32)}

@@ -25,10 +25,35 @@ def _is_function(value: Any) -> bool:
     return inspect.isfunction(value) or isinstance(value, functools.partial)
 
 
-def _tree_module(module: types.ModuleType) -> bool:
-    """optax's pytree utilities (``optax.tree.scale`` is not a transform): never swapped."""
-    name = module.__name__
-    return name.startswith(("optax.tree", "optax.tree_utils"))
+def counterpart(module_name: str, dlopt: types.ModuleType) -> types.ModuleType | None:
+    """The dlopt module whose names stand in for optax module ``module_name``'s: the same
+    public submodule (``optax.losses._regression`` -> ``dlopt.losses``,
+    ``optax.transforms._clipping`` -> ``dlopt.transforms``), else dlopt's top level
+    (``optax._src.alias``). optax's pytree modules are swapped only by dlopt's of the same
+    path (``optax.tree.scale`` is not the transform ``dlopt.scale``)."""
+    parts = module_name.split(".")
+    if len(parts) < 2 or parts[1].startswith("_"):
+        return dlopt
+    try:
+        return importlib.import_module("dlopt." + parts[1])
+    except ImportError:
+        return None if parts[1] in ("tree", "tree_utils") else dlopt
+
+
+def _evaluated(fn: Any) -> Any:
+    """``fn`` with its signature's annotations evaluated (set once as ``__signature__``).
+
+    dlopt's modules postpone annotations (strings); optax's tests that check
+    ``annotation in (optax.ScalarOrSchedule, optax.Schedule)`` (ScheduleAsLearningRateTest)
+    see dlopt's ``ScalarOrSchedule``, which compares equal to optax's.
+    """
+    target = fn.func if isinstance(fn, functools.partial) else fn
+    if "__signature__" not in vars(target):
+        try:
+            target.__signature__ = inspect.signature(target, eval_str=True)
+        except Exception:  # noqa: BLE001 - an annotation that needs TYPE_CHECKING imports
+            pass
+    return fn
 
 
 class Proxy(types.ModuleType):
@@ -47,11 +72,12 @@ class Proxy(types.ModuleType):
         value = getattr(real, name)
         if isinstance(value, types.ModuleType) and value.__name__.startswith("optax"):
             return sys.modules.get(value.__name__, value)
-        if not name.startswith("_") and _is_function(value) and not _tree_module(real):
-            ours = getattr(dlopt, name, None)
+        home = counterpart(real.__name__, dlopt)
+        if not name.startswith("_") and _is_function(value) and home is not None:
+            ours = getattr(home, name, None)
             if ours is not None and _is_function(ours):
                 SWAPPED.setdefault(real.__name__, set()).add(name)
-                return ours
+                return _evaluated(ours)
         return value
 
     def __setattr__(self, name: str, value: Any) -> None:

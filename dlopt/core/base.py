@@ -20,7 +20,8 @@ Params = chex.ArrayTree
 Updates = chex.ArrayTree
 OptState = chex.ArrayTree
 Numeric = chex.Numeric
-Schedule = Callable[[chex.Numeric], chex.Numeric]
+Schedule = Callable[[jax.typing.ArrayLike], jax.typing.ArrayLike]
+# equal (==) to optax's ScalarOrSchedule, so an annotation check written for optax accepts it
 ScalarOrSchedule = float | jax.Array | Schedule
 
 
@@ -44,6 +45,12 @@ class TransformInitFn(Protocol):
 class TransformUpdateFn(Protocol):
     def __call__(
         self, updates: Updates, state: OptState, params: Params | None = None
+    ) -> tuple[Updates, OptState]: ...
+
+
+class TransformUpdateExtraArgsFn(Protocol):
+    def __call__(
+        self, updates: Updates, state: OptState, params: Params | None = None, **extra_args: Any
     ) -> tuple[Updates, OptState]: ...
 
 
@@ -77,6 +84,13 @@ class EmptyState(NamedTuple):
 
 
 def init_empty_state(params: Params) -> EmptyState:
+    """The ``init`` of a stateless transform: ignores ``params``, returns `EmptyState`.
+
+    Example:
+        >>> import dlopt
+        >>> dlopt.init_empty_state({"w": 1.0})
+        EmptyState()
+    """
     del params
     return EmptyState()
 
@@ -134,6 +148,29 @@ def stateless(
     def update_fn(updates, state, params=None):
         del state
         return f(updates, params), EmptyState()
+
+    return GradientTransformation(init_empty_state, update_fn)
+
+
+def stateless_with_tree_map(
+    f: Callable[[chex.Array, chex.Array | None], chex.Array],
+) -> GradientTransformation:
+    """Lifts a per-leaf ``f(update, param) -> update`` to a transform with no state.
+
+    ``u_i <- f(u_i, p_i)`` for every leaf ``i``; without params, ``f(u_i, None)``.
+
+    Example:
+        >>> import jax.numpy as jnp, dlopt
+        >>> tx = dlopt.stateless_with_tree_map(lambda u, p: -0.1 * u)
+        >>> tx.update({"w": jnp.ones(2)}, tx.init(None))[0]["w"]
+        Array([-0.1, -0.1], dtype=float32)
+    """
+
+    def update_fn(updates, state, params=None):
+        del state
+        if params is not None:
+            return jax.tree.map(f, updates, params), EmptyState()
+        return jax.tree.map(lambda u: f(u, None), updates), EmptyState()
 
     return GradientTransformation(init_empty_state, update_fn)
 

@@ -99,7 +99,8 @@ class MaskedState(NamedTuple):
     inner_state: Any
 
 
-Mask = chex.ArrayTree | Callable[[chex.ArrayTree], chex.ArrayTree]
+MaskOrFn = chex.ArrayTree | Callable[[chex.ArrayTree], chex.ArrayTree]  # optax's name
+Mask = MaskOrFn
 
 
 def resolve_mask(mask: Mask, tree: chex.ArrayTree) -> chex.ArrayTree:
@@ -121,12 +122,19 @@ def _hide(tree: chex.ArrayTree, mask: chex.ArrayTree) -> chex.ArrayTree:
     return jax.tree.map(lambda m, x: x if m else MaskedNode(), mask, tree)
 
 
-def masked(inner: GradientTransformation, mask: Mask) -> GradientTransformationExtraArgs:
+def masked(
+    inner: GradientTransformation,
+    mask: Mask,
+    *,
+    mask_compatible_extra_args: bool = False,
+) -> GradientTransformationExtraArgs:
     """Applies ``inner`` only where ``mask`` is True; other updates pass through unchanged.
 
     ``mask`` is a pytree of bools with the params' structure (or a prefix of it), or a
     callable ``params -> that pytree``. ``inner`` keeps state only for the selected leaves;
-    with none selected (a `partition` label no leaf carries) it is not called.
+    with none selected (a `partition` label no leaf carries) it is not called. With
+    ``mask_compatible_extra_args``, an extra argument with the updates' tree structure (a
+    per-parameter value) is masked the same way before it reaches ``inner``.
 
     Example:
         >>> import jax.numpy as jnp, dlopt
@@ -148,6 +156,12 @@ def masked(inner: GradientTransformation, mask: Mask) -> GradientTransformationE
         if not jax.tree.leaves(hidden_updates):  # nothing selected (a partition's unused label)
             return updates, state
         hidden_params = None if params is None else _hide(params, mask_tree)
+        if mask_compatible_extra_args:
+            structure = jax.tree.structure(updates)
+            extra_args = {
+                k: _hide(v, mask_tree) if jax.tree.structure(v) == structure else v
+                for k, v in extra_args.items()
+            }
         new_updates, inner_state = inner.update(
             hidden_updates, state.inner_state, hidden_params, **extra_args
         )
@@ -166,11 +180,15 @@ class PartitionState(NamedTuple):
 def partition(
     transforms: Mapping[Hashable, GradientTransformation],
     param_labels: chex.ArrayTree | Callable[[chex.ArrayTree], chex.ArrayTree],
+    *,
+    mask_compatible_extra_args: bool = False,
 ) -> GradientTransformationExtraArgs:
     """Different transforms for different parameter groups (torch's param groups).
 
     ``param_labels`` gives each leaf (or subtree) a key of ``transforms``, or is a callable
     ``params -> labels``. Each group's transform sees and keeps state for its leaves only.
+    ``mask_compatible_extra_args``: as in `masked` (per-parameter extra arguments are split
+    by group too).
 
     Example:
         >>> import jax, jax.numpy as jnp, dlopt
@@ -202,17 +220,20 @@ def partition(
 
     groups = {label: with_extra_args_support(t) for label, t in transforms.items()}
 
+    def _group(t, mask_tree):
+        return masked(t, mask_tree, mask_compatible_extra_args=mask_compatible_extra_args)
+
     def init_fn(params):
         mask_by_label = masks(params)
         return PartitionState(
-            {label: masked(t, mask_by_label[label]).init(params) for label, t in groups.items()}
+            {label: _group(t, mask_by_label[label]).init(params) for label, t in groups.items()}
         )
 
     def update_fn(updates, state, params=None, **extra_args):
         mask_by_label = masks(updates if params is None else params)
         new_states = {}
         for label, t in groups.items():
-            updates, new_states[label] = masked(t, mask_by_label[label]).update(
+            updates, new_states[label] = _group(t, mask_by_label[label]).update(
                 updates, state.inner_states[label], params, **extra_args
             )
         return updates, PartitionState(new_states)
@@ -325,3 +346,7 @@ def _check_label(label: Any, what: str) -> None:
         hash(label)
     except TypeError:
         raise TypeError(f"{what} must be hashable, got {label!r}.") from None
+
+
+multi_transform = partition  # optax's deprecated name for `partition`, kept for its users
+MultiTransformState = PartitionState

@@ -14,7 +14,6 @@ import numpy as np
 from dlopt.core import numerics, rule, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import (
-    EmptyState,
     GradientTransformation,
     GradientTransformationExtraArgs,
     ScalarOrSchedule,
@@ -23,6 +22,7 @@ from dlopt.core.combine import Mask, chain
 from dlopt.core.per_leaf import per_leaf
 from dlopt.transforms.clipping import clip_by_block_rms
 from dlopt.transforms.ema import ema
+from dlopt.transforms.param_scale import param_block_scaling
 from dlopt.transforms.regularizers import add_decayed_weights
 from dlopt.transforms.scaling import scale, scale_by_learning_rate
 
@@ -223,23 +223,7 @@ def scale_by_param_block_rms(min_scale: chex.Numeric = 1e-3) -> GradientTransfor
         >>> tx = dlopt.chain(dlopt.scale_by_param_block_rms(), dlopt.scale(-0.01))
     """
     validation.check_non_negative("min_scale", min_scale)
-
-    def init_fn(params):
-        tree_lib.check_float_params(params)
-        return EmptyState()
-
-    def scale_leaf(u, p, out_dtype):
-        f = numerics.compute_dtype(u.dtype, p.dtype)
-        rms = _safe_rms(p.astype(f), min_scale)
-        return (u.astype(f) * rms.astype(f)).astype(out_dtype)
-
-    def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError("scale_by_param_block_rms needs params: call update(u, s, params).")
-        dtypes = numerics.out_dtypes(updates, params)
-        return jax.tree.map(scale_leaf, updates, params, dtypes), state
-
-    return GradientTransformation(init_fn, update_fn)
+    return param_block_scaling("scale_by_param_block_rms", lambda p: _safe_rms(p, min_scale))
 
 
 def adafactor(

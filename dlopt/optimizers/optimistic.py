@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import chex
@@ -185,3 +186,65 @@ def optimistic_adam_v2(
         ),
         scale_by_learning_rate(learning_rate),
     )  # fmt: skip
+
+
+def optimistic_adam(
+    learning_rate: chex.Numeric,
+    optimism: chex.Numeric | None = None,
+    b1: chex.Numeric = 0.9,
+    b2: chex.Numeric = 0.999,
+    eps: chex.Numeric = 1e-08,
+    eps_root: chex.Numeric = 0.0,
+    mu_dtype: Any | None = None,
+    *,
+    nesterov: bool = True,
+) -> GradientTransformationExtraArgs:
+    """optax's deprecated optimistic Adam: the learning rate is the optimism weight alpha.
+
+    .. math:: w_{t+1} = w_t - \\left((\\eta + o)\\, r_t - o\\, r_{t-1}\\right)
+
+    with :math:`r_t` Adam's direction (see `optimistic_adam_v2`) and :math:`o` =
+    ``optimism`` (default :math:`\\eta`). Use `optimistic_adam_v2`, which takes schedules and
+    separates the step size from the optimism; this one warns ``DeprecationWarning`` as
+    optax's does.
+
+    Args:
+        learning_rate: :math:`\\eta` >= 0, a number (a schedule raises ``ValueError``).
+        optimism: :math:`o` (default ``learning_rate``).
+        b1, b2, eps, eps_root, mu_dtype, nesterov: as in `scale_by_adam`.
+
+    Returns:
+        ``chain(scale_by_adam(...), scale_by_optimistic_gradient(alpha=learning_rate,
+        beta=optimism), scale_by_learning_rate(1.0))``.
+
+    Example:
+        >>> import warnings, jax.numpy as jnp, dlopt
+        >>> with warnings.catch_warnings():
+        ...     warnings.simplefilter("ignore", DeprecationWarning)
+        ...     tx = dlopt.optimistic_adam(1e-3)
+        >>> state = tx.init({"x": jnp.zeros(2)})
+
+    References:
+        Daskalakis, Ilyas, Syrgkanis and Zeng, 2018, "Training GANs with Optimism", ICLR.
+    """
+    warnings.warn(
+        "optimistic_adam is deprecated (as in optax): use dlopt.optimistic_adam_v2.",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    if callable(learning_rate):
+        raise ValueError(
+            "optimistic_adam takes a number as learning_rate, not a schedule; use "
+            "dlopt.optimistic_adam_v2 for schedules."
+        )
+    validation.check_non_negative("learning_rate", learning_rate)
+    if optimism is None:
+        optimism = learning_rate
+    validation.check_finite("optimism", optimism)
+    return chain(
+        scale_by_adam(
+            b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nesterov=nesterov
+        ),
+        scale_by_optimistic_gradient(alpha=learning_rate, beta=optimism),
+        scale_by_learning_rate(1.0),
+    )

@@ -20,23 +20,16 @@ from dlopt.core.combine import Mask, chain, masked
 from dlopt.core.per_leaf import per_leaf
 from dlopt.optimizers.adam import scale_by_adam
 from dlopt.optimizers.sgd import trace
+from dlopt.transforms.param_scale import safe_block_norm
 from dlopt.transforms.regularizers import AddDecayedWeightsState, add_decayed_weights
 from dlopt.transforms.scaling import scale_by_learning_rate
-
-
-def _safe_norm(x: chex.Array, min_norm: chex.Numeric) -> chex.Array:
-    """``max(||x||, min_norm)`` (Frobenius) whose gradient is 0, not NaN, at ``x = 0``."""
-    norm = jnp.linalg.norm(x)
-    floor = tree_lib.scalar_like(min_norm, norm)
-    x = jnp.where(norm <= floor, jnp.ones_like(x), x)
-    return jnp.where(norm <= floor, floor, jnp.linalg.norm(x))
 
 
 def _trust_ratio_leaf(u, p, out_dtype, *, min_norm, trust_coefficient, eps):
     f = numerics.compute_dtype(u.dtype, p.dtype)
     u = u.astype(f)
-    param_norm = _safe_norm(p.astype(f), min_norm)
-    update_norm = _safe_norm(u, min_norm)
+    param_norm = safe_block_norm(p.astype(f), min_norm)
+    update_norm = safe_block_norm(u, min_norm)
     ratio = (
         tree_lib.scalar_like(trust_coefficient, param_norm)
         * param_norm
@@ -46,6 +39,9 @@ def _trust_ratio_leaf(u, p, out_dtype, *, min_norm, trust_coefficient, eps):
     zero = jnp.logical_or(param_norm == 0.0, update_norm == 0.0)
     ratio = jnp.where(zero, jnp.ones_like(ratio), ratio)
     return (u * ratio.astype(f)).astype(out_dtype)
+
+
+ScaleByTrustRatioState = EmptyState  # the state of `scale_by_trust_ratio` (optax's alias)
 
 
 @per_leaf

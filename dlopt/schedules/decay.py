@@ -437,7 +437,8 @@ def warmup_exponential_decay_schedule(
     )
 
 
-def _cosine_interpolate(start: chex.Array, end: chex.Array, pct: chex.Array) -> chex.Array:
+def cosine_interpolate(start: chex.Array, end: chex.Array, pct: chex.Array) -> chex.Array:
+    """``end + (start - end) (1 + cos(pi pct)) / 2``: from ``start`` (pct 0) to ``end`` (1)."""
     return end + (start - end) / 2.0 * (jnp.cos(jnp.pi * pct) + 1.0)
 
 
@@ -488,8 +489,8 @@ def cosine_onecycle_schedule(
         t = _step(count)
         peak = _f32(peak_value)
         start, final = peak / _F32(div_factor), peak / _F32(div_factor * final_div_factor)
-        rising = _cosine_interpolate(start, peak, t / _F32(max(up, 1)))
-        falling = _cosine_interpolate(
+        rising = cosine_interpolate(start, peak, t / _F32(max(up, 1)))
+        falling = cosine_interpolate(
             peak, final, (t - _F32(up)) / _F32(max(transition_steps - up, 1))
         )
         return jnp.where(t < up, rising, jnp.where(t < transition_steps, falling, final))

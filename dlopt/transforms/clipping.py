@@ -15,8 +15,13 @@ import jax.numpy as jnp
 
 from dlopt.core import numerics, validation
 from dlopt.core import tree as tree_lib
-from dlopt.core.base import GradientTransformation, init_empty_state
+from dlopt.core.base import EmptyState, GradientTransformation, init_empty_state
 from dlopt.core.per_leaf import per_leaf
+
+# the states of the stateless clipping transforms (optax's aliases of EmptyState)
+ClipState = EmptyState
+ClipByGlobalNormState = EmptyState
+AdaptiveGradClipState = EmptyState
 
 
 def clip(max_delta: chex.Numeric) -> GradientTransformation:
@@ -168,16 +173,36 @@ def _agc_leaf(u, p, clipping, eps, axis):
     max_norm = jnp.asarray(clipping).astype(p_norm.dtype) * jnp.maximum(
         p_norm, jnp.asarray(eps).astype(p_norm.dtype)
     )
+    return unitwise_clip(g_norm, max_norm, u)
+
+
+def unitwise_clip(
+    g_norm: chex.Array, max_norm: chex.Array, grad: chex.Array, div_eps: chex.Numeric = 1e-6
+) -> chex.Array:
+    """``grad`` where ``g_norm < max_norm``, else ``grad * max_norm / max(g_norm, div_eps)``
+    (the three arrays of one shape; `unitwise_norm` gives ``g_norm``).
+
+    Example:
+        >>> import jax.numpy as jnp, dlopt
+        >>> g = jnp.array([3.0, 4.0])
+        >>> dlopt.transforms.unitwise_clip(jnp.full(2, 5.0), jnp.full(2, 1.0), g)
+        Array([0.6, 0.8], dtype=float32)
+    """
+    if not (jnp.shape(g_norm) == jnp.shape(max_norm) == jnp.shape(grad)):
+        raise ValueError(
+            "unitwise_clip needs g_norm, max_norm and grad of one shape, got "
+            f"{jnp.shape(g_norm)}, {jnp.shape(max_norm)}, {jnp.shape(grad)}."
+        )
     # The floor on the divisor only avoids 0/0; where it could engage, g_norm < max_norm.
-    factor = max_norm / jnp.maximum(g_norm, jnp.asarray(1e-6, g_norm.dtype))
-    wide = numerics.widen(u)
-    clipped = (wide * factor.astype(wide.dtype)).astype(u.dtype)
-    return jnp.where(g_norm < max_norm, u, clipped)
+    factor = max_norm / jnp.maximum(g_norm, jnp.asarray(div_eps, g_norm.dtype))
+    wide = numerics.widen(grad)
+    clipped = (wide * factor.astype(wide.dtype)).astype(grad.dtype)
+    return jnp.where(g_norm < max_norm, grad, clipped)
 
 
 @per_leaf
 def adaptive_grad_clip(
-    clipping: chex.Numeric, eps: chex.Numeric = 1e-3, *, axis: Axis = None
+    clipping: chex.Numeric, eps: chex.Numeric = 1e-3, axis: Axis = None
 ) -> GradientTransformation:
     """Adaptive gradient clipping (AGC): each unit's update norm is at most ``clipping``
     times its parameter norm.

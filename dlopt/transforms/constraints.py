@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from dlopt.core import numerics
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import EmptyState, GradientTransformation, init_empty_state
-from dlopt.core.combine import masked
+from dlopt.core.combine import masked, partition, resolve_mask
 
 NonNegativeParamsState = EmptyState
 
@@ -117,3 +117,39 @@ def freeze(
     if not (callable(mask) or isinstance(mask, bool | jax.Array) or jax.tree.leaves(mask)):
         raise TypeError(f"mask must be a bool, a pytree of bools or a callable, got {mask=!r}.")
     return masked(_set_to_zero(), mask)
+
+
+def selective_transform(
+    optimizer: GradientTransformation,
+    *,
+    freeze_mask: bool | chex.ArrayTree | Callable[[chex.ArrayTree], chex.ArrayTree],
+) -> GradientTransformation:
+    """``optimizer`` on the leaves where ``freeze_mask`` is False; zero updates and no
+    optimizer state on the others (optax's name for a `partition` with a frozen group).
+
+    Unlike `freeze` (which masks the updates of a chain), the frozen leaves here keep no
+    ``optimizer`` state: ``partition({"train": optimizer, "freeze": set_to_zero()}, labels)``.
+
+    Args:
+        optimizer: the transform for the trained leaves.
+        freeze_mask: a pytree of bools with the params' structure (True freezes the leaf),
+            or (dlopt only) a callable ``params -> such a pytree``.
+
+    Returns:
+        A `GradientTransformation` with state `dlopt.PartitionState`.
+
+    Example:
+        >>> import jax.numpy as jnp, dlopt
+        >>> params = {"embed": jnp.ones(2), "head": jnp.ones(2)}
+        >>> tx = dlopt.selective_transform(
+        ...     dlopt.sgd(0.1), freeze_mask={"embed": True, "head": False}
+        ... )
+        >>> tx.update(params, tx.init(params), params)[0]["embed"]
+        Array([0., 0.], dtype=float32)
+    """
+
+    def labels(params):
+        mask = resolve_mask(freeze_mask, params)
+        return jax.tree.map(lambda m: "freeze" if m else "train", mask)
+
+    return partition({"train": optimizer, "freeze": _set_to_zero()}, labels)

@@ -10,7 +10,13 @@ import jax.numpy as jnp
 
 from dlopt.core import numerics, validation
 from dlopt.core import tree as tree_lib
-from dlopt.core.base import GradientTransformation, ScalarOrSchedule, Schedule, init_empty_state
+from dlopt.core.base import (
+    EmptyState,
+    GradientTransformation,
+    ScalarOrSchedule,
+    Schedule,
+    init_empty_state,
+)
 
 
 def _scale_leaf(u: chex.Array, factor: chex.Numeric, out_dtype) -> chex.Array:
@@ -21,6 +27,9 @@ def _scaled(updates, params, factor):
     """``factor * u`` leaf by leaf, in each parameter's dtype when ``params`` are given."""
     dtypes = numerics.out_dtypes(updates, params)
     return jax.tree.map(lambda u, d: _scale_leaf(u, factor, d), updates, dtypes)
+
+
+ScaleState = EmptyState  # the state of `scale` (optax's alias)
 
 
 def scale(step_size: chex.Numeric) -> GradientTransformation:
@@ -77,6 +86,8 @@ def scale_by_learning_rate(
     """``u <- -lr * u`` (or ``+lr * u`` with ``flip_sign=False``); ``lr`` may be a schedule.
 
     A constant learning rate keeps no state (`EmptyState`); a schedule keeps the step count.
+    Deliberate difference from optax: ``learning_rate`` is required (optax's default ``None``
+    silently makes the transform `identity`; write ``identity()`` for that).
 
     Example:
         >>> import dlopt

@@ -94,14 +94,14 @@ def guarded_update(
 
 
 def apply_if_finite(
-    tx: GradientTransformation, max_consecutive_errors: int
+    inner: GradientTransformation, max_consecutive_errors: int
 ) -> GradientTransformationExtraArgs:
     """Skips a step whose gradient holds a NaN or Inf, and counts it.
 
     With :math:`c` the number of consecutive non-finite gradients (0 after a finite one):
 
     .. math::
-        u_t, S_t = \\begin{cases} \\mathrm{tx.update}(g_t, S_{t-1}) & g_t \\text{ finite or }
+        u_t, S_t = \\begin{cases} \\mathrm{inner.update}(g_t, S_{t-1}) & g_t \\text{ finite or }
         c > \\texttt{max\\_consecutive\\_errors} \\\\ 0,\\ S_{t-1} & \\text{otherwise}
         \\end{cases}
 
@@ -119,13 +119,13 @@ def apply_if_finite(
     and model state, averages), counting it in ``state.skipped_steps``; this wrapper then
     only sees finite gradients and stays at 0. That is deliberate, not a second guard on the
     same step: the step's guard also protects what this wrapper cannot see (model state, the
-    loss), so it is the one a train step needs. Wrap ``tx`` in this only for code outside
+    loss), so it is the one a train step needs. Wrap ``inner`` in this only for code outside
     dlopt's steps (optax-style loops, ``flax.training.train_state``, ``nnx.Optimizer``), or
     pass ``skip_nonfinite=False`` to make it the step's guard (then its give-up rule applies
     and ``total_notfinite`` is the number to read).
 
     Args:
-        tx: the transform to protect.
+        inner: the transform to protect.
         max_consecutive_errors: consecutive non-finite steps skipped before giving up (>= 0).
 
     Returns:
@@ -139,7 +139,7 @@ def apply_if_finite(
         optax.apply_if_finite (DeepMind, 2021).
     """
     validation.check_int("max_consecutive_errors", max_consecutive_errors, 0)
-    inner = _extra_args(tx)
+    inner = _extra_args(inner)
 
     def init_fn(params):
         zero = jnp.zeros([], jnp.int32)

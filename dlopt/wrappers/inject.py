@@ -330,3 +330,37 @@ def set_schedule_scale(opt_state: Any, name: str, scale: chex.Numeric) -> Any:
 
 
 inject_stateful_hyperparams = inject_hyperparams  # optax's older name for the same wrapper
+InjectStatefulHyperparamsState = InjectHyperparamsState  # its state (one more field: scales)
+
+
+class WrappedScheduleState(NamedTuple):
+    count: chex.Array  # int32 step, saturating
+
+
+class WrappedSchedule:
+    """A plain schedule ``step -> value`` as a `dlopt.StatefulSchedule` (optax's class): its
+    state counts the steps, ``update`` adds one, ``__call__`` is ``schedule_fn(count)``.
+
+    Example:
+        >>> import dlopt
+        >>> s = dlopt.WrappedSchedule(lambda t: 0.1 * (t + 1))
+        >>> state = s.update(s.init())
+        >>> round(float(s(state)), 6)
+        0.2
+    """
+
+    def __init__(self, schedule_fn: Callable[[chex.Numeric], chex.Numeric]):
+        if not callable(schedule_fn):
+            raise TypeError(f"schedule_fn must be a callable step -> value, got {schedule_fn!r}")
+        self.schedule_fn = schedule_fn
+
+    def init(self) -> WrappedScheduleState:
+        return WrappedScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(self, state: WrappedScheduleState, **extra_args: Any) -> WrappedScheduleState:
+        del extra_args
+        return WrappedScheduleState(count=tree_lib.safe_increment(state.count))
+
+    def __call__(self, state: WrappedScheduleState, **extra_args: Any) -> chex.Numeric:
+        del extra_args
+        return self.schedule_fn(state.count)
