@@ -89,7 +89,7 @@ def test_apply_updates_bf16_under_jit_and_none_leaves():
         ({"w": jnp.zeros((2, 2))}, r"params has \['b'\]\[0\] that updates lacks"),
         ({**GRADS, "extra": jnp.zeros(1)}, r"updates has \['extra'\] that params lacks"),
         ({**GRADS, "w": jnp.zeros((2, 3))}, r"differ in shape at \['w'\]: \(2, 2\) vs \(2, 3\)"),
-        ([jnp.zeros(2)], "the containers differ"),
+        ([jnp.zeros(2)], "params is a tuple and updates a list"),
     ],
     ids=["missing", "extra", "shape", "container"],
 )
