@@ -242,6 +242,30 @@ from dlopt.wrappers.quantized import QuantizedArray as QuantizedArray
 from dlopt.wrappers.quantized import QuantizedState as QuantizedState
 from dlopt.wrappers.quantized import quantized as quantized
 
+# --- contrib: galore, sophia, privacy, complex
+from dlopt.optimizers.galore import GaLoreDimensionNumbers as GaLoreDimensionNumbers
+from dlopt.optimizers.galore import GaLoreState as GaLoreState
+from dlopt.optimizers.galore import galore as galore
+from dlopt.optimizers.galore import scale_by_galore as scale_by_galore
+from dlopt.optimizers.sophia import HutchinsonState as HutchinsonState
+from dlopt.optimizers.sophia import SophiaState as SophiaState
+from dlopt.optimizers.sophia import (
+    hutchinson_estimator_diag_hessian as hutchinson_estimator_diag_hessian,
+)
+from dlopt.optimizers.sophia import scale_by_sophia as scale_by_sophia
+from dlopt.optimizers.sophia import sophia as sophia
+from dlopt.transforms.complex_valued import SplitRealAndImaginaryState as SplitRealAndImaginaryState
+from dlopt.transforms.complex_valued import split_real_and_imaginary as split_real_and_imaginary
+from dlopt.transforms.privacy import (
+    DifferentiallyPrivateAggregateState as DifferentiallyPrivateAggregateState,
+)
+from dlopt.transforms.privacy import (
+    differentially_private_aggregate as differentially_private_aggregate,
+)
+from dlopt.transforms.privacy import dpsgd as dpsgd
+from dlopt.transforms.privacy import per_example_global_norm_clip as per_example_global_norm_clip
+from dlopt.transforms.privacy import per_example_layer_norm_clip as per_example_layer_norm_clip
+
 # --- submodules
 from dlopt import metrics as metrics
 from dlopt.core import numerics as numerics
