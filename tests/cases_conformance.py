@@ -7,6 +7,7 @@ entry gives the same parameters in the tree and the flat layout).
 from __future__ import annotations
 
 import cases_adam_family
+import cases_contrib_b
 import cases_large_batch
 import cases_modern
 import cases_schedule_free
@@ -168,4 +169,5 @@ TRANSFORMS = [
     *cases_modern.CONFORMANCE,
     *cases_schedule_free.CONFORMANCE,
     *cases_second_order.CONFORMANCE,
+    *cases_contrib_b.CONFORMANCE,
 ]
