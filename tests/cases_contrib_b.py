@@ -70,7 +70,10 @@ CONFORMANCE: list[Entry] = [
         "galore",
         "decay_lion",
         lambda: dlopt.galore(
-            1e-2, rank=1, update_proj_gap=2, base_optimizer=dlopt.scale_by_lion(),
+            1e-2,
+            rank=1,
+            update_proj_gap=2,
+            base_optimizer=dlopt.scale_by_lion(),
             weight_decay=1e-2,
         ),
         SKIP_ZERO,

@@ -33,7 +33,9 @@ def _split(x: Any) -> Any:
 
 def _merge(x: Any) -> Any:
     if isinstance(x, SplitRealAndImaginaryArrays):
-        return x.real + x.imaginary * 1j
+        real, imaginary = (jnp.asarray(a) for a in x)
+        f = jnp.promote_types(real.dtype, jnp.float32)  # lax.complex takes f32 or f64 parts
+        return jax.lax.complex(real.astype(f), imaginary.astype(f))
     return x
 
 
