@@ -61,11 +61,11 @@ def split_real_and_imaginary(inner: GradientTransformation) -> GradientTransform
 
     Example:
         >>> import jax.numpy as jnp, dlopt
-        >>> tx = dlopt.split_real_and_imaginary(dlopt.adam(0.1))
+        >>> tx = dlopt.split_real_and_imaginary(dlopt.adam(0.5))
         >>> z = jnp.array([1.0 + 2.0j])
         >>> updates, _ = tx.update(jnp.array([1.0 - 4.0j]), tx.init(z), z)
         >>> print(updates.round(4))  # Adam's first step on each part: -lr * sign
-        [-0.1+0.1j]
+        [-0.5+0.5j]
     """
     validation.check_transformation("inner", inner)
 
