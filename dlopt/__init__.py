@@ -345,8 +345,30 @@ from dlopt.wrappers.multi_steps import MultiSteps as MultiSteps
 from dlopt.wrappers.multi_steps import ShouldSkipUpdateFunction as ShouldSkipUpdateFunction
 from dlopt.wrappers.multi_steps import skip_large_updates as skip_large_updates
 from dlopt.wrappers.multi_steps import skip_not_finite as skip_not_finite
-# per_example_global_norm_clip / per_example_layer_norm_clip: helper contrib_b's
-# dlopt/transforms/privacy.py exports them (the lead adds them here at merge).
+
+# --- contrib: galore, sophia, privacy, complex
+from dlopt.optimizers.galore import GaLoreDimensionNumbers as GaLoreDimensionNumbers
+from dlopt.optimizers.galore import GaLoreState as GaLoreState
+from dlopt.optimizers.galore import galore as galore
+from dlopt.optimizers.galore import scale_by_galore as scale_by_galore
+from dlopt.optimizers.sophia import HutchinsonState as HutchinsonState
+from dlopt.optimizers.sophia import SophiaState as SophiaState
+from dlopt.optimizers.sophia import (
+    hutchinson_estimator_diag_hessian as hutchinson_estimator_diag_hessian,
+)
+from dlopt.optimizers.sophia import scale_by_sophia as scale_by_sophia
+from dlopt.optimizers.sophia import sophia as sophia
+from dlopt.transforms.complex_valued import SplitRealAndImaginaryState as SplitRealAndImaginaryState
+from dlopt.transforms.complex_valued import split_real_and_imaginary as split_real_and_imaginary
+from dlopt.transforms.privacy import (
+    DifferentiallyPrivateAggregateState as DifferentiallyPrivateAggregateState,
+)
+from dlopt.transforms.privacy import (
+    differentially_private_aggregate as differentially_private_aggregate,
+)
+from dlopt.transforms.privacy import dpsgd as dpsgd
+from dlopt.transforms.privacy import per_example_global_norm_clip as per_example_global_norm_clip
+from dlopt.transforms.privacy import per_example_layer_norm_clip as per_example_layer_norm_clip
 
 # --- submodules
 from dlopt import contrib as contrib

@@ -9,6 +9,7 @@ from __future__ import annotations
 import warnings
 
 import cases_adam_family
+import cases_contrib_b
 import cases_large_batch
 import cases_modern
 import cases_schedule_free
@@ -262,4 +263,5 @@ TRANSFORMS = [
         lambda: dlopt.chain(dlopt.scale_by_distance_over_gradients(), dlopt.scale(-1.0)),
     ),
     Entry("optimistic_adam", "", lambda: _quiet(dlopt.optimistic_adam, 1e-2)),
+    *cases_contrib_b.CONFORMANCE,
 ]

@@ -21,6 +21,7 @@ import math
 from typing import Any
 
 import cases_adam_family
+import cases_contrib_b
 import cases_large_batch
 import cases_modern
 import cases_schedule_free
@@ -53,6 +54,7 @@ REQUIRED: dict[str, Any] = {
 }
 GROUPS = (
     cases_adam_family, cases_large_batch, cases_modern, cases_schedule_free, cases_second_order,
+    cases_contrib_b,
 )  # fmt: skip
 for group in GROUPS:
     REQUIRED |= group.REQUIRED
@@ -83,6 +85,8 @@ EXTRA_ARGS = {"value": jnp.asarray(1.0, jnp.float32)}
 # Per factory, a function of the params giving more extra arguments (value_fn=, grad=, ...),
 # and the (factory, argument) pairs where None is a documented value (accepted, not raised).
 FACTORY_EXTRA_ARGS = {k: v for group in GROUPS for k, v in getattr(group, "EXTRA_ARGS", {}).items()}
+# Per factory, the gradients it takes from the plain ones (DP-SGD's per-example batch)
+FACTORY_GRADS = {k: v for group in GROUPS for k, v in getattr(group, "GRADS", {}).items()}
 NONE_IS_VALID = set().union(*(getattr(group, "NONE_IS_VALID", set()) for group in GROUPS))
 PARAMS = {"w": jnp.linspace(-1.0, 1.0, 6, dtype=jnp.float32).reshape(3, 2), "b": jnp.ones(2)}
 GRADS = jax.tree.map(lambda p: 0.3 * p + 0.1, PARAMS)
@@ -143,7 +147,8 @@ def _build(factory_name: str, **override: Any):
 def _first_step_is_finite(tx, factory: str) -> bool:
     tx = dlopt.with_extra_args_support(tx)
     extra = EXTRA_ARGS | FACTORY_EXTRA_ARGS.get(factory, lambda params: {})(PARAMS)
-    updates, state = tx.update(GRADS, tx.init(PARAMS), PARAMS, **extra)
+    grads = FACTORY_GRADS.get(factory, lambda g: g)(GRADS)
+    updates, state = tx.update(grads, tx.init(PARAMS), PARAMS, **extra)
     leaves = jax.tree.leaves((updates, state))
     return all(
         bool(jnp.all(jnp.isfinite(x))) for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)

@@ -1,4 +1,4 @@
-# ruff: noqa: I001  (grouped by origin, not alphabetically; contrib_b appends its block)
+# ruff: noqa: I001  (grouped by origin, not alphabetically)
 """optax.contrib's names at optax's path: ``optax.contrib.muon`` -> ``dlopt.contrib.muon``.
 
 The contributed optimizers and their states, written in dlopt (each in its family file
@@ -58,5 +58,23 @@ from dlopt.optimizers.momo import MomoState as MomoState
 from dlopt.optimizers.momo import momo as momo
 from dlopt.optimizers.momo import momo_adam as momo_adam
 
-# --- contrib_b: galore, sophia + hutchinson, dpsgd + differentially_private_aggregate,
-# --- split_real_and_imaginary (added by the contrib_b branch below this line)
+# --- contrib: galore, sophia, privacy, complex
+from dlopt.optimizers.galore import GaLoreDimensionNumbers as GaLoreDimensionNumbers
+from dlopt.optimizers.galore import GaLoreState as GaLoreState
+from dlopt.optimizers.galore import galore as galore
+from dlopt.optimizers.galore import scale_by_galore as scale_by_galore
+from dlopt.optimizers.sophia import HutchinsonState as HutchinsonState
+from dlopt.optimizers.sophia import SophiaState as SophiaState
+from dlopt.optimizers.sophia import (
+    hutchinson_estimator_diag_hessian as hutchinson_estimator_diag_hessian,
+)
+from dlopt.optimizers.sophia import sophia as sophia
+from dlopt.transforms.complex_valued import SplitRealAndImaginaryState as SplitRealAndImaginaryState
+from dlopt.transforms.complex_valued import split_real_and_imaginary as split_real_and_imaginary
+from dlopt.transforms.privacy import (
+    DifferentiallyPrivateAggregateState as DifferentiallyPrivateAggregateState,
+)
+from dlopt.transforms.privacy import (
+    differentially_private_aggregate as differentially_private_aggregate,
+)
+from dlopt.transforms.privacy import dpsgd as dpsgd

@@ -29,7 +29,9 @@ def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArg
 
     Extra keyword arguments of ``update`` (e.g. ``value=`` for `reduce_on_plateau`) reach
     the transforms whose ``update`` accepts keyword arguments. When ``params`` are given,
-    their tree must match the updates' tree (a ``ValueError`` names the differing path).
+    their tree must match the updates' tree (a ``ValueError`` names the differing path), or
+    the first transform's output must (`differentially_private_aggregate` first turns
+    per-example gradients into the params' shapes).
 
     Example:
         >>> import jax.numpy as jnp, dlopt
@@ -51,10 +53,22 @@ def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArg
                 f"chain of {len(wrapped)} transforms got a state of {len(state)} entries; "
                 "build the state with this chain's init(params)."
             )
-        _check_params(updates, params)
+        try:
+            _check_params(updates, params)
+            mismatch = None
+        except ValueError as error:  # per-example grads: the first transform may reduce them
+            mismatch = error
         new_state = []
         for t, s in zip(wrapped, state, strict=True):
-            updates, s = t.update(updates, s, params, **extra_args)
+            try:
+                updates, s = t.update(updates, s, params, **extra_args)
+            except Exception as error:
+                if mismatch is not None:
+                    raise mismatch from error
+                raise
+            if mismatch is not None:
+                _check_params(updates, params)
+                mismatch = None
             new_state.append(s)
         return updates, tuple(new_state)
 

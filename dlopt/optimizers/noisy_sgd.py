@@ -7,7 +7,6 @@ from typing import NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from dlopt.core import numerics, validation
 from dlopt.core import tree as tree_lib
@@ -17,32 +16,9 @@ from dlopt.core.base import (
     ScalarOrSchedule,
 )
 from dlopt.core.combine import chain
+from dlopt.core.keys import prng_key
 from dlopt.core.per_leaf import per_leaf
 from dlopt.transforms.scaling import scale_by_learning_rate
-
-
-def _key(key: jax.Array | int | None, seed: int | None) -> jax.Array:
-    """A typed PRNG key from ``key`` (a key or an int seed) or optax's older ``seed``."""
-    if seed is not None and key is not None:
-        raise ValueError(f"pass one of key and seed, got key={key!r} and seed={seed!r}.")
-    if seed is not None:
-        validation.check_int("seed", seed, low=-(2**63))
-        return jax.random.key(seed)
-    if key is None:
-        return jax.random.key(0)  # optax warns, then uses 0 too
-    if isinstance(key, jax.Array | np.ndarray) and jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        return key
-    if isinstance(key, jax.Array | np.ndarray) and key.dtype == jnp.uint32 and key.shape == (2,):
-        return jax.random.wrap_key_data(key)  # a raw jax.random.PRNGKey
-    if isinstance(key, jax.Array | np.ndarray) and key.ndim == 0:
-        if jnp.issubdtype(key.dtype, jnp.integer):
-            return jax.random.key(key)
-    if isinstance(key, bool | np.bool_) or not isinstance(key, int | np.integer):
-        raise TypeError(
-            f"key must be a jax.random.key, a jax.random.PRNGKey or an int seed, got "
-            f"key={key!r} ({type(key).__name__})."
-        )
-    return jax.random.key(key)
 
 
 class AddNoiseState(NamedTuple):
@@ -92,7 +68,7 @@ def add_noise(
     """
     validation.check_non_negative("eta", eta)
     validation.check_non_negative("gamma", gamma)
-    initial_key = _key(key, seed)
+    initial_key = prng_key(key, seed)
     impl = jax.random.key_impl(initial_key)
 
     def init_fn(params):

@@ -49,5 +49,5 @@ from dlopt.wrappers.multi_steps import ShouldSkipUpdateFunction as ShouldSkipUpd
 from dlopt.wrappers.multi_steps import skip_large_updates as skip_large_updates
 from dlopt.wrappers.multi_steps import skip_not_finite as skip_not_finite
 
-# per_example_global_norm_clip, per_example_layer_norm_clip: helper contrib_b writes them in
-# dlopt/transforms/privacy.py; the lead adds their two re-exports here when merging.
+from dlopt.transforms.privacy import per_example_global_norm_clip as per_example_global_norm_clip
+from dlopt.transforms.privacy import per_example_layer_norm_clip as per_example_layer_norm_clip
