@@ -25,19 +25,40 @@ def _is_function(value: Any) -> bool:
     return inspect.isfunction(value) or isinstance(value, functools.partial)
 
 
-def _tree_module(module: types.ModuleType) -> bool:
-    """optax's pytree utilities (``optax.tree.scale`` is not a transform): never swapped."""
-    name = module.__name__
-    return name.startswith(("optax.tree", "optax.tree_utils"))
+# optax's public submodules (and their private files) answered by dlopt's module of the same
+# path, classes included (their functions take each other's enums, keys and distributions);
+# every other optax module is answered by dlopt's top level, functions only.
+SUBMODULES = {
+    f"optax.{name}": f"dlopt.{name}"
+    for name in (
+        "tree_utils",
+        "tree",
+        "projections",
+        "perturbations",
+        "assignment",
+        "microbatching",
+        "second_order",
+    )
+}
+
+
+def _counterpart(module_name: str) -> tuple[types.ModuleType, bool]:
+    """dlopt's module answering for optax's ``module_name``, and whether it is a submodule."""
+    for prefix, ours in SUBMODULES.items():
+        if module_name == prefix or module_name.startswith(prefix + "."):
+            return importlib.import_module(ours), True
+    return importlib.import_module("dlopt"), False
 
 
 class Proxy(types.ModuleType):
     """A module that answers with dlopt's function wherever dlopt exports the same name."""
 
-    def __init__(self, real: types.ModuleType, dlopt: types.ModuleType):
+    def __init__(self, real: types.ModuleType):
         super().__init__(real.__name__, real.__doc__)
+        dlopt, classes = _counterpart(real.__name__)
         object.__setattr__(self, "_real", real)
         object.__setattr__(self, "_dlopt", dlopt)
+        object.__setattr__(self, "_classes", classes)
         for name in ("__file__", "__path__", "__spec__", "__loader__", "__package__"):
             if hasattr(real, name):
                 object.__setattr__(self, name, getattr(real, name))
@@ -47,11 +68,13 @@ class Proxy(types.ModuleType):
         value = getattr(real, name)
         if isinstance(value, types.ModuleType) and value.__name__.startswith("optax"):
             return sys.modules.get(value.__name__, value)
-        if not name.startswith("_") and _is_function(value) and not _tree_module(real):
-            ours = getattr(dlopt, name, None)
-            if ours is not None and _is_function(ours):
-                SWAPPED.setdefault(real.__name__, set()).add(name)
-                return ours
+        if name.startswith("_"):
+            return value
+        ours = getattr(dlopt, name, None)
+        kinds = (_is_function,) + ((inspect.isclass,) if self._classes else ())
+        if ours is not None and ours is not value and any(k(value) and k(ours) for k in kinds):
+            SWAPPED.setdefault(real.__name__, set()).add(name)
+            return ours
         return value
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -64,8 +87,6 @@ class Proxy(types.ModuleType):
 def install() -> int:
     """Imports every non-test optax module and puts a `Proxy` in its place; returns the count."""
     import optax
-
-    import dlopt
 
     root = Path(optax.__file__).parent  # optax._src is a namespace package: walk files
     names = []
@@ -87,7 +108,7 @@ def install() -> int:
     for name in names:
         real = sys.modules.get(name)
         if isinstance(real, types.ModuleType) and not isinstance(real, Proxy):
-            proxies[name] = Proxy(real, dlopt)
+            proxies[name] = Proxy(real)
     for name, proxy in proxies.items():
         sys.modules[name] = proxy
         parent, _, child = name.rpartition(".")

@@ -96,7 +96,7 @@ def get_all_with_path(
     >>> import dlopt
     >>> state = dlopt.adam(1e-3).init(jnp.zeros(2))
     >>> [jax.tree_util.keystr(p) for p, _ in dlopt.tree.get_all_with_path(state, "count")]
-    ['[0].ScaleByAdamState.count']
+    ['[0]ScaleByAdamState.count']
     """
     found = _all_with_path(tree, key)
     if filtering:
