@@ -41,6 +41,21 @@ def safe_increment(count: chex.Numeric) -> chex.Numeric:
     return jnp.where(count < max_value, count + jnp.array(1, count_dtype), max_value)
 
 
+@jax.tree_util.register_pytree_node_class
+class ParamsPlaceholder:
+    """A leafless pytree node that stands for the params when `dlopt.tree.map_params` probes
+    an ``init`` for the params-shaped parts of its state; `dlopt.masked` passes it to its
+    inner transform unmasked (a mask cannot be laid over it), as optax's ``masked`` does."""
+
+    def tree_flatten(self):
+        return (), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        del aux, children
+        return cls()
+
+
 def dtype_of(x: Any) -> Any:
     """The dtype of an array, a Python number or an abstract ``jax.ShapeDtypeStruct``."""
     return jnp.dtype(x.dtype) if hasattr(x, "dtype") else jnp.result_type(x)

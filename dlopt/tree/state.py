@@ -17,6 +17,8 @@ from typing import Any, Protocol, runtime_checkable
 import jax
 from jax.tree_util import DictKey, FlattenedIndexKey, GetAttrKey, SequenceKey
 
+from dlopt.core.tree import ParamsPlaceholder
+
 
 @dataclasses.dataclass(frozen=True)
 class NamedTupleKey:
@@ -177,19 +179,6 @@ def set(  # noqa: A001 - optax's name
     return treedef.unflatten(replace(p, n) for p, n in _leaves_with_path(tree, has_any_key))
 
 
-@jax.tree_util.register_pytree_node_class
-class _ParamsPlaceholder:
-    """A leafless pytree node standing in for the params in `map_params`'s probe init."""
-
-    def tree_flatten(self):
-        return (), None
-
-    @classmethod
-    def tree_unflatten(cls, aux, children):
-        del aux, children
-        return cls()
-
-
 @runtime_checkable
 class Initable(Protocol):
     """An object with an ``init(params) -> state`` method (a GradientTransformation)."""
@@ -212,8 +201,9 @@ def map_params(
     The copies are found by running ``initable`` (a transformation or its ``init``) on a
     placeholder: the state's entries that come out as the placeholder are params-shaped. A
     part of the state built from a masked or reshaped params tree (``masked``) holds no
-    placeholder and counts as non-params, as in optax; pass ``is_leaf`` to stop ``f`` at
-    such nodes. Typical use: sharding specs for a state from the params' specs.
+    placeholder and counts as non-params, as in optax: `dlopt.masked` hands the placeholder
+    to its inner transform unmasked, so its inner state is mapped, with ``MaskedNode`` leaves
+    where the mask is False (pass ``is_leaf`` to stop ``f`` at them). Typical use: sharding specs for a state from the params' specs.
 
     >>> import jax.numpy as jnp
     >>> import dlopt
@@ -223,15 +213,15 @@ def map_params(
     >>> specs[0].mu, specs[0].count
     ({'w': 'W'}, None)
     """
-    placeholder = _ParamsPlaceholder()
+    placeholder = ParamsPlaceholder()
     init = initable.init if isinstance(initable, Initable) else initable
     probe = init(placeholder)
 
     def map_one(maybe_placeholder: Any, value: Any) -> Any:
-        if isinstance(maybe_placeholder, _ParamsPlaceholder):
+        if isinstance(maybe_placeholder, ParamsPlaceholder):
             return jax.tree.map(f, value, *rest, is_leaf=is_leaf)
         return value if transform_non_params is None else transform_non_params(value)
 
     return jax.tree.map(
-        map_one, probe, state, is_leaf=lambda v: isinstance(v, _ParamsPlaceholder)
+        map_one, probe, state, is_leaf=lambda v: isinstance(v, ParamsPlaceholder)
     )
