@@ -110,11 +110,20 @@ class MultiNormalDiagFromLogScale:
     def sample(self, shape: Sequence[int], key: jax.Array) -> jax.Array:
         """``loc + exp(log_scale) * eps``, ``eps ~ N(0, I)`` of shape ``(*shape, *param)``."""
         sample_shape = tuple(shape) + self._param_shape
-        return jax.random.normal(key, shape=sample_shape) * self._scale + self._mean
+        scale = jnp.broadcast_to(self._scale, sample_shape)
+        return jax.random.normal(key, shape=sample_shape) * scale + jnp.broadcast_to(
+            self._mean, sample_shape
+        )
 
     def log_prob(self, x: jax.typing.ArrayLike) -> jax.Array:
         """The log-density of ``x``, summed over the parameter axes."""
-        log_prob = gaussian.logpdf(x, loc=self._mean, scale=self._scale)
+        x = jnp.asarray(x)
+        shape = jnp.broadcast_shapes(x.shape, self._param_shape)
+        log_prob = gaussian.logpdf(
+            jnp.broadcast_to(x, shape),
+            loc=jnp.broadcast_to(self._mean, shape),
+            scale=jnp.broadcast_to(self._scale, shape),
+        )
         return jnp.sum(log_prob, axis=[-(i + 1) for i in range(len(self._param_shape))])
 
     @property

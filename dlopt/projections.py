@@ -57,17 +57,18 @@ def _projection_unit_simplex(values: jax.Array) -> jax.Array:
     n = values.shape[0]
     u = jnp.sort(values)[::-1]
     cumsum_u = jnp.cumsum(u)
-    ind = jnp.arange(n) + 1
+    ind = jnp.arange(1, n + 1, dtype=values.dtype)
     idx = jnp.count_nonzero(1 / ind + (u - cumsum_u / ind) > 0)
-    return jax.nn.relu(1 / idx + (values - cumsum_u[idx - 1] / idx))
+    rho = idx.astype(values.dtype)
+    return jax.nn.relu(1 / rho + (values - cumsum_u[idx - 1] / rho))
 
 
 @_projection_unit_simplex.defjvp
 def _projection_unit_simplex_jvp(primals, tangents):
     (values,), (values_dot,) = primals, tangents
     out = _projection_unit_simplex(values)
-    supp = out > 0
-    card = jnp.count_nonzero(supp)
+    supp = (out > 0).astype(values_dot.dtype)
+    card = jnp.sum(supp)
     return out, supp * values_dot - (jnp.dot(supp, values_dot) / card) * supp
 
 
