@@ -184,7 +184,8 @@ def microbatch(
     >>> import jax.numpy as jnp
     >>> import dlopt
     >>> fun = lambda x: (x + 1, jnp.sum(3 * x))
-    >>> how = (dlopt.microbatching.AccumulationType.CONCAT, dlopt.microbatching.AccumulationType.SUM)
+    >>> kinds = dlopt.microbatching.AccumulationType
+    >>> how = (kinds.CONCAT, kinds.SUM)
     >>> dlopt.microbatch(fun, argnums=0, microbatch_size=2, accumulator=how)(jnp.arange(1, 5))
     (Array([2, 3, 4, 5], dtype=int32), Array(30, dtype=int32))
     """
@@ -200,7 +201,9 @@ def microbatch(
         batch = [args[i] for i in argnums] + [kwargs[k] for k in argnames]
         sizes = jax.tree.leaves(
             jax.tree.map(
-                lambda ax, sub: jax.tree.map(lambda x: x.shape[ax], sub), tuple(in_axes), tuple(batch)
+                lambda ax, sub: jax.tree.map(lambda x: x.shape[ax], sub),
+                tuple(in_axes),
+                tuple(batch),
             )
         )
         if len(set(sizes)) > 1:

@@ -3,22 +3,22 @@ r"""Euclidean projections of a pytree onto convex sets (optax.projections).
 Each function solves ``argmin_p ||x - p||_2^2`` subject to ``p`` in a set ``C``, with every
 leaf of the tree one block of the vector ``x``:
 
-=====================  ===============================================  ======================
-function               ``C``                                            solution
-=====================  ===============================================  ======================
-projection_non_negative  ``p >= 0``                                     ``max(x, 0)``
-projection_box           ``lower <= p <= upper``                        ``clip(x, lower, upper)``
-projection_hypercube     ``0 <= p <= scale``                            box
-projection_linf_ball     ``||p||_inf <= scale``                         box
-projection_simplex       ``p >= 0, sum p = scale``                      sort-based, below
-projection_l1_sphere     ``||p||_1 = scale``                            ``sign(x) * simplex(|x|)``
-projection_l1_ball       ``||p||_1 <= scale``                           ``x`` inside, else sphere
-projection_l2_sphere     ``||p||_2 = scale``                            ``scale * x / ||x||``
-projection_l2_ball       ``||p||_2 <= scale``                           ``x * scale / max(||x||, scale)``
-projection_vector        the line ``t a``                               ``<x, a> / <a, a> * a``
-projection_hyperplane    ``<a, p> = b``                                 ``x + (b - <a, x>) / <a, a> * a``
-projection_halfspace     ``<a, p> <= b``                                the same step, if negative
-=====================  ===============================================  ======================
+=======================  =========================  ===================================
+function                 ``C``                      solution
+=======================  =========================  ===================================
+projection_non_negative  ``p >= 0``                 ``max(x, 0)``
+projection_box           ``lower <= p <= upper``    ``clip(x, lower, upper)``
+projection_hypercube     ``0 <= p <= scale``        a box
+projection_linf_ball     ``||p||_inf <= scale``     a box
+projection_simplex       ``p >= 0, sum p = scale``  sort-based, below
+projection_l1_sphere     ``||p||_1 = scale``        ``sign(x) * simplex(|x|)``
+projection_l1_ball       ``||p||_1 <= scale``       ``x`` inside, else the sphere
+projection_l2_sphere     ``||p||_2 = scale``        ``scale * x / ||x||``
+projection_l2_ball       ``||p||_2 <= scale``       ``x * scale / max(||x||, scale)``
+projection_vector        the line ``t a``           ``<x, a> / <a, a> * a``
+projection_hyperplane    ``<a, p> = b``             ``x + (b - <a, x>) / <a, a> * a``
+projection_halfspace     ``<a, p> <= b``            that step where it is negative
+=======================  =========================  ===================================
 
 The simplex projection (Held et al., 1974; Duchi et al., 2008): sort ``u = sort(x)``
 descending, ``rho = #{j : 1 + j u_j > sum_{i<=j} u_i}`` (for scale 1), ``tau = (sum_{i<=rho}

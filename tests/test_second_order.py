@@ -18,7 +18,9 @@ Y = jnp.array([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5]])
 
 
 def loss(params, inputs, targets):
-    return jnp.mean(jnp.sum((jnp.tanh(inputs @ params["w"] + params["b"][None]) - targets) ** 2, -1))
+    return jnp.mean(
+        jnp.sum((jnp.tanh(inputs @ params["w"] + params["b"][None]) - targets) ** 2, -1)
+    )
 
 
 def test_values_and_signatures_match_optax():

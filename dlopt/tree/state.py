@@ -203,13 +203,16 @@ def map_params(
     part of the state built from a masked or reshaped params tree (``masked``) holds no
     placeholder and counts as non-params, as in optax: `dlopt.masked` hands the placeholder
     to its inner transform unmasked, so its inner state is mapped, with ``MaskedNode`` leaves
-    where the mask is False (pass ``is_leaf`` to stop ``f`` at them). Typical use: sharding specs for a state from the params' specs.
+    where the mask is False (pass ``is_leaf`` to stop ``f`` at them). Typical use: sharding
+    specs for a state from the params' specs.
 
     >>> import jax.numpy as jnp
     >>> import dlopt
     >>> opt = dlopt.adam(1e-3)
     >>> state = opt.init({"w": jnp.zeros(2)})
-    >>> specs = dlopt.tree.map_params(opt, lambda p: "W", state, transform_non_params=lambda _: None)
+    >>> specs = dlopt.tree.map_params(
+    ...     opt, lambda p: "W", state, transform_non_params=lambda _: None
+    ... )
     >>> specs[0].mu, specs[0].count
     ({'w': 'W'}, None)
     """
@@ -222,6 +225,4 @@ def map_params(
             return jax.tree.map(f, value, *rest, is_leaf=is_leaf)
         return value if transform_non_params is None else transform_non_params(value)
 
-    return jax.tree.map(
-        map_one, probe, state, is_leaf=lambda v: isinstance(v, ParamsPlaceholder)
-    )
+    return jax.tree.map(map_one, probe, state, is_leaf=lambda v: isinstance(v, ParamsPlaceholder))

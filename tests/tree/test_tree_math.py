@@ -138,8 +138,10 @@ def test_random_trees_match_optax_and_unwrap_keys():
     for sampler in (jax.random.normal, jax.random.uniform):
         ours = dlopt.tree.random_like(key, X, sampler)
         _check_same(ours, optax.tree.random_like(key, X, sampler))
-    _check_same(dlopt.tree.random_like(key, X, dtype=jnp.bfloat16), optax.tree.random_like(
-        key, X, dtype=jnp.bfloat16))
+    _check_same(
+        dlopt.tree.random_like(key, X, dtype=jnp.bfloat16),
+        optax.tree.random_like(key, X, dtype=jnp.bfloat16),
+    )
     keys = dlopt.tree.split_key_like(key, X)
     chex.assert_trees_all_equal(
         dlopt.tree.unwrap_random_key_data(keys),
@@ -162,8 +164,13 @@ def test_top_level_moment_names_are_the_tree_functions():
     assert dlopt.update_moment is dlopt.tree.update_moment
     assert dlopt.bias_correction is dlopt.tree.bias_correction
     assert dlopt.tree_map_params is dlopt.tree.map_params
-    for name in ("update_moment", "update_infinity_moment", "update_moment_per_elem_norm",
-                 "bias_correction", "tree_map_params"):
+    for name in (
+        "update_moment",
+        "update_infinity_moment",
+        "update_moment_per_elem_norm",
+        "bias_correction",
+        "tree_map_params",
+    ):
         assert parameters(getattr(dlopt, name)) == parameters(getattr(optax, name)), name
 
 

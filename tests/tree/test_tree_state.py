@@ -31,9 +31,7 @@ def _same_paths(ours, theirs):
 @pytest.mark.parametrize("key", ["count", "mu", "AddNoiseState", "lr", "missing"])
 def test_get_all_with_path_matches_optax(key):
     state = _state()
-    _same_paths(
-        dlopt.tree.get_all_with_path(state, key), optax.tree.get_all_with_path(state, key)
-    )
+    _same_paths(dlopt.tree.get_all_with_path(state, key), optax.tree.get_all_with_path(state, key))
 
 
 def test_filtering_sees_named_tuple_keys():
@@ -101,7 +99,6 @@ def test_map_params_matches_optax(make, lib):
     assert jax.tree.leaves(ours) == jax.tree.leaves(theirs)
     assert "W" in jax.tree.leaves(ours)
     assert jax.tree.structure(run(dlopt.tree, opt.init)) == jax.tree.structure(theirs)
-
 
 
 def test_map_params_of_a_dict_masked_state_maps_the_inner_state_as_optax():
