@@ -370,13 +370,36 @@ from dlopt.transforms.privacy import dpsgd as dpsgd
 from dlopt.transforms.privacy import per_example_global_norm_clip as per_example_global_norm_clip
 from dlopt.transforms.privacy import per_example_layer_norm_clip as per_example_layer_norm_clip
 
+# --- tree utilities, numerics, projections, linear algebra, microbatching (optax's top level)
+from dlopt.core.numerics import global_norm as global_norm
+from dlopt.core.numerics import safe_norm as safe_norm
+from dlopt.core.numerics import safe_root_mean_squares as safe_root_mean_squares
+from dlopt.core.tree import safe_increment as safe_increment
+from dlopt.core.tree import safe_increment as safe_int32_increment
+from dlopt.linalg.nnls import nnls as nnls
+from dlopt.linalg.power import matrix_inverse_pth_root as matrix_inverse_pth_root
+from dlopt.linalg.power import power_iteration as power_iteration
+from dlopt.microbatching import microbatch as microbatch
+from dlopt.perturbations import multi_normal as multi_normal
+from dlopt.tree.moments import bias_correction as bias_correction
+from dlopt.tree.moments import update_infinity_moment as update_infinity_moment
+from dlopt.tree.moments import update_moment as update_moment
+from dlopt.tree.moments import update_moment_per_elem_norm as update_moment_per_elem_norm
+from dlopt.tree.state import map_params as tree_map_params
+
 # --- submodules
+from dlopt import assignment as assignment
 from dlopt import contrib as contrib
 from dlopt import metrics as metrics
-from dlopt import schedules as schedules
-from dlopt import transforms as transforms
+from dlopt import microbatching as microbatching
 from dlopt.core import numerics as numerics
+from dlopt import perturbations as perturbations
+from dlopt import projections as projections
+from dlopt import schedules as schedules
+from dlopt import second_order as second_order
 from dlopt import testing as testing
-from dlopt.core import tree as tree
+from dlopt import transforms as transforms
+from dlopt import tree as tree
+from dlopt import tree_utils as tree_utils
 
 __version__ = "0.1.0"

@@ -25,19 +25,34 @@ def _is_function(value: Any) -> bool:
     return inspect.isfunction(value) or isinstance(value, functools.partial)
 
 
-def counterpart(module_name: str, dlopt: types.ModuleType) -> types.ModuleType | None:
-    """The dlopt module whose names stand in for optax module ``module_name``'s: the same
-    public submodule (``optax.losses._regression`` -> ``dlopt.losses``,
-    ``optax.transforms._clipping`` -> ``dlopt.transforms``), else dlopt's top level
-    (``optax._src.alias``). optax's pytree modules are swapped only by dlopt's of the same
-    path (``optax.tree.scale`` is not the transform ``dlopt.scale``)."""
+# optax's public submodules whose classes dlopt's module of the same path answers too (their
+# functions take each other's enums, keys and distributions); elsewhere functions only.
+CLASS_SUBMODULES = (
+    "tree_utils",
+    "tree",
+    "projections",
+    "perturbations",
+    "assignment",
+    "microbatching",
+    "second_order",
+)
+
+
+def counterpart(module_name: str) -> tuple[types.ModuleType | None, bool]:
+    """The dlopt module whose names stand in for optax module ``module_name``'s, and whether
+    its classes do too: the same public submodule (``optax.losses._regression`` ->
+    ``dlopt.losses``, ``optax.tree_utils._tree_math`` -> ``dlopt.tree_utils``), else dlopt's
+    top level (``optax._src.alias``). optax's pytree modules are swapped only by dlopt's of
+    the same path (``optax.tree.scale`` is not the transform ``dlopt.scale``)."""
     parts = module_name.split(".")
     if len(parts) < 2 or parts[1].startswith("_"):
-        return dlopt
+        return importlib.import_module("dlopt"), False
     try:
-        return importlib.import_module("dlopt." + parts[1])
+        return importlib.import_module("dlopt." + parts[1]), parts[1] in CLASS_SUBMODULES
     except ImportError:
-        return None if parts[1] in ("tree", "tree_utils") else dlopt
+        if parts[1] in ("tree", "tree_utils"):
+            return None, False
+        return importlib.import_module("dlopt"), False
 
 
 def _evaluated(fn: Any) -> Any:
@@ -59,10 +74,12 @@ def _evaluated(fn: Any) -> Any:
 class Proxy(types.ModuleType):
     """A module that answers with dlopt's function wherever dlopt exports the same name."""
 
-    def __init__(self, real: types.ModuleType, dlopt: types.ModuleType):
+    def __init__(self, real: types.ModuleType):
         super().__init__(real.__name__, real.__doc__)
+        dlopt, classes = counterpart(real.__name__)
         object.__setattr__(self, "_real", real)
         object.__setattr__(self, "_dlopt", dlopt)
+        object.__setattr__(self, "_classes", classes)
         for name in ("__file__", "__path__", "__spec__", "__loader__", "__package__"):
             if hasattr(real, name):
                 object.__setattr__(self, name, getattr(real, name))
@@ -72,12 +89,13 @@ class Proxy(types.ModuleType):
         value = getattr(real, name)
         if isinstance(value, types.ModuleType) and value.__name__.startswith("optax"):
             return sys.modules.get(value.__name__, value)
-        home = counterpart(real.__name__, dlopt)
-        if not name.startswith("_") and _is_function(value) and home is not None:
-            ours = getattr(home, name, None)
-            if ours is not None and _is_function(ours):
-                SWAPPED.setdefault(real.__name__, set()).add(name)
-                return _evaluated(ours)
+        if name.startswith("_") or dlopt is None:
+            return value
+        ours = getattr(dlopt, name, None)
+        kinds = (_is_function,) + ((inspect.isclass,) if self._classes else ())
+        if ours is not None and ours is not value and any(k(value) and k(ours) for k in kinds):
+            SWAPPED.setdefault(real.__name__, set()).add(name)
+            return _evaluated(ours) if _is_function(ours) else ours
         return value
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -90,8 +108,6 @@ class Proxy(types.ModuleType):
 def install() -> int:
     """Imports every non-test optax module and puts a `Proxy` in its place; returns the count."""
     import optax
-
-    import dlopt
 
     root = Path(optax.__file__).parent  # optax._src is a namespace package: walk files
     names = []
@@ -113,7 +129,7 @@ def install() -> int:
     for name in names:
         real = sys.modules.get(name)
         if isinstance(real, types.ModuleType) and not isinstance(real, Proxy):
-            proxies[name] = Proxy(real, dlopt)
+            proxies[name] = Proxy(real)
     for name, proxy in proxies.items():
         sys.modules[name] = proxy
         parent, _, child = name.rpartition(".")

@@ -162,6 +162,8 @@ def masked(
     inner = with_extra_args_support(inner)
 
     def init_fn(params):
+        if isinstance(params, tree_lib.ParamsPlaceholder):  # dlopt.tree.map_params's probe
+            return MaskedState(inner.init(params))
         return MaskedState(inner.init(_hide(params, resolve_mask(mask, params))))
 
     def update_fn(updates, state, params=None, **extra_args):

@@ -120,14 +120,28 @@ def squared_norm(tree: chex.ArrayTree, dtype: Any | None = None) -> chex.Array:
     return total
 
 
-def global_norm(tree: chex.ArrayTree) -> chex.Array:
-    """``sqrt(sum over leaves of sum(|x|^2))``, accumulated in float32 (or wider)."""
-    return jnp.sqrt(squared_norm(tree))
+def global_norm(updates: chex.ArrayTree) -> chex.Array:
+    """``sqrt(sum over leaves of sum(|x|^2))``, accumulated and returned in float32 (float64
+    if a leaf is). optax's deprecated ``optax.global_norm`` returns the leaves' dtype (a
+    bfloat16 norm for bfloat16 updates); `dlopt.tree.norm` does too."""
+    return jnp.sqrt(squared_norm(updates))
+
+
+def vdot_leaf(a: chex.Array, b: chex.Array) -> jax.Array:
+    """``sum(conj(a) * b)`` for one pair of same-shape arrays, in their promoted dtype: one
+    contraction at the highest precision, no ``ravel`` (which would gather a sharded leaf);
+    under explicit sharding the scalar comes back replicated."""
+    a, b = jnp.asarray(a), jnp.asarray(b)
+    a = jnp.conj(a) if jnp.iscomplexobj(a) else a
+    mesh = jax.typeof(a).sharding.mesh
+    out = NamedSharding(mesh, PartitionSpec()) if mesh.are_all_axes_explicit else None
+    return jnp.tensordot(a, b, a.ndim, precision=jax.lax.Precision.HIGHEST, out_sharding=out)
 
 
 def real_vdot(x: chex.ArrayTree, y: chex.ArrayTree, dtype: Any | None = None) -> jax.Array:
-    """``Re <x, y> = Re sum conj(x) y`` over all leaves (one contraction per leaf at the
-    highest precision), summed in ``dtype`` (default float32, float64 if a leaf is)."""
+    """``Re <x, y> = Re sum conj(x) y`` over all leaves (one `vdot_leaf` per leaf, each pair
+    widened to its `compute_dtype`), summed in ``dtype`` (default float32, float64 if a leaf
+    is)."""
     pairs = list(zip(jax.tree.leaves(x), jax.tree.leaves(y), strict=True))
     if dtype is None:
         wide = [
@@ -138,13 +152,42 @@ def real_vdot(x: chex.ArrayTree, y: chex.ArrayTree, dtype: Any | None = None) ->
     for a, b in pairs:
         a, b = jnp.asarray(a), jnp.asarray(b)
         f = compute_dtype(a.dtype, b.dtype)
-        a, b = a.astype(f), b.astype(f)
-        a = jnp.conj(a) if jnp.iscomplexobj(a) else a
-        mesh = jax.typeof(a).sharding.mesh  # explicit sharding: the scalar is replicated
-        out = NamedSharding(mesh, PartitionSpec()) if mesh.are_all_axes_explicit else None
-        dot = jnp.tensordot(a, b, a.ndim, precision=jax.lax.Precision.HIGHEST, out_sharding=out)
-        total = total + jnp.real(dot).astype(dtype)
+        total = total + jnp.real(vdot_leaf(a.astype(f), b.astype(f))).astype(dtype)
     return total
+
+
+def safe_norm(
+    x: chex.Array,
+    min_norm: chex.Numeric,
+    ord: int | float | str | None = None,
+    axis: None | tuple[int, ...] | int = None,
+    keepdims: bool = False,
+) -> jax.Array:
+    """``max(||x||, min_norm)`` with a gradient of 0 (not NaN) where ``||x|| <= min_norm``.
+
+    ``jnp.maximum(jnp.linalg.norm(x), min_norm)`` differentiates both branches, and the
+    norm's gradient ``x / ||x||`` is NaN at 0; here ``x`` is replaced by ones wherever the
+    norm is below ``min_norm`` before the norm is taken, so that branch is finite.
+    ``ord``, ``axis`` and ``keepdims`` are those of ``jnp.linalg.norm``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> from dlopt.core.numerics import safe_norm
+    >>> jax.grad(lambda x: safe_norm(x, 1e-6))(jnp.zeros(2))
+    Array([0., 0.], dtype=float32)
+    """
+    norm = jnp.linalg.norm(x, ord=ord, axis=axis, keepdims=True)
+    x = jnp.where(norm <= min_norm, jnp.ones_like(x), x)
+    norm = jnp.squeeze(norm, axis=axis) if not keepdims else norm
+    masked_norm = jnp.linalg.norm(x, ord=ord, axis=axis, keepdims=keepdims)
+    return jnp.where(norm <= min_norm, min_norm, masked_norm)
+
+
+def safe_root_mean_squares(x: chex.Array, min_rms: chex.Numeric) -> jax.Array:
+    """``max(sqrt(mean(|x|^2)), min_rms)`` with a finite (zero) gradient below ``min_rms``,
+    by the same masking as `safe_norm`."""
+    rms = jnp.sqrt(jnp.mean(abs_sq(x)))
+    x = jnp.where(rms <= min_rms, jnp.ones_like(x), x)
+    return jnp.where(rms <= min_rms, min_rms, jnp.sqrt(jnp.mean(abs_sq(x))))
 
 
 # --- moments
@@ -171,7 +214,7 @@ def abs_sq(x: chex.Array) -> chex.Array:
 def bias_correction(decay: chex.Numeric, count: chex.Array) -> chex.Array:
     """``1 - decay ** count`` in float32, the divisor that unbiases a zero-started moment."""
     decay = jnp.asarray(decay).astype(jnp.float32)
-    return 1 - decay ** count.astype(jnp.float32)
+    return 1 - decay ** jnp.asarray(count).astype(jnp.float32)
 
 
 def unbias(x: chex.Array, decay: chex.Numeric, count: chex.Array) -> chex.Array:

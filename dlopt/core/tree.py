@@ -17,11 +17,43 @@ from jax.tree_util import DictKey, GetAttrKey, keystr, tree_flatten_with_path
 INT32_MAX = jnp.iinfo(jnp.int32).max
 
 
-def safe_increment(count: chex.Array) -> chex.Array:
-    """``count + 1``, saturating at the dtype's maximum instead of wrapping to negative."""
-    count = jnp.asarray(count)
-    max_value = jnp.iinfo(count.dtype).max
-    return jnp.where(count < max_value, count + jnp.ones_like(count), max_value)
+def safe_increment(count: chex.Numeric) -> chex.Numeric:
+    """``count + 1``, saturating at the dtype's maximum instead of wrapping to its minimum.
+
+    Integer and floating counters (``iinfo``/``finfo`` max); other dtypes raise.
+
+    >>> import jax.numpy as jnp
+    >>> from dlopt.core.tree import safe_increment
+    >>> safe_increment(jnp.asarray(2147483647, dtype=jnp.int32))
+    Array(2147483647, dtype=int32)
+    """
+    count_dtype = jnp.asarray(count).dtype
+    if jnp.issubdtype(count_dtype, jnp.integer):
+        max_value = jnp.iinfo(count_dtype).max
+    elif jnp.issubdtype(count_dtype, jnp.floating):
+        max_value = jnp.finfo(count_dtype).max
+    else:
+        raise ValueError(
+            f"count must have an integer or floating dtype to be incremented safely, got "
+            f"{count_dtype}; keep step counters as int32 (jnp.zeros([], jnp.int32))."
+        )
+    max_value = jnp.array(max_value, count_dtype)
+    return jnp.where(count < max_value, count + jnp.array(1, count_dtype), max_value)
+
+
+@jax.tree_util.register_pytree_node_class
+class ParamsPlaceholder:
+    """A leafless pytree node that stands for the params when `dlopt.tree.map_params` probes
+    an ``init`` for the params-shaped parts of its state; `dlopt.masked` passes it to its
+    inner transform unmasked (a mask cannot be laid over it), as optax's ``masked`` does."""
+
+    def tree_flatten(self):
+        return (), None
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        del aux, children
+        return cls()
 
 
 def dtype_of(x: Any) -> Any:
@@ -37,13 +69,13 @@ def as_arrays(tree: chex.ArrayTree) -> chex.ArrayTree:
     )
 
 
-def zeros_like(params: chex.ArrayTree, dtype: Any | None = None) -> chex.ArrayTree:
-    """A tree of zeros shaped like ``params``, in ``dtype`` or each leaf's own dtype.
+def zeros_like(tree: chex.ArrayTree, dtype: Any | None = None) -> chex.ArrayTree:
+    """A tree of zeros shaped like ``tree``, in ``dtype`` or each leaf's own dtype.
 
     Each leaf keeps its parameter's sharding (``jnp.zeros_like``), so optimizer state is
     sharded like the params; abstract params (``jax.ShapeDtypeStruct``) are accepted.
     """
-    return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=dtype or dtype_of(p)), params)
+    return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=dtype or dtype_of(p)), tree)
 
 
 def moment_dtype_for(dtype: Any | None, p: Any) -> Any:
@@ -67,9 +99,11 @@ def moments_like(params: chex.ArrayTree, dtype: Any | None = None) -> chex.Array
     return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=moment_dtype_for(dtype, p)), params)
 
 
-def full_like(params: chex.ArrayTree, value: float, dtype: Any | None = None) -> chex.ArrayTree:
-    """A tree filled with ``value``, shaped like ``params``."""
-    return jax.tree.map(lambda p: jnp.full_like(p, value, dtype=dtype or dtype_of(p)), params)
+def full_like(
+    tree: chex.ArrayTree, fill_value: chex.Numeric, dtype: Any | None = None
+) -> chex.ArrayTree:
+    """A tree filled with ``fill_value``, shaped like ``tree``, in ``dtype`` or each leaf's."""
+    return jax.tree.map(lambda p: jnp.full_like(p, fill_value, dtype=dtype or dtype_of(p)), tree)
 
 
 def copy(params: chex.ArrayTree, dtype: Any | None = None) -> chex.ArrayTree:
@@ -94,9 +128,12 @@ def cast(tree: chex.ArrayTree, dtype: Any | None) -> chex.ArrayTree:
     return jax.tree.map(lambda x: jnp.asarray(x).astype(dtype), tree)
 
 
-def cast_like(tree: chex.ArrayTree, reference: chex.ArrayTree) -> chex.ArrayTree:
-    """Casts each leaf of ``tree`` to the dtype of the matching leaf of ``reference``."""
-    return jax.tree.map(lambda x, r: jnp.asarray(x).astype(dtype_of(r)), tree, reference)
+def cast_like(tree: chex.ArrayTree, other_tree: chex.ArrayTree) -> chex.ArrayTree:
+    """Casts each leaf of ``tree`` to the dtype of the matching leaf of ``other_tree``; a leaf
+    whose reference has no ``dtype`` (a Python number) is left as it is."""
+    return jax.tree.map(
+        lambda x, r: jnp.asarray(x).astype(r.dtype) if hasattr(r, "dtype") else x, tree, other_tree
+    )
 
 
 def scalar_like(value: chex.Numeric, x: chex.Array) -> chex.Array:

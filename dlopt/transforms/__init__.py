@@ -40,6 +40,8 @@ from dlopt.transforms.monitoring import SnapshotState as SnapshotState
 from dlopt.transforms.monitoring import measure_with_ema as measure_with_ema
 from dlopt.transforms.monitoring import monitor as monitor
 from dlopt.transforms.monitoring import snapshot as snapshot
+from dlopt.transforms.privacy import per_example_global_norm_clip as per_example_global_norm_clip
+from dlopt.transforms.privacy import per_example_layer_norm_clip as per_example_layer_norm_clip
 from dlopt.transforms.regularizers import add_decayed_weights as add_decayed_weights
 from dlopt.wrappers.accumulation import MultiStepsState as MultiStepsState
 from dlopt.wrappers.finite import ApplyIfFiniteState as ApplyIfFiniteState
@@ -48,6 +50,3 @@ from dlopt.wrappers.multi_steps import MultiSteps as MultiSteps
 from dlopt.wrappers.multi_steps import ShouldSkipUpdateFunction as ShouldSkipUpdateFunction
 from dlopt.wrappers.multi_steps import skip_large_updates as skip_large_updates
 from dlopt.wrappers.multi_steps import skip_not_finite as skip_not_finite
-
-from dlopt.transforms.privacy import per_example_global_norm_clip as per_example_global_norm_clip
-from dlopt.transforms.privacy import per_example_layer_norm_clip as per_example_layer_norm_clip

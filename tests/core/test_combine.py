@@ -252,7 +252,7 @@ def test_masked_uses_a_callable_pytree_as_a_tree():
 
 def test_mismatch_at_the_root_is_named():
     with pytest.raises(ValueError, match="a leaf at the root"):
-        dlopt.tree.check_matching_trees(jnp.ones(2), {"w": jnp.ones(2)}, "updates", "params")
+        dlopt.core.tree.check_matching_trees(jnp.ones(2), {"w": jnp.ones(2)}, "updates", "params")
 
 
 def test_partition_label_no_leaf_carries():
