@@ -12,6 +12,7 @@ table and not counted. Exit code 0 when nothing is missing or mis-signed, 1 othe
 from __future__ import annotations
 
 import dataclasses
+import enum
 import importlib
 import inspect
 import sys
@@ -104,13 +105,22 @@ def public_names(module: types.ModuleType) -> list[str]:
 
 
 def _same_default(a: Any, b: Any) -> bool:
+    """Whether dlopt's default ``a`` stands for optax's ``b``: the same value, the same enum
+    member or transform type, an instance of a class of the same name with the same fields,
+    a function of the same name (any function where optax's is a lambda)."""
     if a is b:
         return True
+    if isinstance(a, enum.Enum) and isinstance(b, enum.Enum):
+        return type(a).__name__ == type(b).__name__ and a.name == b.name
     if callable(a) and callable(b) and hasattr(b, "__qualname__"):  # a function by its name
-        return getattr(a, "__qualname__", None) == b.__qualname__
-    if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b):  # a transform
+        return "<lambda>" in b.__qualname__ or getattr(a, "__qualname__", None) == b.__qualname__
+    if isinstance(a, tuple) and isinstance(b, tuple) and len(a) == len(b):
         same_type = type(a).__name__ == type(b).__name__
+        if same_type and type(a).__name__.startswith("GradientTransformation"):
+            return True  # a default transform: its functions are closures of other names
         return same_type and all(_same_default(x, y) for x, y in zip(a, b, strict=True))
+    if hasattr(a, "__dict__") and hasattr(b, "__dict__") and not isinstance(a, type):
+        return type(a).__name__ == type(b).__name__ and vars(a) == vars(b)
     try:
         return (
             bool(a == b)

@@ -9,72 +9,7 @@ import pytest
 
 from dlopt import compat
 
-# Names other branches of issue 21 add (losses, contrib, tree modules, numerics, privacy
-# clipping). Empty this once they are merged: then nothing may be missing.
-PENDING_MERGE_MODULES = {
-    "contrib",
-    "losses",
-    "tree_utils",
-    "projections",
-    "microbatching",
-    "perturbations",
-    "assignment",
-    "second_order",
-}
-PENDING_MERGE_TOP_LEVEL = {
-    *PENDING_MERGE_MODULES,
-    "per_example_global_norm_clip",
-    "per_example_layer_norm_clip",
-    # losses' top-level aliases
-    "convex_kl_divergence",
-    "cosine_distance",
-    "cosine_similarity",
-    "ctc_loss",
-    "ctc_loss_with_forward_probs",
-    "generalized_kl_divergence",
-    "hinge_loss",
-    "huber_loss",
-    "kl_divergence",
-    "l2_loss",
-    "log_cosh",
-    "ntxent",
-    "safe_softmax_cross_entropy",
-    "sigmoid_binary_cross_entropy",
-    "sigmoid_focal_loss",
-    "smooth_labels",
-    "softmax_cross_entropy",
-    "softmax_cross_entropy_with_integer_labels",
-    "squared_error",
-    # numerics and linear algebra
-    "bias_correction",
-    "global_norm",
-    "matrix_inverse_pth_root",
-    "microbatch",
-    "multi_normal",
-    "nnls",
-    "power_iteration",
-    "safe_increment",
-    "safe_int32_increment",
-    "safe_norm",
-    "safe_root_mean_squares",
-    "tree_map_params",
-    "update_infinity_moment",
-    "update_moment",
-    "update_moment_per_elem_norm",
-}
-PENDING_MERGE_IN = {"transforms": {"per_example_global_norm_clip", "per_example_layer_norm_clip"}}
-
 pytest.importorskip("optax")
-
-
-def _pending(module: str) -> set[str]:
-    if module in PENDING_MERGE_MODULES:
-        return {"*"}
-    if module == "":
-        return PENDING_MERGE_TOP_LEVEL
-    if module == "tree":  # dlopt.tree is written on the treemods branch
-        return {"*"}
-    return PENDING_MERGE_IN.get(module, set())
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +25,7 @@ def test_nothing_missing(report, module):
         for p in report.missing
         if p.startswith(prefix) and (module or p.count(".") == 1)
     }
-    pending = _pending(module)
-    if "*" in pending:
-        return  # the whole module comes with another branch
-    assert missing <= pending, f"dlopt lacks {sorted(missing - pending)} of optax.{module}"
+    assert not missing, f"dlopt lacks {sorted(missing)} of optax.{module}"
 
 
 def test_nothing_signed_differently(report):
