@@ -158,6 +158,10 @@ def _paths(tree: chex.ArrayTree) -> dict[str, Any]:
     return {keystr(path): leaf for path, leaf in tree_flatten_with_path(tree)[0]}
 
 
+def _is_leaf(x: Any) -> bool:
+    return jax.tree_util.treedef_is_leaf(jax.tree.structure(x))
+
+
 def check_matching_trees(a: chex.ArrayTree, b: chex.ArrayTree, name_a: str, name_b: str) -> None:
     """Raises ``ValueError`` naming the first path where ``a`` and ``b`` differ in structure
     or shape. Runs at trace time only (pure Python on the tree structure)."""
@@ -165,7 +169,8 @@ def check_matching_trees(a: chex.ArrayTree, b: chex.ArrayTree, name_a: str, name
     if paths_a.keys() != paths_b.keys() or jax.tree.structure(a) != jax.tree.structure(b):
         only_a = sorted(paths_a.keys() - paths_b.keys())
         only_b = sorted(paths_b.keys() - paths_a.keys())
-        if type(a) is not type(b) and not (a is None or b is None):
+        containers = not (_is_leaf(a) or _is_leaf(b))
+        if type(a) is not type(b) and containers and not (a is None or b is None):
             where = f"{name_a} is a {type(a).__name__} and {name_b} a {type(b).__name__}"
         elif only_a:
             where = f"{name_a} has {only_a[0] or 'a leaf at the root'} that {name_b} lacks"
