@@ -120,6 +120,12 @@ def multi_steps(
     else:
         validation.check_int("every_k", every_k, 1)
         k_of = lambda step: every_k  # noqa: E731
+    if should_skip_update_fn is not None and not callable(should_skip_update_fn):
+        raise TypeError(
+            "should_skip_update_fn must be a function (updates, gradient_step, params) -> "
+            f"(skip, skip_state) or None, got {type(should_skip_update_fn).__name__}; pass e.g. "
+            "dlopt.skip_not_finite."
+        )
     should_skip = _no_skip if should_skip_update_fn is None else should_skip_update_fn
     inner = _extra_args(tx)
 
