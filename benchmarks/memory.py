@@ -14,17 +14,20 @@ Figures:
   (``.lower(...).compile().memory_analysis()``: argument, temp and output bytes; output
   buffers alias the donated arguments), for a 100M-parameter tree (compiled, never run);
 * the largest parameter count whose jitted, donated Adam train step on a linear model runs
-  under a memory cap: a binary search over sizes, each size run in a subprocess whose
-  address space is limited (``RLIMIT_AS``) to its own start-up size plus the cap;
+  under a memory cap on the peak resident size (`benchmarks.memory_process.largest_fit`);
+* ``python -m benchmarks.memory --process``: peak resident memory of init (eager and
+  jitted) and train step, a fresh process per variant (`benchmarks.memory_process`), the
+  table the README quotes, written to ``benchmarks/results/memory_process.md``;
 * update-step and whole train-step times of each variant against float32 (interleaved;
   wall and process-CPU time, the latter steadier on a shared machine).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -36,6 +39,7 @@ import numpy as np
 import optax
 
 import dlopt
+from benchmarks.memory_process import largest_fit
 from benchmarks.update_step import make_tree, step_fn
 
 LR = 1e-3
@@ -109,24 +113,6 @@ def peak_memory(num: int) -> dict[str, dict[str, float]]:
 
 # --- the largest model that fits
 
-_CHILD = r"""
-import resource, sys
-import jax, jax.numpy as jnp
-variant, rows, cap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-jax.jit(lambda x: x + 1)(jnp.zeros(4)).block_until_ready()
-with open("/proc/self/status") as f:
-    vm = next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmSize"))
-resource.setrlimit(resource.RLIMIT_AS, (vm + cap, vm + cap))
-import dlopt
-from benchmarks.memory import VARIANTS, linear_train_step
-step, init = linear_train_step(VARIANTS[variant](), rows)
-carry = init()
-for _ in range(2):
-    carry = step(*carry)
-jax.block_until_ready(carry)
-print("FITS", flush=True)
-"""
-
 BATCH, COLUMNS = 8, 1024
 
 
@@ -150,42 +136,6 @@ def linear_train_step(tx: Any, rows: int, batch: int = BATCH):
 
     step = jax.jit(_step, donate_argnums=(0, 1))
     return step, init
-
-
-def fits(variant: str, num: int, cap_bytes: int, timeout_s: float = 300) -> bool:
-    """Whether ``variant``'s train step with ``num`` parameters runs under the cap."""
-    rows = max(num // COLUMNS, 1)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")])
-    try:
-        out = subprocess.run(
-            [sys.executable, "-c", _CHILD, variant, str(rows), str(cap_bytes)],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            env=env,
-            cwd=root,
-        )
-    except subprocess.TimeoutExpired:
-        return False
-    return "FITS" in out.stdout
-
-
-def largest_fit(
-    variant: str, cap_bytes: int, *, rel_tol: float = 0.03, log: Callable[[str], None] = print
-) -> dict[str, Any]:
-    """Binary search for the largest parameter count (multiple of 1024) that fits."""
-    lo, hi = 0, cap_bytes // 8 // COLUMNS * COLUMNS  # params + grads alone need 8 B/param
-    trials = []
-    while hi - lo > max(rel_tol * hi, COLUMNS):
-        mid = (lo + hi) // 2 // COLUMNS * COLUMNS
-        start = time.perf_counter()
-        ok = fits(variant, mid, cap_bytes)
-        trials.append({"params": mid, "fits": ok, "s": time.perf_counter() - start})
-        log(f"    {variant:12s} {mid / 1e6:8.1f}M params: {'fits' if ok else 'does not fit'}")
-        lo, hi = (mid, hi) if ok else (lo, mid)
-    return {"params": lo, "bytes_per_param": cap_bytes / lo if lo else None, "trials": trials}
 
 
 # --- time
@@ -313,9 +263,9 @@ def markdown(mem: dict[str, Any]) -> list[str]:
         cap = mem["cap_bytes"] / 2**30
         lines += [
             "",
-            f"Largest linear model whose jitted, donated Adam train step runs in {cap:.1f} GiB "
-            "(address space beyond the process's start-up size, `RLIMIT_AS`; binary search, "
-            "each size run in a subprocess):",
+            f"Largest linear model whose jitted init and 3 donated Adam train steps run with a "
+            f"peak resident size (`VmHWM`) of at most {cap:.1f} GiB above the size after "
+            "imports (bisection, a fresh process per size; `benchmarks/memory_process.py`):",
             "",
             "| variant | params | bytes per param | vs f32 |",
             "|---|--:|--:|--:|",
@@ -352,3 +302,55 @@ def targets(mem: dict[str, Any]) -> list[tuple[str, str, bool]]:
             update["ratio"] <= 2.0,
         ),
     ]
+
+
+# --- python -m benchmarks.memory --process
+
+
+def process_report(num: int, cap_gb: float, *, fit: bool, log=print) -> dict[str, Any]:
+    """`benchmarks.memory_process.table` at ``num`` params, the compiled estimates beside it
+    and (``fit``) the largest model under ``cap_gb`` GiB."""
+    from benchmarks import memory_process as mp
+
+    rows = mp.table(num, log=log)
+    w = {"w": jax.ShapeDtypeStruct((max(num // COLUMNS, 1), COLUMNS), jnp.float32)}
+    estimate = {}
+    for name, row in rows.items():
+        if "unavailable" not in row:
+            estimate[name] = compiled_step_memory(mp.make_tx(name), w)["peak"] / row["params"]
+    out: dict[str, Any] = {"params": num, "rows": rows, "estimate": estimate}
+    if fit:
+        out["cap"] = cap = int(cap_gb * 2**30)
+        out["fit"] = {
+            name: mp.largest_fit(name, cap, log=log) if "unavailable" not in row else {}
+            for name, row in rows.items()
+            if name != "optax f32"
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.memory", description=__doc__)
+    p.add_argument("--process", action="store_true", help="the process-peak table (required)")
+    p.add_argument("--params", type=float, default=96e6, help="parameters (default 96e6)")
+    p.add_argument("--cap-gb", type=float, default=2.0, help="cap of the largest-model search")
+    p.add_argument("--no-fit", action="store_true", help="skip the largest-model search")
+    p.add_argument("--out", default="benchmarks/results/memory_process", help="path stem")
+    args = p.parse_args(argv)
+    if not args.process:
+        p.error("only --process is run from here; the other figures: python -m benchmarks")
+    from benchmarks.memory_process import markdown
+
+    result = process_report(int(args.params), args.cap_gb, fit=not args.no_fit)
+    cmd = "python -m benchmarks.memory " + " ".join(argv if argv is not None else sys.argv[1:])
+    lines = [f"Command: `{cmd.strip()}`", "", *markdown(result)]
+    print("\n".join(lines))
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out + ".md", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with open(args.out + ".json", "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
