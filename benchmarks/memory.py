@@ -322,7 +322,9 @@ def process_report(num: int, cap_gb: float, *, fit: bool, log=print) -> dict[str
     if fit:
         out["cap"] = cap = int(cap_gb * 2**30)
         out["fit"] = {
-            name: mp.largest_fit(name, cap, log=log) if "unavailable" not in row else {}
+            name: mp.largest_fit(name, cap, guess_bpp=row["step"], log=log)
+            if "unavailable" not in row
+            else {}
             for name, row in rows.items()
             if name != "optax f32"
         }

@@ -2,25 +2,28 @@
 
 XLA's ``memory_analysis()`` (`benchmarks.memory`) describes one compiled function; a user's
 process also holds what eager calls, compilation and the allocator leave behind. Here each
-(variant, phase) runs in a fresh subprocess (issue 20):
+variant runs in a fresh subprocess (issue 20; on a GPU, one per phase):
 
 1. import jax, dlopt and optax, run one tiny jitted function; ``base`` = resident size now;
 2. make the float32 parameters on the device: one ``rows x 1024`` matrix ``W`` of a linear
-   model (a jitted fill, nothing on the host);
-3. the phase, once to warm the compile caches (its results freed, ``malloc_trim``), then
-   ``/proc/self/clear_refs`` ("5": the high-water mark drops to the current size) and once
-   measured:
+   model (a jitted fill, nothing on the host), compile ``jax.jit(tx.init)`` and the step;
+3. each phase, after freeing the previous one's state (``gc``, ``malloc_trim``) and
+   resetting the high-water mark (``/proc/self/clear_refs`` "5": it drops to the current
+   size), in the order
 
-   * ``init``: ``state = tx.init(params)``, eager;
-   * ``init_jit``: ``state = jax.jit(tx.init)(params)`` (compiled ahead, so compilation is
-     not in the figure);
-   * ``step``: 3 jitted train steps of ``mean((x @ W - y)^2)``, ``W`` and the state donated,
-     batch 8 (``x``: 8 x rows, 1/8 byte per parameter);
+   * ``init_jit``: ``state = jax.jit(tx.init)(params)`` (compiled ahead);
+   * ``step``: ``state = jax.jit(tx.init)(params)``, then 3 jitted train steps of
+     ``mean((x @ W - y)^2)``, ``W`` and the state donated, batch 8 (``x``: 1/32 byte per
+     parameter);
+   * ``init``: ``state = tx.init(params)``, eager, run once before to fill the op caches;
 
-4. ``peak`` = ``VmHWM`` (``/proc/self/status``) minus ``base``: params, state, gradients and
-   every temporary, per parameter. On a GPU backend the figure is
+4. ``peak`` = ``VmHWM`` (``/proc/self/status``) minus ``base``, per parameter: params, state,
+   gradients and every temporary, plus what the process gained besides (compiled code,
+   caches: ``overhead``, its resident size when the phase began less ``base`` and the live
+   buffers, 0 when some of those were not yet resident); ``net`` = ``peak - overhead``, the
+   per-parameter part that the targets are stated for. On a GPU backend the figure is
    ``device.memory_stats()['peak_bytes_in_use']`` instead (device memory; there is no reset,
-   and none is needed: compilation allocates no device buffers and each phase has a process).
+   so each phase has its own process; compilation allocates no device buffers).
 
 `largest_fit` finds the largest parameter count whose init + 3 train steps run with a peak of
 at most ``cap`` bytes above ``base``: ``RLIMIT_AS`` cannot be used (JAX reserves far more
@@ -149,7 +152,8 @@ def child(
             "backend": dev.platform,
             "peak_bytes": peak - base,
             "state_bytes": sum(a.nbytes for a in jax.tree.leaves(state)),
-            "overhead_bytes": start - base - live,
+            # < 0 when part of the live buffers was not yet resident (pages never written)
+            "overhead_bytes": max(start - base - live, 0),
         })  # fmt: skip
     return sorted(out, key=lambda row: PHASES.index(row["phase"]))
 
@@ -237,14 +241,20 @@ def largest_fit(
     variant: str,
     cap: int,
     *,
-    lo_bpp: float = 24.0,
-    hi_bpp: float = 8.0,
+    guess_bpp: float | None = None,
     rel_tol: float = 0.02,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Bisection over parameter counts (multiples of 1024) between ``cap / lo_bpp`` (checked to
-    fit, else halved) and ``cap / hi_bpp`` (params + grads alone take 8 bytes per param)."""
-    lo, hi = int(cap / lo_bpp) // COLUMNS * COLUMNS, int(cap / hi_bpp) // COLUMNS * COLUMNS
+    """Bisection over parameter counts (multiples of 1024) for the largest that fits ``cap``.
+
+    The bracket starts at ``cap / guess_bpp`` +-8% (a measured step peak per parameter), else
+    between ``cap / 24`` and ``cap / 8`` (params + grads alone take 8 bytes per parameter); a
+    lower end that does not fit is halved, an upper end that fits is doubled."""
+    grid = lambda x: max(int(x) // COLUMNS * COLUMNS, COLUMNS)  # noqa: E731
+    if guess_bpp:
+        lo, hi = grid(cap / guess_bpp / 1.08), grid(cap / guess_bpp * 1.08)
+    else:
+        lo, hi = grid(cap / 24), grid(cap / 8)
     trials = []
 
     def trial(num: int) -> bool:
@@ -253,10 +263,12 @@ def largest_fit(
         log(f"    {variant:12s} {num / 1e6:8.2f}M params: {'fits' if ok else 'does not fit'}")
         return ok
 
-    while lo >= COLUMNS and not trial(lo):
-        lo, hi = lo // 2 // COLUMNS * COLUMNS, lo
+    while lo > COLUMNS and not trial(lo):
+        lo, hi = grid(lo / 2), lo
+    while guess_bpp and trial(hi):
+        lo, hi = hi, grid(hi * 2)
     while hi - lo > max(rel_tol * lo, COLUMNS):
-        mid = (lo + hi) // 2 // COLUMNS * COLUMNS
+        mid = grid((lo + hi) // 2)
         lo, hi = (mid, hi) if trial(mid) else (lo, mid)
     return {"params": lo, "bytes_per_param": cap / lo if lo else None, "trials": trials}
 
