@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -307,12 +308,14 @@ def targets(mem: dict[str, Any]) -> list[tuple[str, str, bool]]:
 # --- python -m benchmarks.memory --process
 
 
-def process_report(num: int, cap_gb: float, *, fit: bool, log=print) -> dict[str, Any]:
+def process_report(
+    num: int, cap_gb: float, *, fit: bool, variants: tuple[str, ...] | None = None, log=print
+) -> dict[str, Any]:
     """`benchmarks.memory_process.table` at ``num`` params, the compiled estimates beside it
     and (``fit``) the largest model under ``cap_gb`` GiB."""
     from benchmarks import memory_process as mp
 
-    rows = mp.table(num, log=log)
+    rows = mp.table(num, variants or mp.PROCESS_VARIANTS, log=log)
     w = {"w": jax.ShapeDtypeStruct((max(num // COLUMNS, 1), COLUMNS), jnp.float32)}
     estimate = {}
     for name, row in rows.items():
@@ -338,14 +341,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--cap-gb", type=float, default=2.0, help="cap of the largest-model search")
     p.add_argument("--no-fit", action="store_true", help="skip the largest-model search")
     p.add_argument("--out", default="benchmarks/results/memory_process", help="path stem")
+    p.add_argument("--variants", help="comma-separated subset (default: all; 'dlopt f32' first)")
     args = p.parse_args(argv)
     if not args.process:
         p.error("only --process is run from here; the other figures: python -m benchmarks")
     from benchmarks.memory_process import markdown
 
-    result = process_report(int(args.params), args.cap_gb, fit=not args.no_fit)
-    cmd = "python -m benchmarks.memory " + " ".join(argv if argv is not None else sys.argv[1:])
+    variants = tuple(args.variants.split(",")) if args.variants else None
+    result = process_report(int(args.params), args.cap_gb, fit=not args.no_fit, variants=variants)
+    cmd = "python -m benchmarks.memory " + shlex.join(argv if argv is not None else sys.argv[1:])
     lines = [f"Command: `{cmd.strip()}`", "", *markdown(result)]
+    result["command"] = cmd.strip()
     print("\n".join(lines))
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out + ".md", "w") as f:
