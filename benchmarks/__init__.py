@@ -8,5 +8,7 @@ Never part of the test suite.
 Modules: `timing` (interleaved timing), `update_step` (optimizer update steps on many-leaf and
 few-large-leaf trees), `roofline` (bytes moved, copy bandwidth, state bytes per parameter),
 `train_step` (Flax MLP and CNN train steps), `memory` (optimizer state bytes, compiled peak
-memory, the largest model that fits, low-precision step times), `report` (markdown, JSON, PNG).
+memory, low-precision step times), `memory_process` (peak resident memory of init and train
+step, a fresh process per variant; the largest model under a cap: ``python -m benchmarks.memory
+--process``), `report` (markdown, JSON, PNG).
 """
