@@ -28,6 +28,8 @@ q_block = jax.jit(quantize4_block, static_argnums=1)
 dq_block = jax.jit(dequantize4_block, static_argnums=2)
 q_rank1 = jax.jit(quantize4_rank1, static_argnames="zero_point")
 dq_rank1 = jax.jit(dequantize4_rank1, static_argnums=2, static_argnames="zero_point")
+enc_de, dec_de = jax.jit(de4_encode), jax.jit(de4_decode)
+enc_lin, dec_lin = jax.jit(linear4_encode), jax.jit(linear4_decode, static_argnames="zero_point")
 
 
 def reference_dynamic_map():
@@ -54,15 +56,13 @@ def test_tables_are_the_papers_codes_and_decode_arithmetically():
     de = dynamic_exponent_code4()
     np.testing.assert_array_equal(np.sort(de), reference_dynamic_map())
     assert de.dtype == np.float32 and len(set(de.tolist())) == 16
-    np.testing.assert_array_equal(np.asarray(de4_decode(jnp.arange(16))), de)
+    np.testing.assert_array_equal(np.asarray(dec_de(jnp.arange(16))), de)
     lin = linear_code4()
     np.testing.assert_array_equal(lin, np.arange(1, 17) / 16)  # no zero point
-    np.testing.assert_array_equal(np.asarray(linear4_decode(jnp.arange(16))), lin)
+    np.testing.assert_array_equal(np.asarray(dec_lin(jnp.arange(16))), lin)
     with_zero = linear_code4(zero_point=True)
     assert with_zero[0] == 0 and with_zero[-1] == 1
-    np.testing.assert_allclose(
-        np.asarray(linear4_decode(jnp.arange(16), zero_point=True)), with_zero
-    )
+    np.testing.assert_allclose(np.asarray(dec_lin(jnp.arange(16), zero_point=True)), with_zero)
 
 
 @pytest.mark.parametrize("stochastic", [False, True])
@@ -70,17 +70,17 @@ def test_encoders_hit_every_code_value_exactly(stochastic):
     uniform = jnp.full(16, 0.999) if stochastic else None
     de = dynamic_exponent_code4()
     np.testing.assert_array_equal(
-        np.asarray(de4_encode(jnp.asarray(de), uniform=uniform)), np.arange(16)
+        np.asarray(enc_de(jnp.asarray(de), uniform=uniform)), np.arange(16)
     )
     lin = linear_code4()
-    codes = linear4_encode(jnp.asarray(lin), uniform=uniform)
+    codes = enc_lin(jnp.asarray(lin), uniform=uniform)
     np.testing.assert_array_equal(np.asarray(codes), np.arange(16))
 
 
 def test_de_encode_picks_the_nearest_value():
     y = np.random.default_rng(0).uniform(-1, 1, 20000).astype(np.float32)
     y = np.concatenate([y, np.sign(y) * y**6])
-    got = dynamic_exponent_code4()[np.asarray(de4_encode(jnp.asarray(y)))]
+    got = dynamic_exponent_code4()[np.asarray(enc_de(jnp.asarray(y)))]
     table = dynamic_exponent_code4()
     best = np.min(np.abs(table[None, :] - y[:, None]), axis=1)
     np.testing.assert_allclose(np.abs(got - y), best, atol=1e-7)
@@ -90,12 +90,12 @@ def test_de_encode_picks_the_nearest_value():
 def test_stochastic_rounding_is_unbiased(encode):
     n = 2**16
     value = 0.3 if encode == "de" else 0.3 / 16 + 5 / 16  # between two codes
-    uniform = (numerics.random_bits((n,), jnp.uint32(7)) >> 8).astype(jnp.float32) * 2.0**-24
+    uniform = jnp.asarray(np.random.default_rng(8).uniform(size=n), jnp.float32)
     y = jnp.full((n,), value, jnp.float32)
     if encode == "de":
-        decoded = de4_decode(de4_encode(y, uniform=uniform))
+        decoded = dec_de(enc_de(y, uniform=uniform))
     else:
-        decoded = linear4_decode(linear4_encode(y, uniform=uniform))
+        decoded = dec_lin(enc_lin(y, uniform=uniform))
     assert len(np.unique(np.asarray(decoded))) == 2
     np.testing.assert_allclose(float(jnp.mean(decoded)), value, rtol=0.01)
 
@@ -103,10 +103,11 @@ def test_stochastic_rounding_is_unbiased(encode):
 @pytest.mark.parametrize("shape", [(), (1,), (7,), (8,), (3, 5), (2, 3, 4)])
 def test_pack_round_trip_including_odd_lengths(shape):
     idx = np.random.default_rng(1).integers(0, 16, shape).astype(np.uint8)
-    packed = pack4(jnp.asarray(idx))
+    packed = jax.jit(pack4)(jnp.asarray(idx))
     n = shape[-1] if shape else 1
     assert packed.dtype == jnp.uint8 and packed.shape[-1] == (n + 1) // 2
-    np.testing.assert_array_equal(np.asarray(unpack4(packed, n)).reshape(shape), idx)
+    unpacked = jax.jit(unpack4, static_argnums=1)(packed, n)
+    np.testing.assert_array_equal(np.asarray(unpacked).reshape(shape), idx)
     with pytest.raises(ValueError, match="n must be"):
         unpack4(packed, n + 2)
 
@@ -163,8 +164,9 @@ def test_non_finite_element_does_not_poison_its_block():
 
 def test_block_stochastic_rounding_and_dtype():
     x = jnp.linspace(-1.0, 2.0, 300, dtype=jnp.float32).astype(jnp.bfloat16)
-    codes, scales = quantize4_block(x, 64, seed=numerics.state_seed(jnp.int32(3), 0, 1))
-    y = dequantize4_block(codes, scales, x.shape, jnp.bfloat16)
+    seed = numerics.state_seed(jnp.int32(3), 0, 1)
+    codes, scales = jax.jit(quantize4_block, static_argnums=1)(x, 64, seed=seed)
+    y = jax.jit(dequantize4_block, static_argnums=(2, 3))(codes, scales, x.shape, jnp.bfloat16)
     assert y.dtype == jnp.bfloat16 and y.shape == (300,)
     assert float(jnp.max(jnp.abs(y.astype(jnp.float32) - x.astype(jnp.float32)))) < 0.5
     with pytest.raises(ValueError, match="block_size must be even"):
