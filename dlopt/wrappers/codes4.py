@@ -55,15 +55,17 @@ _F32 = jnp.float32
 
 
 def pack4(idx: jax.Array) -> jax.Array:
-    """Two 4-bit codes per byte along the last axis: ``out[..., k] = idx[..., 2k] | idx[...,
-    2k + 1] << 4``; an odd last axis is padded with a 0 code. Only the low 4 bits are kept."""
+    """Two 4-bit codes per byte along the last axis (length ``n``, padded with a 0 code to
+    even ``2h``): ``out[..., k] = idx[..., k] | idx[..., h + k] << 4``, the first half in the
+    low nibbles and the second in the high ones (contiguous halves: cheaper to split and
+    join than adjacent pairs). Only the low 4 bits of ``idx`` are kept."""
     idx = jnp.asarray(idx).astype(jnp.uint8) & jnp.uint8(15)
     if idx.ndim == 0:
         idx = idx[None]
     if idx.shape[-1] % 2:
         idx = jnp.concatenate([idx, jnp.zeros((*idx.shape[:-1], 1), jnp.uint8)], axis=-1)
-    pairs = idx.reshape(*idx.shape[:-1], -1, 2)
-    return pairs[..., 0] | (pairs[..., 1] << jnp.uint8(4))
+    half = idx.shape[-1] // 2
+    return idx[..., :half] | (idx[..., half:] << jnp.uint8(4))
 
 
 def unpack4(packed: jax.Array, n: int) -> jax.Array:
@@ -72,11 +74,10 @@ def unpack4(packed: jax.Array, n: int) -> jax.Array:
     if packed.dtype != jnp.uint8:
         raise TypeError(f"packed must be uint8 (from pack4); got {packed.dtype}")
     if not 2 * packed.shape[-1] - 1 <= n <= 2 * packed.shape[-1]:
-        raise ValueError(
-            f"n must be {2 * packed.shape[-1] - 1} or {2 * packed.shape[-1]}; got {n=}"
-        )
-    both = jnp.stack([packed & jnp.uint8(15), packed >> jnp.uint8(4)], axis=-1)
-    return both.reshape(*packed.shape[:-1], -1)[..., :n]
+        size = packed.shape[-1]
+        raise ValueError(f"n must be {2 * size - 1} or {2 * size} for this packing; got {n=}")
+    both = jnp.concatenate([packed & jnp.uint8(15), packed >> jnp.uint8(4)], axis=-1)
+    return both[..., :n]
 
 
 # --- the code tables (numpy, for reference and tests) and their arithmetic encode/decode
@@ -127,18 +128,22 @@ def de4_encode(y: jax.Array, *, uniform: jax.Array | None = None) -> jax.Array:
     """DE codes (uint8 in [0, 15]) of normalized values ``y`` in [-1, 1].
 
     Nearest value (``uniform=None``): the rank is the count of the 8 midpoints between
-    consecutive magnitudes that ``|y|`` exceeds. With ``uniform`` (U[0, 1) per element) the
-    magnitude rounds up to the next value with probability equal to its distance from the
-    one below (unbiased inside [0, 1]). Negative values stop at -0.8875 (the code has no
-    -1); NaN codes 0; +-Inf the largest code of its sign.
+    consecutive magnitudes that ``|y|`` exceeds, found by a 3-step binary search. With
+    ``uniform`` (U[0, 1) per element) the magnitude rounds up to the next value with
+    probability equal to its distance from the one below (unbiased inside [0, 1]).
+    Negative values stop at -0.8875 (the code has no -1); NaN codes 0; +-Inf the largest
+    code of its sign.
     """
     y = jnp.asarray(y, _F32)
-    y = jnp.where(jnp.isnan(y), _F32(0), y)
     ay = jnp.abs(y)
     mags = _de_magnitudes()
-    if uniform is None:
-        mids = (mags[:-1] + mags[1:]) / 2
-        rank = sum((ay > _F32(m)).astype(jnp.int32) for m in mids)
+    if uniform is None:  # a binary search over the 7 midpoints below 0.8875, then the top
+        t = [_F32(m) for m in (mags[:-1] + mags[1:]) / 2]
+        b2 = ay > t[3]
+        b1 = ay > jnp.where(b2, t[5], t[1])
+        b0 = ay > jnp.where(b2, jnp.where(b1, t[6], t[4]), jnp.where(b1, t[2], t[0]))
+        rank = 4 * b2.astype(jnp.int32) + 2 * b1.astype(jnp.int32) + b0.astype(jnp.int32)
+        rank = jnp.where(ay > t[7], 8, rank)  # NaN compares false: rank 0
     else:
         lo = sum((ay >= _F32(m)).astype(jnp.int32) for m in mags[1:])  # values <= |y|
         below = de4_decode(lo)  # codes 0 ... 8 decode to the magnitudes of those ranks
@@ -163,7 +168,7 @@ def linear4_encode(
     stochastic with ``uniform``; below the smallest value (1/16 without a zero point) always
     up to it. NaN and +Inf take the top code, negative values the bottom one."""
     y = jnp.asarray(y, _F32)
-    y = jnp.where(jnp.isnan(y), _F32(1), jnp.clip(y, _F32(0), _F32(1)))
+    y = jnp.where(y <= _F32(1), jnp.maximum(y, _F32(0)), _F32(1))  # NaN fails y <= 1
     steps = 15 if zero_point else 16
     u = _F32(0.5) if uniform is None else jnp.asarray(uniform, _F32)
     k = jnp.floor(y * _F32(steps) + u).astype(jnp.int32)
@@ -225,7 +230,12 @@ def quantize4_block(
     _check_block_size(block_size)
     blocks = _blocks(x, block_size)
     finite = jnp.where(jnp.isfinite(blocks), blocks, _F32(0))
-    high, low = jnp.max(finite, axis=1), jnp.min(finite, axis=1)
+    high, low = jax.lax.reduce(  # one pass for both (XLA fuses the producer into it)
+        (finite, finite),
+        (_F32(-jnp.inf), _F32(jnp.inf)),
+        lambda a, b: (jnp.maximum(a[0], b[0]), jnp.minimum(a[1], b[1])),
+        (1,),
+    )
     scales = jnp.where(-low > high, low, high)
     y = _divide(blocks, scales[:, None])
     return pack4(de4_encode(y, uniform=_uniform(blocks.shape, seed))), scales
