@@ -77,6 +77,8 @@ def adam4_reference(
     """
     if v_norm not in ("rank1", "block"):
         raise ValueError(f"v_norm must be 'rank1' or 'block'; got {v_norm=}")
+    if rounding not in ("stochastic", "nearest"):
+        raise ValueError(f"rounding must be 'stochastic' or 'nearest'; got {rounding=}")
 
     def big(x, moment="mu"):
         return x.size >= MIN_SIZE and moment in moments
