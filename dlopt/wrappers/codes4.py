@@ -226,6 +226,17 @@ def quantize4_block(
     Returns:
         ``(codes, scales)``: uint8 ``[num_blocks, block_size // 2]`` and float32
         ``[num_blocks]``; 0.5 + 4 / block_size bytes per element.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from dlopt.wrappers.codes4 import dequantize4_block, quantize4_block
+        >>> x = jnp.asarray([0.5, -2.0, 0.01, 1.0])
+        >>> codes, scales = quantize4_block(x, 4)
+        >>> codes.shape, scales.tolist()
+        ((1, 2), [-2.0])
+        >>> y = dequantize4_block(codes, scales, x.shape)  # -2 * (-0.2125, 1, -0.0055, -0.4375)
+        >>> [round(v, 4) for v in y.tolist()]
+        [0.425, -2.0, 0.011, 0.875]
     """
     _check_block_size(block_size)
     blocks = _blocks(x, block_size)
