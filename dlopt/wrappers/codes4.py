@@ -14,7 +14,7 @@ Adam's two moments need different 4-bit treatments, as Li et al. show:
   than 1 use block-wise normalization (block 128) instead. Why no zero point: Adam divides by
   sqrt(v), and a small v rounded to 0 turns the step m / (sqrt(v) + eps) into m / eps, a jump
   of orders of magnitude; the smallest code here is 1/16 of the scale, so a positive v never
-  decodes to 0 and its error only ever shrinks the step.
+  decodes to 0, and a v below it is rounded up (a smaller step, never a larger one).
 
 Every function is elementwise apart from the maxima (one reduction per block or axis):
 encoding is a count of threshold comparisons, decoding a tree of 8 selects
@@ -24,9 +24,10 @@ the update that produces or consumes the state.
 Non-finite inputs do not spread: the scales are maxima over the finite elements only, so one
 NaN or Inf leaves the rest of its block (row, column) coded as before. The element itself
 decodes finitely: a NaN first moment to 0, a NaN second moment to the top of its scale (the
-smallest step), and +-Inf to the top code of its sign. An all-zero block (row) has scale 0
-and decodes to exactly 0 for both moments, as a float32 state would hold it (Adam's v is 0
-only where every past gradient was 0, and then m is 0 too).
+smallest step), and +-Inf to the top code of its sign. An all-zero block (for v: an
+all-zero row or column) has scale 0 and decodes to exactly 0, as a float32 state would hold
+it (Adam's v is 0 only where every past gradient was 0, and then m is 0 too); a zero v
+elsewhere decodes to 1/16 of its scale.
 
 References:
     Li, Chen and Zhu, 2023, "Memory Efficient Optimizers with 4-bit States", NeurIPS
