@@ -18,8 +18,9 @@ block of 128 instead of rank-1, as torchao does), ``v_zero`` (rank-1, but the li
 {0, 1/15, ..., 1} with a zero point) and ``v_block_zero`` (both). Leaves under 4096
 elements stay float32 in every quantized variant.
 
-Run ``python -m benchmarks.quantized_quality`` (about a minute on 2 CPU cores); it prints
-and writes ``benchmarks/results/quantized_quality.md``.
+Run ``python -m benchmarks.quantized_quality`` (about 5 minutes of CPU); it prints and
+writes ``benchmarks/results/quantized_quality.md``. ``--problems``, ``--variants`` and the
+LM's ``--seed`` pick a part (printed only).
 """
 
 from __future__ import annotations
@@ -188,16 +189,19 @@ def full_batch_final_loss(problem, tx: dlopt.GradientTransformation, steps: int 
     return float(run(params))
 
 
+LM_SEED = [0]  # the LM's seed (initial parameters and batches); --seed sets it
+
+
 def lm_final_loss(tx: dlopt.GradientTransformation, steps: int = 300) -> float:
     """The held-out loss of `benchmarks.lm_problem` after ``steps`` steps of ``tx``."""
-    problem = _lm()
-    params, _ = lm_problem.run(tx, steps, 0, problem=problem)
+    problem = _lm(LM_SEED[0])
+    params, _ = lm_problem.run(tx, steps, LM_SEED[0], problem=problem)
     return problem.evaluate(params)
 
 
 @functools.cache
-def _lm() -> lm_problem.LMProblem:
-    return lm_problem.make_problem(seed=0)
+def _lm(seed: int) -> lm_problem.LMProblem:
+    return lm_problem.make_problem(seed=seed)
 
 
 PROBLEMS: dict[str, Callable[[dlopt.GradientTransformation], float]] = {
@@ -263,10 +267,16 @@ def table(results: dict[str, dict[str, float]]) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
+    parser.add_argument("--variants", nargs="+", help="a subset (f32 always runs)")
+    parser.add_argument("--seed", type=int, default=0, help="the LM's seed")
     args = parser.parse_args(argv)
-    results = {p: quality(p, verbose=True) for p in args.problems}
+    LM_SEED[0] = args.seed
+    names = None if args.variants is None else ("f32", *args.variants)
+    results = {p: quality(p, names, verbose=True) for p in args.problems}
     text = table(results)
     print(text)
+    if args.variants is not None or args.seed != 0:
+        return  # the results file holds the default run only
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "quantized_quality.md").write_text(
         "Final loss of Adam with 8-bit and 4-bit state against float32 "
