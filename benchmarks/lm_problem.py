@@ -10,7 +10,8 @@ The model is a pre-LayerNorm decoder-only transformer in pure JAX (no Flax): tok
 learned position embeddings, ``layers`` blocks of causal multi-head attention and a 4x GELU
 MLP, a final LayerNorm and an untied output projection; about 120k parameters at the
 defaults (2 layers, width 64, 4 heads, context 64). A few hundred Adam steps take seconds on
-a CPU and bring the loss from ln(128) = 4.85 to about 2.3 nats per character.
+a CPU and bring the loss from ln(128) = 4.85 to about 2.5 nats per character (300 steps of
+Adam(3e-3): 2.46 on the last 20 training batches, 2.50 held out; `python -m benchmarks.lm_problem`).
 
 Usage::
 
