@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from dlopt.wrappers import quantized4 as q4
 from dlopt.wrappers.quantized_array import (
     QuantizedArray,
     decode_blocks,
@@ -39,6 +40,8 @@ def take(stored: Any, start: Any, length: int) -> Any:
     """The stored pieces of elements ``[start, start + length)`` of a stored leaf (a
     `QuantizedArray`'s blocks, or a slice of a flat raw array); ``start`` is a multiple of
     the block size."""
+    if isinstance(stored, q4.Quantized4Array):
+        return q4.take4(stored, start, length)
     if not is_quantized(stored):
         return _slice(stored, start, length)
     size = stored.codes.shape[1]
@@ -52,15 +55,21 @@ def take(stored: Any, start: Any, length: int) -> Any:
 
 def decode(stored: Any, pieces: Any, length: int) -> jax.Array:
     """The ``length`` values that `take`'s ``pieces`` of ``stored`` hold, in its dtype."""
+    if isinstance(stored, q4.Quantized4Array):
+        return q4.decode4(stored, pieces, length)
     if not is_quantized(stored):
         return pieces
     flat = decode_blocks(*pieces, stored.code).reshape(-1)
     return flat[:length].astype(stored.dtype)
 
 
-def encode(stored: Any, new: jax.Array, start: Any, seed: jax.Array | None) -> Any:
+def encode(
+    stored: Any, new: jax.Array, start: Any, seed: jax.Array | None, stats: Any = None
+) -> Any:
     """The stored pieces (as `take` returns them) of the new values ``new`` of elements
-    ``[start, start + len(new))`` of ``stored``."""
+    ``[start, start + len(new))`` of ``stored``; ``stats``: a rank-1 leaf's new maxima."""
+    if isinstance(stored, q4.Quantized4Array):
+        return q4.encode4(stored, new, start, seed, stats)
     if not is_quantized(stored):
         return new.astype(stored.dtype)
     size = stored.codes.shape[1]
@@ -71,8 +80,10 @@ def encode(stored: Any, new: jax.Array, start: Any, seed: jax.Array | None) -> A
     return encode_blocks(flat.reshape(-1, size), stored.code, offset_seed(seed, start))
 
 
-def put(stored: Any, pieces: Any, start: Any) -> Any:
+def put(stored: Any, pieces: Any, start: Any, stats: Any = None) -> Any:
     """``stored`` with `take`'s pieces at ``start`` replaced (in place under ``jit``)."""
+    if isinstance(stored, q4.Quantized4Array):
+        return q4.put4(stored, pieces, start, stats)
     if not is_quantized(stored):
         return jax.lax.dynamic_update_slice_in_dim(stored, pieces, start, 0)
     first = start // stored.codes.shape[1]
@@ -113,12 +124,24 @@ def empty_like(x: Any) -> jax.Array:
 
 def flat_stored(x: Any) -> Any:
     """A stored leaf ready for `read`/`write`: quantized as is, raw arrays flattened."""
-    return x if is_quantized(x) else jnp.reshape(x, (-1,))
+    if is_quantized(x) or isinstance(x, q4.Quantized4Array):
+        return x
+    return jnp.reshape(x, (-1,))
 
 
-def chunk_size(block_size: int, target: int) -> int:
-    """Elements per chunk: a whole number of blocks, about ``target`` elements."""
-    return block_size * max(1, target // block_size)
+def width(stored: Any) -> int:
+    """Elements per row of a stored leaf (chunks start at whole rows)."""
+    if isinstance(stored, q4.Quantized4Array):
+        return stored.width
+    return stored.codes.shape[1] if is_quantized(stored) else 1
+
+
+def _rank1(stored: Any) -> bool:
+    return isinstance(stored, q4.Quantized4Array) and stored.kind == "rank1"
+
+
+def _first_maxima(stored: Any) -> tuple:
+    return tuple(jnp.zeros_like(x) for x in stored.stats)
 
 
 def run_leaf(
@@ -128,16 +151,19 @@ def run_leaf(
     grads: list,
     stored: list,
     params: list | None,
-    chunk: int,
+    target: int,
     seeds: list,
 ) -> tuple[jax.Array, dict[int, Any]]:
     """The update of param leaf ``j`` (flat) and its new stored state leaves ``{i: leaf}``.
 
     ``rule(grads, state, params)`` runs the wrapped transform on flat leaf lists and returns
     flat leaf lists; ``owners[i]`` is the param leaf of state leaf ``i`` (-1: a scalar, passed
-    as stored); ``seeds[i]`` the rounding seed of state leaf ``i`` (None: nearest).
+    as stored); ``seeds[i]`` the rounding seed of state leaf ``i`` (None: nearest); chunks
+    hold about ``target`` elements. A rank-1 (4-bit second moment) leaf needs the maxima of
+    its whole new state first: one more pass runs the rule for them (reductions only).
     """
     mine = [i for i, owner in enumerate(owners) if owner == j]
+    chunk = q4.chunk_for([width(stored[i]) for i in mine], target)
     flat_g = jnp.reshape(grads[j], (-1,))
     flat_p = None if params is None else jnp.reshape(params[j], (-1,))
 
@@ -150,23 +176,40 @@ def run_leaf(
             for i, x in enumerate(stored)
         ]
 
-    def body(start, length, carry):
-        out, state = carry
+    def new_chunk(state, g, p, pieces, length):
+        chunks = {i: decode(state[i], pieces[i], length) for i in mine}
+        p = None if params is None else stand_in(params, j, p)
+        return rule(stand_in(grads, j, g), state_in(chunks), p)
+
+    def inputs(out, state, start, length):
         g = _slice(out if out.dtype == flat_g.dtype else flat_g, start, length)
         p = None if params is None else _slice(flat_p, start, length)
-        pieces = {i: take(state[i], start, length) for i in mine}
+        return g, p, {i: take(state[i], start, length) for i in mine}
+
+    ranked = [i for i in mine if _rank1(stored[i])]
+    maxima = {}
+    if ranked:
+        state = {i: flat_stored(stored[i]) for i in mine}
+
+        def first(start, length, acc):
+            _, new_state = new_chunk(state, *inputs(flat_g, state, start, length), length)
+            return {i: q4.rank1_stats(state[i], acc[i], new_state[i], start) for i in ranked}
+
+        maxima = over_chunks(
+            flat_g.shape[0], chunk, first, {i: _first_maxima(stored[i]) for i in ranked}
+        )
+
+    def body(start, length, carry):
+        out, state = carry
 
         def compute(operands):
-            g, p, pieces = operands
-            chunks = {i: decode(state[i], pieces[i], length) for i in mine}
-            p = None if params is None else stand_in(params, j, p)
-            new_out, new_state = rule(stand_in(grads, j, g), state_in(chunks), p)
-            new = {i: encode(state[i], new_state[i], start, seeds[i]) for i in mine}
+            new_out, new_state = new_chunk(state, *operands, length)
+            new = {i: encode(state[i], new_state[i], start, seeds[i], maxima.get(i)) for i in mine}
             return new_out[j].astype(out.dtype), new
 
-        new_out, new = apart(start, compute, (g, p, pieces))
+        new_out, new = apart(start, compute, inputs(out, state, start, length))
         out = jax.lax.dynamic_update_slice_in_dim(out, new_out, start, 0)
-        return out, {i: put(state[i], new[i], start) for i in mine}
+        return out, {i: put(state[i], new[i], start, maxima.get(i)) for i in mine}
 
     out_dtype = jax.eval_shape(
         lambda: rule(
@@ -183,24 +226,39 @@ def run_leaf(
 
 def init_leaf(
     j: int,
-    owners: tuple[int, ...],
     rule: Callable[[list], list],
     params: list,
     blank: dict[int, Any],
-    chunk: int,
+    target: int,
     seeds: list,
 ) -> dict[int, Any]:
     """The stored initial state leaves ``{i: leaf}`` of param leaf ``j``: ``rule(params)``
     (the wrapped ``init`` on flat leaf lists) run chunk by chunk and encoded into ``blank``
-    (zero-filled stored leaves, flat)."""
+    (zero-filled stored leaves, flat); a rank-1 leaf's maxima come from a first pass."""
     flat_p = jnp.reshape(params[j], (-1,))
+    chunk = q4.chunk_for([width(x) for x in blank.values()], target)
+
+    def new_chunk(p):
+        return rule([p if k == j else empty_like(x) for k, x in enumerate(params)])
+
+    maxima = {}
+    ranked = [i for i, x in blank.items() if _rank1(x)]
+    if ranked:
+
+        def first(start, length, acc):
+            new = new_chunk(_slice(flat_p, start, length))
+            return {i: q4.rank1_stats(blank[i], acc[i], new[i], start) for i in ranked}
+
+        maxima = over_chunks(
+            flat_p.shape[0], chunk, first, {i: _first_maxima(blank[i]) for i in ranked}
+        )
 
     def body(start, length, state):
         def compute(p):
-            new = rule([p if k == j else empty_like(x) for k, x in enumerate(params)])
-            return {i: encode(state[i], new[i], start, seeds[i]) for i in state}
+            new = new_chunk(p)
+            return {i: encode(state[i], new[i], start, seeds[i], maxima.get(i)) for i in state}
 
         new = apart(start, compute, _slice(flat_p, start, length))
-        return {i: put(state[i], new[i], start) for i in state}
+        return {i: put(state[i], new[i], start, maxima.get(i)) for i in state}
 
     return over_chunks(flat_p.shape[0], chunk, body, blank)

@@ -31,7 +31,8 @@ from dlopt.core.base import (
     with_extra_args_support,
 )
 from dlopt.core.per_leaf import per_leaf
-from dlopt.wrappers import chunked, elementwise
+from dlopt.wrappers import chunked, codes4, elementwise
+from dlopt.wrappers import quantized4 as q4
 from dlopt.wrappers.codes8 import CODES
 from dlopt.wrappers.quantized_array import (
     QuantizedArray,
@@ -42,6 +43,7 @@ from dlopt.wrappers.quantized_array import (
     to_blocks,
 )
 
+SECOND_MOMENTS = ("nu", "nu_max", "v", "exp_avg_sq", "sum_of_squares")
 CHUNK = 1 << 15  # elements decoded, updated and encoded at a time (a few float32 arrays fit in L2)
 
 
@@ -59,11 +61,12 @@ class QuantizedState(NamedTuple):
 def quantized(
     tx: GradientTransformation,
     bits: int = 8,
-    block_size: int = 256,
+    block_size: int | None = None,
     min_size: int = 4096,
     *,
     code: str = "dynamic",
     state_rounding: str = "stochastic",
+    second_moments: tuple[str, ...] = SECOND_MOMENTS,
 ) -> GradientTransformationExtraArgs:
     """``tx`` with its state stored in 8 bits: block-wise dynamic quantization.
 
@@ -133,17 +136,61 @@ def quantized(
     """
     validation.check_transformation("tx", tx)
     validation.check_int("bits", bits, 1)
-    if bits != 8:
-        raise ValueError(f"bits must be 8 (only 8-bit codes are implemented), got bits={bits}.")
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 8 or 4 (the codes implemented), got bits={bits}.")
+    if block_size is None:
+        block_size = 256 if bits == 8 else codes4.BLOCK_SIZE
     validation.check_int("block_size", block_size, 1)
+    if bits == 4 and block_size % 2:
+        raise ValueError(f"block_size must be even with bits=4 (2 codes a byte), got {block_size}.")
     validation.check_int("min_size", min_size, 0)
     validation.check_choice("code", code, CODES)
     numerics.check_rounding(state_rounding)
+    if isinstance(second_moments, str) or not all(isinstance(n, str) for n in second_moments):
+        raise TypeError(
+            f"second_moments must be a tuple of field names, got second_moments={second_moments!r}."
+        )
+    second_moments = tuple(second_moments)
     inner = with_extra_args_support(tx)
-    chunk = chunked.chunk_size(block_size, CHUNK)
 
     def quantizable(x):
         return _floating(x) and x.size >= min_size
+
+    def kinds(abstract_state):
+        """Per state leaf: None (kept as is), "q8", or a 4-bit kind."""
+        found = []
+        for path, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
+            if not quantizable(x):
+                found.append(None)
+            elif bits == 8:
+                found.append("q8")
+            else:
+                names = {getattr(k, "name", None) for k in path}
+                found.append(q4.kind_of(tuple(x.shape), bool(names & set(second_moments))))
+        return found
+
+    def blank(x, kind):
+        """``x``'s stored form when it is zero (flat if not quantized)."""
+        if kind is None:
+            return jnp.zeros((x.size,), x.dtype)
+        if kind != "q8":
+            return q4.blank4(tuple(x.shape), x.dtype, kind, block_size)
+        blocks = -(-x.size // block_size)
+        return QuantizedArray(
+            jnp.zeros((blocks, block_size), jnp.uint8),
+            jnp.zeros((blocks,), jnp.float32),
+            jnp.zeros((blocks,), jnp.bool_),
+            tuple(x.shape),
+            x.dtype,
+            code,
+        )
+
+    def encode_whole(x, kind, seed):
+        if kind is None:
+            return x
+        if kind == "q8":
+            return quantize(x, block_size, code=code, seed=seed)
+        return q4.quantize4(x, kind, block_size, seed)
 
     def seeds(count, num):
         if state_rounding == "nearest":
@@ -161,58 +208,41 @@ def quantized(
         return owners
 
     def init_impl(params):
-        abstract, treedef = jax.tree.flatten(jax.eval_shape(inner.init, params))
+        shapes = jax.eval_shape(inner.init, params)
+        abstract, treedef = jax.tree.flatten(shapes)
+        kind = kinds(shapes)
         count = jnp.zeros([], jnp.int32)
+        sd = seeds(count, len(abstract))
         owners = owners_for(params, abstract)
         if owners is None:  # not elementwise: encode the whole state (inside this jit)
             # the barrier keeps XLA from constant-folding the encoding of a zero state
             leaves = jax.tree.leaves(jax.lax.optimization_barrier(inner.init(params)))
-            sd = seeds(count, len(leaves))
-            stored = [
-                quantize(x, block_size, code=code, seed=sd[i]) if quantizable(x) else x
-                for i, x in enumerate(leaves)
-            ]
+            stored = [encode_whole(x, kind[i], sd[i]) for i, x in enumerate(leaves)]
             return QuantizedState(count, treedef.unflatten(stored))
-        lean = {owners[i] for i, x in enumerate(abstract) if quantizable(x)}
-        p_leaves = jax.tree.leaves(params)
+        lean = {owners[i] for i in range(len(abstract)) if kind[i] is not None}
+        p_leaves, p_def = jax.tree.flatten(params)
         rest = [chunked.empty_like(x) if j in lean else x for j, x in enumerate(p_leaves)]
-        stored = jax.tree.leaves(inner.init(jax.tree.structure(params).unflatten(rest)))
-        rule = lambda leaves: jax.tree.leaves(  # noqa: E731
-            inner.init(jax.tree.structure(params).unflatten(leaves))
-        )
-        sd = seeds(count, len(abstract))
+        stored = jax.tree.leaves(inner.init(p_def.unflatten(rest)))
         zero = elementwise.zero_leaves(inner.init, params)
         for i, x in enumerate(abstract):  # a zero leaf's codes: all 0 (no float32 state)
             if owners[i] in lean and i in zero:
-                stored[i] = _blank(x) if quantizable(x) else jnp.zeros(x.shape, x.dtype)
+                stored[i] = blank(x, kind[i]) if kind[i] else jnp.zeros(x.shape, x.dtype)
         for j in sorted(lean):
-            blank = {
-                i: _blank(x) for i, x in enumerate(abstract) if owners[i] == j and i not in zero
+            mine = {
+                i: blank(x, kind[i])
+                for i, x in enumerate(abstract)
+                if owners[i] == j and i not in zero
             }
-            if not blank:
-                continue
-            new = chunked.init_leaf(j, owners, rule, p_leaves, blank, chunk, sd)
-            for i, x in new.items():
-                stored[i] = x if is_quantized(x) else x.reshape(abstract[i].shape)
+            if mine:
+                rule = lambda leaves: jax.tree.leaves(inner.init(p_def.unflatten(leaves)))  # noqa: E731
+                new = chunked.init_leaf(j, rule, p_leaves, mine, CHUNK, sd)
+                for i, x in new.items():
+                    stored[i] = x if _is_stored(x) else x.reshape(abstract[i].shape)
         return QuantizedState(count, treedef.unflatten(stored))
-
-    def _blank(x):
-        """``x``'s stored form when it is zero (flat if not quantized)."""
-        if not quantizable(x):
-            return jnp.zeros((x.size,), x.dtype)
-        blocks = -(-x.size // block_size)
-        return QuantizedArray(
-            jnp.zeros((blocks, block_size), jnp.uint8),
-            jnp.zeros((blocks,), jnp.float32),
-            jnp.zeros((blocks,), jnp.bool_),
-            tuple(x.shape),
-            x.dtype,
-            code,
-        )
 
     def update_impl(updates, state, params, extra_args):
         count = tree_lib.safe_increment(state.count)
-        stored, treedef = jax.tree.flatten(state.inner_state, is_leaf=is_quantized)
+        stored, treedef = jax.tree.flatten(state.inner_state, is_leaf=_is_stored)
         sd = seeds(count, len(stored))
         u_leaves, u_def = jax.tree.flatten(updates)
         p_leaves = None if params is None else u_def.flatten_up_to(params)
@@ -239,32 +269,32 @@ def quantized(
         if owners is None:  # not elementwise: decode everything, update, encode
             out, new = rule(u_leaves, [_decode(x) for x in stored], p_leaves)
             kept = [
-                _encode_like(new[i], x, sd[i]) if is_quantized(x) else new[i]
+                _encode_like(new[i], x, sd[i]) if _is_stored(x) else new[i]
                 for i, x in enumerate(stored)
             ]
             return u_def.unflatten(out), QuantizedState(count, treedef.unflatten(kept))
-        lean = {owners[i] for i, x in enumerate(stored) if is_quantized(x)}
+        lean = {owners[i] for i, x in enumerate(stored) if _is_stored(x)}
         empty = chunked.empty_like
 
         def drop(leaves):
-            return (
-                None
-                if leaves is None
-                else [empty(x) if j in lean else x for j, x in enumerate(leaves)]
-            )
+            if leaves is None:
+                return None
+            return [empty(x) if j in lean else x for j, x in enumerate(leaves)]
 
         rest_state = [empty(x) if owners[i] in lean else x for i, x in enumerate(stored)]
         out, kept = rule(drop(u_leaves), rest_state, drop(p_leaves))
         for j in sorted(lean):
-            flat, new = chunked.run_leaf(j, owners, rule, u_leaves, stored, p_leaves, chunk, sd)
+            flat, new = chunked.run_leaf(j, owners, rule, u_leaves, stored, p_leaves, CHUNK, sd)
             out[j] = flat.reshape(jnp.shape(u_leaves[j]))
             for i, x in new.items():
-                kept[i] = x if is_quantized(x) else x.reshape(jnp.shape(stored[i]))
+                kept[i] = x if _is_stored(x) else x.reshape(jnp.shape(stored[i]))
         return u_def.unflatten(out), QuantizedState(count, treedef.unflatten(kept))
 
     def _encode_like(new, old, seed):
-        blocks = to_blocks(jnp.asarray(new).reshape(old.shape), block_size)
-        codes, scale, signed = encode_blocks(blocks, old.code, seed)
+        new = jnp.asarray(new).reshape(old.shape)
+        if isinstance(old, q4.Quantized4Array):
+            return q4.quantize4(new, old.kind, block_size, seed)
+        codes, scale, signed = encode_blocks(to_blocks(new, block_size), old.code, seed)
         return QuantizedArray(codes, scale, signed, old.shape, old.dtype, old.code)
 
     init_jit = jax.jit(init_impl)
@@ -274,16 +304,21 @@ def quantized(
         return init_jit(params)
 
     def update_fn(updates, state, params=None, **extra_args):
-        if all(
-            isinstance(x, jax.Array | np.ndarray | float | int) for x in jax.tree.leaves(extra_args)
-        ):
+        plain = (jax.Array, np.ndarray, float, int)
+        if all(isinstance(x, plain) for x in jax.tree.leaves(extra_args)):
             return update_jit(updates, state, params, extra_args)
         return update_impl(updates, state, params, extra_args)
 
     return GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+def _is_stored(x: Any) -> bool:
+    return is_quantized(x) or isinstance(x, q4.Quantized4Array)
+
+
 def _decode(x: Any) -> Any:
+    if isinstance(x, q4.Quantized4Array):
+        return q4.dequantize4(x)
     return dequantize(x) if is_quantized(x) else x
 
 

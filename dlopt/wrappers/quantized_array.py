@@ -72,6 +72,16 @@ def offset_seed(seed: jax.Array | None, offset: jax.Array | int) -> jax.Array | 
     return seed + jnp.asarray(offset).astype(jnp.uint32) * jnp.uint32(_INDEX_MIX)
 
 
+def normalize(x: jax.Array, scale: jax.Array) -> jax.Array:
+    """``x / scale`` (``scale`` broadcast; 0 taken as 1) as two multiplies by factors of
+    the scale (no division per element); above 2**64 ``x`` is scaled down first, so that
+    ``1 / scale`` is never subnormal (XLA flushes subnormals to zero on CPU)."""
+    f32 = jnp.float32
+    pre = jnp.where(jnp.abs(scale) > f32(2.0**64), f32(2.0**-64), f32(1))
+    safe = jnp.where(scale != 0, scale * pre, jnp.ones_like(scale))
+    return x * pre * (1 / safe)
+
+
 def encode_blocks(
     blocks: jax.Array, code: str, seed: jax.Array | None
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -89,12 +99,7 @@ def encode_blocks(
     )
     signed = low < 0
     scale = jnp.where(-low > high, low, high)  # the value of largest magnitude: codes it as 1
-    # y = blocks / scale as two multiplies by per-block factors (no division per element);
-    # above 2**64 the block is scaled down first, so that 1 / scale is never subnormal (XLA
-    # flushes subnormals to zero on CPU)
-    pre = jnp.where(jnp.abs(scale) > f32(2.0**64), f32(2.0**-64), f32(1))
-    safe = jnp.where(scale != 0, scale * pre, jnp.ones_like(scale))
-    y = clean * pre[:, None] * (1 / safe)[:, None]
+    y = normalize(clean, scale[:, None])
     if seed is None:
         uniform = 0.5
     else:
