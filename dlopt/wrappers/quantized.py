@@ -1,17 +1,18 @@
-"""Block-wise 8-bit optimizer state around any transform (Dettmers et al., 2022).
+"""Block-wise 8-bit or 4-bit optimizer state around any transform (Dettmers et al., 2022;
+Li et al., 2023).
 
 `quantized` stores every floating state leaf of ``tx`` with at least ``min_size`` elements as
-`QuantizedArray`: one uint8 code per element plus one float32 scale (and a sign flag) per
-block of ``block_size`` elements, 1 + 5 / block_size bytes per element instead of 4. Inside
-``update`` the codes are decoded, ``tx`` runs on the float32 state and its new state is
-encoded again, in the one jitted step. Decoding, the rule and encoding are elementwise (the
-block ranges are the only reduction) and written without divisions or chained gathers, so
-XLA fuses them into the update's loops and no float32 copy of the state is materialized.
+`QuantizedArray` (8 bits: one uint8 code per element plus one float32 scale and a sign flag
+per block of ``block_size`` elements, 1 + 5 / block_size bytes per element instead of 4) or
+`dlopt.wrappers.quantized4.Quantized4Array` (4 bits, two codes a byte). Inside ``update`` the
+codes are decoded, ``tx`` runs on the float32 state and its new state is encoded again, in
+the one jitted step, a chunk at a time when ``tx`` is elementwise (`dlopt.wrappers.chunked`),
+so no float32 copy of the state is materialized.
 
-The codes are the *dynamic* (non-linear) 8-bit data type of Dettmers et al.: an exponent
-that falls from 10^0 to 10^-6 with the fraction bits that remain, so small values relative to
-the block's absolute maximum keep their relative precision (a linear code would round them to
-0). Each block is normalized by its absolute maximum and rounded to the nearest code.
+The 8-bit codes are the *dynamic* (non-linear) data type of Dettmers et al.
+(`dlopt.wrappers.codes8`): an exponent that falls from 10^0 to 10^-6 with the fraction bits
+that remain, so small values relative to the block's absolute maximum keep their relative
+precision (a linear code would round them to 0).
 """
 
 from __future__ import annotations
@@ -99,25 +100,45 @@ def quantized(
     an element that should decay relative to its block maximum keeps its code; on the
     least-squares benchmark nearest rounding ends 19% above float32, stochastic 1.5% below.
 
-    **Memory at peak.** To keep XLA from materializing a float32 copy of the state, the step
-    runs ``tx`` three times from the stored inputs (`jax.lax.optimization_barrier` keeps the
-    copies apart): once for the block maxima of the new state (reductions only), once to
-    encode it straight into its codes, once for the updates. Each pass is one elementwise
-    loop; the arithmetic of ``tx`` is tripled, so wrap elementwise rules (the Adam family,
-    momentum, RMSProp, ...) rather than transforms with matrix products (Muon, Shampoo).
+    **Memory at peak.** When ``tx`` is elementwise (`dlopt.wrappers.elementwise` finds it from
+    the trace), each param leaf with quantized state runs chunk by chunk (`CHUNK` elements, a
+    whole number of blocks): decode the chunk's codes, run ``tx`` on the slices, encode the new
+    state into the chunk's codes and write the update over the gradient's slice, in one loop
+    that updates its buffers in place (`dlopt.wrappers.chunked`). The step holds the params,
+    the gradients, the codes and a few chunks, never a float32 copy of the state; ``init``
+    writes zero state as codes of zero and encodes any other state chunk by chunk. Other
+    transforms (a global-norm clip in the chain, shape-reading rules) take a whole-leaf path,
+    exact as well, that holds the decoded state during the step.
+
+    **Non-finite values.** A block's scale is taken over its finite elements, and a NaN or
+    infinite element is stored as 0 (in 4 bits: a first moment 0, a second moment the top of
+    its scale), so one NaN gradient element gives one NaN parameter, as in float32 Adam, and
+    the other elements of its block keep their state.
+
+    **4 bits** (``bits=4``, Li et al. 2023): a signed state leaf in the signed
+    dynamic-exponent code with blocks of ``block_size`` (128 by default); a leaf named in
+    ``second_moments`` (a field name on its path in the state, e.g. Adam's ``nu``) is taken
+    as non-negative and stored in the linear code without a zero point (a small ``v`` never
+    decodes to 0) with rank-1 normalization, ``scale(i, j) = min(max of row i, max of column
+    j)`` (blocks of 128 for a leaf with one axis longer than 1); two codes a byte
+    (`dlopt.wrappers.quantized4`, `dlopt.wrappers.codes4`). A second moment's maxima are
+    computed in one more pass of ``tx`` over the chunks before it is encoded.
 
     Args:
         tx: any transform (dlopt's or optax's), e.g. ``dlopt.adam(1e-3)``. Do not wrap
             copies of the parameters (lookahead's slow weights, schedule-free's ``z``,
             EMA weights): 8 bits are for statistics, not weights.
-        bits: bits per code; only 8 (one uint8 per element) is implemented.
-        block_size: elements per scale (>= 1); the scale costs 5 / block_size bytes per
-            element (a float32 and a bool).
+        bits: 8 (one uint8 per element) or 4 (two codes a byte, see above).
+        block_size: elements per scale (>= 1; even for 4 bits); None: 256 for 8 bits, 128 for
+            4. In 8 bits the scale costs 5 / block_size bytes per element (a float32, a bool).
         min_size: leaves with fewer elements stay unquantized (>= 0).
         code: ``"dynamic"`` (Dettmers et al.) or ``"linear"`` (equally spaced values, for
             comparison: small second moments round to zero and the update ``m / sqrt(v)``
             blows up; it diverges on both benchmark problems).
         state_rounding: ``"stochastic"`` (default) or ``"nearest"`` rounding of the codes.
+        second_moments: with ``bits=4``, the state field names of non-negative second
+            moments (default ``SECOND_MOMENTS``: ``nu``, ``nu_max``, ``v``, ``exp_avg_sq``,
+            ``sum_of_squares``); any other quantized leaf gets the signed code.
 
     Returns:
         A `GradientTransformationExtraArgs` with state `QuantizedState`; extra arguments
@@ -132,7 +153,8 @@ def quantized(
 
     References:
         Dettmers, Lewis, Shleifer and Zettlemoyer, 2022, "8-bit Optimizers via Block-wise
-        Quantization", ICLR; bitsandbytes (``functional.create_dynamic_map``).
+        Quantization", ICLR; bitsandbytes (``functional.create_dynamic_map``); Li, Chen and
+        Zhu, 2023, "Memory Efficient Optimizers with 4-bit States", NeurIPS.
     """
     validation.check_transformation("tx", tx)
     validation.check_int("bits", bits, 1)
