@@ -144,6 +144,11 @@ TRANSFORMS = [
         "adam",  # tiny blocks and leaves, so the default params' matrices are quantized
         lambda: dlopt.quantized(dlopt.adam(1e-2), block_size=4, min_size=4),
     ),
+    Entry(
+        "quantized",
+        "adam_4bit",
+        lambda: dlopt.quantized(dlopt.adam(1e-2), bits=4, block_size=4, min_size=4),
+    ),
     Entry("fused", "adamw", lambda: dlopt.fused(dlopt.adamw(1e-2)), DECAYS),
     Entry(
         "fused",

@@ -1,23 +1,22 @@
-"""Block-wise 8-bit optimizer state around any transform (Dettmers et al., 2022).
+"""Block-wise 8-bit or 4-bit optimizer state around any transform (Dettmers et al., 2022;
+Li et al., 2023).
 
 `quantized` stores every floating state leaf of ``tx`` with at least ``min_size`` elements as
-`QuantizedArray`: one uint8 code per element plus one float32 scale (and a sign flag) per
-block of ``block_size`` elements, 1 + 5 / block_size bytes per element instead of 4. Inside
-``update`` the codes are decoded, ``tx`` runs on the float32 state and its new state is
-encoded again, in the one jitted step. Decoding, the rule and encoding are elementwise (the
-block ranges are the only reduction) and written without divisions or chained gathers, so
-XLA fuses them into the update's loops and no float32 copy of the state is materialized.
+`QuantizedArray` (8 bits: one uint8 code per element plus one float32 scale and a sign flag
+per block of ``block_size`` elements, 1 + 5 / block_size bytes per element instead of 4) or
+`dlopt.wrappers.quantized4.Quantized4Array` (4 bits, two codes a byte). Inside ``update`` the
+codes are decoded, ``tx`` runs on the float32 state and its new state is encoded again, in
+the one jitted step, a chunk at a time when ``tx`` is elementwise (`dlopt.wrappers.chunked`),
+so no float32 copy of the state is materialized.
 
-The codes are the *dynamic* (non-linear) 8-bit data type of Dettmers et al.: an exponent
-that falls from 10^0 to 10^-6 with the fraction bits that remain, so small values relative to
-the block's absolute maximum keep their relative precision (a linear code would round them to
-0). Each block is normalized by its absolute maximum and rounded to the nearest code.
+The 8-bit codes are the *dynamic* (non-linear) data type of Dettmers et al.
+(`dlopt.wrappers.codes8`): an exponent that falls from 10^0 to 10^-6 with the fraction bits
+that remain, so small values relative to the block's absolute maximum keep their relative
+precision (a linear code would round them to 0).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from typing import Any, NamedTuple
 
 import chex
@@ -33,222 +32,20 @@ from dlopt.core.base import (
     with_extra_args_support,
 )
 from dlopt.core.per_leaf import per_leaf
+from dlopt.wrappers import chunked, codes4, elementwise
+from dlopt.wrappers import quantized4 as q4
+from dlopt.wrappers.codes8 import CODES
+from dlopt.wrappers.quantized_array import (
+    QuantizedArray,
+    dequantize,
+    encode_blocks,
+    is_quantized,
+    quantize,
+    to_blocks,
+)
 
-CODES = ("dynamic", "linear")
-CODE_SIZE = 256  # 8 bits
-
-
-# --- the codes (sorted tables of 256 values in [-1, 1] or [0, 1])
-
-
-def dynamic_code(signed: bool) -> np.ndarray:
-    """The 256 values of the dynamic 8-bit data type, sorted (float32).
-
-    Per exponent level ``i = 0 ... 6``, the midpoints of ``2**i`` (signed; ``2**(i+1)``
-    unsigned) equal steps of [0.1, 1], scaled by ``10**(i - 6)``; mirrored for the signed
-    code; plus 0 and 1. The signed code spans [-0.993, 1] (127 negative values, 0, 128
-    positive), the unsigned one [0, 1] with one more fraction bit per level. The smallest
-    non-zero magnitude is 5.5e-7 of the block maximum.
-
-    References:
-        bitsandbytes ``functional.create_dynamic_map(signed, max_exponent_bits=7,
-        total_bits=8)``; Dettmers, 2016, "8-Bit Approximations for Parallelism in Deep
-        Learning", ICLR.
-    """
-    values = [0.0, 1.0]
-    for i in range(7):
-        steps = 2**i if signed else 2 ** (i + 1)
-        edges = np.linspace(0.1, 1.0, steps + 1)
-        means = 10.0 ** (i - 6) * (edges[:-1] + edges[1:]) / 2
-        values += list(means) + (list(-means) if signed else [])
-    assert len(values) == CODE_SIZE
-    return np.sort(np.asarray(values, np.float32))
-
-
-def linear_code(signed: bool) -> np.ndarray:
-    """256 equally spaced values: [-1, 1] in 255 steps plus a second 0 (signed, as
-    bitsandbytes' ``create_linear_map``), or [0, 1] in 256 (unsigned); sorted, float32."""
-    if signed:
-        return np.sort(np.append(np.linspace(-1.0, 1.0, CODE_SIZE - 1), 0.0).astype(np.float32))
-    return np.linspace(0.0, 1.0, CODE_SIZE).astype(np.float32)
-
-
-def _bottom(level: int, signed: bool) -> float:
-    """The smallest value of exponent level ``level`` (0 ... 6) of the dynamic code."""
-    count = 2**level if signed else 2 ** (level + 1)
-    return 10.0 ** (level - 6) * (0.1 + 0.45 / count)
-
-
-def _position(a: jax.Array, signed: jax.Array, code: str) -> jax.Array:
-    """The continuous code rank of magnitudes ``a`` in [0, 1] (0: the code for zero, then
-    the non-zero values in increasing order): piecewise linear between consecutive code
-    values and equal to ``k`` at the ``k``-th, so ``floor(position + 1/2)`` is the nearest
-    code and ``floor(position + u)``, ``u ~ U[0, 1)``, an unbiased stochastic rounding.
-
-    ``signed`` (broadcast against ``a``) picks the code. Compares, selects and multiplies by
-    constants only (no divisions, no table gathers), so it vectorizes and fuses into the
-    loop that produces ``a``.
-    """
-    f32 = jnp.float32
-
-    def per_code(value_signed, value_unsigned):
-        return jnp.where(signed, f32(value_signed), f32(value_unsigned))
-
-    if code == "linear":
-        return a * per_code(CODE_SIZE // 2 - 1, CODE_SIZE - 1)
-    # Decade L = 0 ... 6 holds a in 10**(L-6) * [0.1, 1): z = a / 10**(L-6) in [0.1, 1).
-    # Its level has count = k0 * 2**L values (k0 = 1 signed, 2 unsigned) at t = 0 ...
-    # count - 1, t = (z - 0.1) * count / 0.9 - 1/2; the first has rank count - k0 + 1.
-    pow2, inv_pow10 = f32(1), f32(1e6)
-    for decade in range(1, 7):
-        inside = a >= f32(10.0 ** (decade - 7))
-        pow2 = jnp.where(inside, f32(2.0**decade), pow2)
-        inv_pow10 = jnp.where(inside, f32(10.0 ** (6 - decade)), inv_pow10)
-    k0 = per_code(1, 2)
-    count = k0 * pow2
-    t = (a * inv_pow10 - f32(0.1)) * (count * f32(1 / 0.9)) - f32(0.5)
-    # Between two levels the rank moves linearly from the last value of one to the first of
-    # the next, which lie at t = count - 1 and (in the next decade's t) 0; that is t in
-    # [-0.6, 0] below the first value (this decade) and [count - 1, count + 2] above the
-    # last (in this decade's t), or [count - 1, count - 0.5] to the top code 1 from L = 6.
-    last = count - 1
-    above = (t - last) * jnp.where(inv_pow10 == f32(1), f32(2), f32(1 / 3)) + last
-    offset = jnp.where(t < 0, t * f32(1 / 0.6), jnp.where(t > last, above, t))
-    rank = count - k0 + 1 + offset
-    first = per_code(_bottom(0, True), _bottom(0, False))  # from 0 (rank 0) to it (rank 1)
-    return jnp.where(a < first, a * per_code(1 / _bottom(0, True), 1 / _bottom(0, False)), rank)
-
-
-def _encode(y: jax.Array, signed: jax.Array, code: str, uniform: jax.Array | float) -> jax.Array:
-    """Codes (int32 in [0, 255]) of normalized values ``y`` in [-1, 1]; ``signed`` (broadcast)
-    picks the signed code; ``uniform`` is 1/2 (nearest) or U[0, 1) (stochastic)."""
-    half = CODE_SIZE // 2 - 1  # 127: the signed code's zero
-    u = jnp.asarray(uniform, jnp.float32)
-    rank = jnp.floor(_position(jnp.abs(y), signed, code) + u).astype(jnp.int32)
-    negative = y < 0
-    if code == "linear":  # signed: 255 values and a second zero at 128
-        signed_index = jnp.where(negative, half - rank, half + rank + (rank > 0).astype(jnp.int32))
-    else:  # signed: 127 negative values, zero at 127, 128 positive ones (up to 1)
-        rank_signed = jnp.minimum(rank, jnp.where(negative, half, half + 1))
-        signed_index = jnp.where(negative, half - rank_signed, half + rank_signed)
-    return jnp.where(signed, signed_index, jnp.minimum(rank, CODE_SIZE - 1))
-
-
-# --- one array
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class QuantizedArray:
-    """An array stored as 8-bit block-wise codes: element ``b * block_size + k`` of the
-    flattened array (zero-padded to whole blocks) is ``code[codes[b, k]] * scale[b]``.
-
-    ``scale[b]`` is the block's value of largest magnitude, with its sign, so that it is
-    stored exactly (code value 1) whatever its sign: the signed dynamic code reaches +1 but
-    only -0.993, and a negative maximum coded as -0.993 would shrink by 0.7% at every step.
-    ``signed[b]`` says whether the block holds a negative value (signed code) or not (the
-    unsigned code, one more bit of resolution, e.g. for a second moment). ``shape``, ``dtype``
-    (the array's) and ``code`` are static (part of the tree structure, not leaves).
-    """
-
-    codes: jax.Array  # uint8 [num_blocks, block_size]
-    scale: jax.Array  # float32 [num_blocks]: the block's value of largest magnitude
-    signed: jax.Array  # bool [num_blocks]: the block holds a negative value (signed code)
-    shape: tuple[int, ...] = dataclasses.field(metadata={"static": True})
-    dtype: Any = dataclasses.field(metadata={"static": True})
-    code: str = dataclasses.field(default="dynamic", metadata={"static": True})
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
-
-@functools.cache
-def _values(code: str) -> np.ndarray:
-    """The signed code's 256 values, then the unsigned code's (the decoding table)."""
-    make = dynamic_code if code == "dynamic" else linear_code
-    return np.concatenate([make(True), make(False)])
-
-
-def _is_quantized(x: Any) -> bool:
-    return isinstance(x, QuantizedArray)
-
-
-def _lookup(table: jax.Array, index: jax.Array) -> jax.Array:
-    """``table[index]`` elementwise (a gather from a 512-entry constant; fuses into loops)."""
-    return table.at[index].get(mode="promise_in_bounds")
-
-
-def _blocks(x: jax.Array, block_size: int) -> jax.Array:
-    """``x`` flattened and zero-padded to ``[num_blocks, block_size]``."""
-    flat = x.reshape(-1)
-    pad = -flat.shape[0] % block_size
-    if pad:
-        flat = jnp.concatenate([flat, jnp.zeros((pad,), flat.dtype)])
-    return flat.reshape(-1, block_size)
-
-
-def quantize(
-    x: chex.Array,
-    block_size: int = 256,
-    *,
-    code: str = "dynamic",
-    seed: jax.Array | None = None,
-) -> QuantizedArray:
-    """``x`` as a `QuantizedArray`: per block, ``x / scale`` rounded to the nearest code,
-    ``scale`` the block's element of largest magnitude (so it is coded exactly as 1).
-
-    With ``seed`` (from `dlopt.core.numerics.state_seed`) each element rounds instead to one of its
-    two neighbouring codes, up with probability equal to its distance from the lower one
-    (unbiased), the noise hashed from the element index (`dlopt.core.numerics.random_bits`).
-    A block of zeros has scale 0 and decodes to zeros. Non-finite inputs are not supported:
-    a block holding one decodes to garbage (never an error).
-    """
-    x = jnp.asarray(x)
-    blocks = _blocks(x.astype(jnp.float32), block_size)
-    return _quantize_blocks(blocks, *_block_range(blocks), x, code, seed)
-
-
-def _block_range(blocks: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Per block ``(max, min)``, one variadic reduction (XLA fuses the producer into it)."""
-    init = (jnp.float32(-jnp.inf), jnp.float32(jnp.inf))
-    return jax.lax.reduce(
-        (blocks, blocks),
-        init,
-        lambda a, b: (jnp.maximum(a[0], b[0]), jnp.minimum(a[1], b[1])),
-        (1,),
-    )
-
-
-def _quantize_blocks(blocks, high, low, like, code, seed) -> QuantizedArray:
-    """Encodes ``blocks`` given their per-block range (from `_block_range`)."""
-    f32 = jnp.float32
-    signed = low < 0
-    scale = jnp.where(-low > high, low, high)  # the value of largest magnitude: codes it as 1
-    # y = blocks / scale as two multiplies by per-block factors (no division per element);
-    # above 2**64 the block is scaled down first, so that 1 / scale is never subnormal (XLA
-    # flushes subnormals to zero on CPU)
-    pre = jnp.where(jnp.abs(scale) > f32(2.0**64), f32(2.0**-64), f32(1))
-    safe = jnp.where(scale != 0, scale * pre, jnp.ones_like(scale))
-    y = blocks * pre[:, None] * (1 / safe)[:, None]
-    if seed is None:
-        uniform = 0.5
-    else:
-        bits = numerics.random_bits(blocks.shape, seed)
-        uniform = (bits >> jnp.uint32(8)).astype(f32) * f32(2.0**-24)
-    index = _encode(y, signed[:, None], code, uniform)
-    return QuantizedArray(
-        index.astype(jnp.uint8), scale, signed, tuple(like.shape), like.dtype, code
-    )
-
-
-def dequantize(q: QuantizedArray) -> jax.Array:
-    """The array ``q`` stores, in its shape and dtype: ``code[codes] * scale`` per block."""
-    values = _values(q.code)
-    base = jnp.where(q.signed, 0, CODE_SIZE).astype(jnp.int32)[:, None]
-    blocks = _lookup(jnp.asarray(values), base + q.codes.astype(jnp.int32))
-    flat = (blocks * q.scale[:, None]).reshape(-1)
-    return flat[: q.size].reshape(q.shape).astype(q.dtype)
+SECOND_MOMENTS = ("nu", "nu_max", "v", "exp_avg_sq", "sum_of_squares")
+CHUNK = 1 << 15  # elements decoded, updated and encoded at a time (a few float32 arrays fit in L2)
 
 
 # --- the wrapper
@@ -265,11 +62,12 @@ class QuantizedState(NamedTuple):
 def quantized(
     tx: GradientTransformation,
     bits: int = 8,
-    block_size: int = 256,
+    block_size: int | None = None,
     min_size: int = 4096,
     *,
     code: str = "dynamic",
     state_rounding: str = "stochastic",
+    second_moments: tuple[str, ...] = SECOND_MOMENTS,
 ) -> GradientTransformationExtraArgs:
     """``tx`` with its state stored in 8 bits: block-wise dynamic quantization.
 
@@ -302,25 +100,45 @@ def quantized(
     an element that should decay relative to its block maximum keeps its code; on the
     least-squares benchmark nearest rounding ends 19% above float32, stochastic 1.5% below.
 
-    **Memory at peak.** To keep XLA from materializing a float32 copy of the state, the step
-    runs ``tx`` three times from the stored inputs (`jax.lax.optimization_barrier` keeps the
-    copies apart): once for the block maxima of the new state (reductions only), once to
-    encode it straight into its codes, once for the updates. Each pass is one elementwise
-    loop; the arithmetic of ``tx`` is tripled, so wrap elementwise rules (the Adam family,
-    momentum, RMSProp, ...) rather than transforms with matrix products (Muon, Shampoo).
+    **Memory at peak.** When ``tx`` is elementwise (`dlopt.wrappers.elementwise` finds it from
+    the trace), each param leaf with quantized state runs chunk by chunk (`CHUNK` elements, a
+    whole number of blocks): decode the chunk's codes, run ``tx`` on the slices, encode the new
+    state into the chunk's codes and write the update over the gradient's slice, in one loop
+    that updates its buffers in place (`dlopt.wrappers.chunked`). The step holds the params,
+    the gradients, the codes and a few chunks, never a float32 copy of the state; ``init``
+    writes zero state as codes of zero and encodes any other state chunk by chunk. Other
+    transforms (a global-norm clip in the chain, shape-reading rules) take a whole-leaf path,
+    exact as well, that holds the decoded state during the step.
+
+    **Non-finite values.** A block's scale is taken over its finite elements, and a NaN or
+    infinite element is stored as 0 (in 4 bits: a first moment 0, a second moment the top of
+    its scale), so one NaN gradient element gives one NaN parameter, as in float32 Adam, and
+    the other elements of its block keep their state.
+
+    **4 bits** (``bits=4``, Li et al. 2023): a signed state leaf in the signed
+    dynamic-exponent code with blocks of ``block_size`` (128 by default); a leaf named in
+    ``second_moments`` (a field name on its path in the state, e.g. Adam's ``nu``) is taken
+    as non-negative and stored in the linear code without a zero point (a small ``v`` never
+    decodes to 0) with rank-1 normalization, ``scale(i, j) = min(max of row i, max of column
+    j)`` (blocks of 128 for a leaf with one axis longer than 1); two codes a byte
+    (`dlopt.wrappers.quantized4`, `dlopt.wrappers.codes4`). A second moment's maxima are
+    computed in one more pass of ``tx`` over the chunks before it is encoded.
 
     Args:
         tx: any transform (dlopt's or optax's), e.g. ``dlopt.adam(1e-3)``. Do not wrap
             copies of the parameters (lookahead's slow weights, schedule-free's ``z``,
             EMA weights): 8 bits are for statistics, not weights.
-        bits: bits per code; only 8 (one uint8 per element) is implemented.
-        block_size: elements per scale (>= 1); the scale costs 5 / block_size bytes per
-            element (a float32 and a bool).
+        bits: 8 (one uint8 per element) or 4 (two codes a byte, see above).
+        block_size: elements per scale (>= 1; even for 4 bits); None: 256 for 8 bits, 128 for
+            4. In 8 bits the scale costs 5 / block_size bytes per element (a float32, a bool).
         min_size: leaves with fewer elements stay unquantized (>= 0).
         code: ``"dynamic"`` (Dettmers et al.) or ``"linear"`` (equally spaced values, for
             comparison: small second moments round to zero and the update ``m / sqrt(v)``
             blows up; it diverges on both benchmark problems).
         state_rounding: ``"stochastic"`` (default) or ``"nearest"`` rounding of the codes.
+        second_moments: with ``bits=4``, the state field names of non-negative second
+            moments (default ``SECOND_MOMENTS``: ``nu``, ``nu_max``, ``v``, ``exp_avg_sq``,
+            ``sum_of_squares``); any other quantized leaf gets the signed code.
 
     Returns:
         A `GradientTransformationExtraArgs` with state `QuantizedState`; extra arguments
@@ -335,66 +153,199 @@ def quantized(
 
     References:
         Dettmers, Lewis, Shleifer and Zettlemoyer, 2022, "8-bit Optimizers via Block-wise
-        Quantization", ICLR; bitsandbytes (``functional.create_dynamic_map``).
+        Quantization", ICLR; bitsandbytes (``functional.create_dynamic_map``); Li, Chen and
+        Zhu, 2023, "Memory Efficient Optimizers with 4-bit States", NeurIPS.
     """
     validation.check_transformation("tx", tx)
     validation.check_int("bits", bits, 1)
-    if bits != 8:
-        raise ValueError(f"bits must be 8 (only 8-bit codes are implemented), got bits={bits}.")
+    if bits not in (4, 8):
+        raise ValueError(f"bits must be 8 or 4 (the codes implemented), got bits={bits}.")
+    if block_size is None:
+        block_size = 256 if bits == 8 else codes4.BLOCK_SIZE
     validation.check_int("block_size", block_size, 1)
+    if bits == 4 and block_size % 2:
+        raise ValueError(f"block_size must be even with bits=4 (2 codes a byte), got {block_size}.")
     validation.check_int("min_size", min_size, 0)
     validation.check_choice("code", code, CODES)
     numerics.check_rounding(state_rounding)
+    if isinstance(second_moments, str) or not all(isinstance(n, str) for n in second_moments):
+        raise TypeError(
+            f"second_moments must be a tuple of field names, got second_moments={second_moments!r}."
+        )
+    second_moments = tuple(second_moments)
     inner = with_extra_args_support(tx)
 
     def quantizable(x):
         return _floating(x) and x.size >= min_size
 
-    def seed(count, leaf):
-        return None if state_rounding == "nearest" else numerics.state_seed(count, leaf, 3)
+    def kinds(abstract_state):
+        """Per state leaf: None (kept as is), "q8", or a 4-bit kind."""
+        found = []
+        for path, x in jax.tree_util.tree_flatten_with_path(abstract_state)[0]:
+            if not quantizable(x):
+                found.append(None)
+            elif bits == 8:
+                found.append("q8")
+            else:
+                names = {getattr(k, "name", None) for k in path}
+                found.append(q4.kind_of(tuple(x.shape), bool(names & set(second_moments))))
+        return found
 
-    def init_fn(params):
-        # The barrier keeps XLA from constant-folding the encoding of a zero-initialised
-        # state (its host-side evaluator takes minutes and the memory of the whole tree).
-        leaves, treedef = jax.tree.flatten(jax.lax.optimization_barrier(inner.init(params)))
+    def blank(x, kind):
+        """``x``'s stored form when it is zero (flat if not quantized)."""
+        if kind is None:
+            return jnp.zeros((x.size,), x.dtype)
+        if kind != "q8":
+            return q4.blank4(tuple(x.shape), x.dtype, kind, block_size)
+        blocks = -(-x.size // block_size)
+        return QuantizedArray(
+            jnp.zeros((blocks, block_size), jnp.uint8),
+            jnp.zeros((blocks,), jnp.float32),
+            jnp.zeros((blocks,), jnp.bool_),
+            tuple(x.shape),
+            x.dtype,
+            code,
+        )
+
+    def encode_whole(x, kind, seed):
+        if kind is None:
+            return x
+        if kind == "q8":
+            return quantize(x, block_size, code=code, seed=seed)
+        return q4.quantize4(x, kind, block_size, seed)
+
+    def seeds(count, num):
+        if state_rounding == "nearest":
+            return [None] * num
+        return [numerics.state_seed(count, i, 3) for i in range(num)]
+
+    def owners_for(params, abstract):
+        """The state leaves' param leaves if ``tx`` runs chunk by chunk here, else None."""
+        owners = elementwise.leaf_owners(inner.init, params)
+        sizes = [x.size for x in jax.tree.leaves(params)]
+        if owners is None or len(owners) != len(abstract):
+            return None
+        if any(o >= 0 and x.size != sizes[o] for o, x in zip(owners, abstract, strict=True)):
+            return None
+        return owners
+
+    def init_impl(params):
+        shapes = jax.eval_shape(inner.init, params)
+        abstract, treedef = jax.tree.flatten(shapes)
+        kind = kinds(shapes)
         count = jnp.zeros([], jnp.int32)
-        stored = [
-            quantize(x, block_size, code=code, seed=seed(count, i)) if quantizable(x) else x
-            for i, x in enumerate(leaves)
-        ]
+        sd = seeds(count, len(abstract))
+        owners = owners_for(params, abstract)
+        if owners is None:  # not elementwise: encode the whole state (inside this jit)
+            # the barrier keeps XLA from constant-folding the encoding of a zero state
+            leaves = jax.tree.leaves(jax.lax.optimization_barrier(inner.init(params)))
+            stored = [encode_whole(x, kind[i], sd[i]) for i, x in enumerate(leaves)]
+            return QuantizedState(count, treedef.unflatten(stored))
+        lean = {owners[i] for i in range(len(abstract)) if kind[i] is not None}
+        p_leaves, p_def = jax.tree.flatten(params)
+        rest = [chunked.empty_like(x) if j in lean else x for j, x in enumerate(p_leaves)]
+        stored = jax.tree.leaves(inner.init(p_def.unflatten(rest)))
+        zero = elementwise.zero_leaves(inner.init, params)
+        for i, x in enumerate(abstract):  # a zero leaf's codes: all 0 (no float32 state)
+            if owners[i] in lean and i in zero:
+                stored[i] = blank(x, kind[i]) if kind[i] else jnp.zeros(x.shape, x.dtype)
+        for j in sorted(lean):
+            mine = {
+                i: blank(x, kind[i])
+                for i, x in enumerate(abstract)
+                if owners[i] == j and i not in zero
+            }
+            if mine:
+                rule = lambda leaves: jax.tree.leaves(inner.init(p_def.unflatten(leaves)))  # noqa: E731
+                new = chunked.init_leaf(j, rule, p_leaves, mine, CHUNK, sd)
+                for i, x in new.items():
+                    stored[i] = x if _is_stored(x) else x.reshape(abstract[i].shape)
         return QuantizedState(count, treedef.unflatten(stored))
 
-    def update_fn(updates, state, params=None, **extra_args):
+    def update_impl(updates, state, params, extra_args):
         count = tree_lib.safe_increment(state.count)
-        stored, treedef = jax.tree.flatten(state.inner_state, is_leaf=_is_quantized)
+        stored, treedef = jax.tree.flatten(state.inner_state, is_leaf=_is_stored)
+        sd = seeds(count, len(stored))
+        u_leaves, u_def = jax.tree.flatten(updates)
+        p_leaves = None if params is None else u_def.flatten_up_to(params)
+        abstract = [_abstract(x) for x in stored]
+        owners = owners_for(updates, abstract)
 
-        def run(updates, stored, params):
-            decoded = [dequantize(x) if _is_quantized(x) else x for x in stored]
-            out, new_state = inner.update(updates, treedef.unflatten(decoded), params, **extra_args)
-            return out, treedef.flatten_up_to(new_state)
+        def rule(u, s, p):
+            out, new = inner.update(
+                u_def.unflatten(u),
+                treedef.unflatten(s),
+                None if p is None else u_def.unflatten(p),
+                **extra_args,
+            )
+            return u_def.flatten_up_to(out), treedef.flatten_up_to(new)
 
-        def as_blocks(new, old):
-            return _blocks(jnp.asarray(new).astype(jnp.float32).reshape(old.shape), block_size)
+        if owners is not None and not elementwise.update_is_elementwise(
+            lambda u, s, p: inner.update(u, s, p, **extra_args),
+            updates,
+            treedef.unflatten(abstract),
+            params,
+            owners,
+        ):
+            owners = None
+        if owners is None:  # not elementwise: decode everything, update, encode
+            out, new = rule(u_leaves, [_decode(x) for x in stored], p_leaves)
+            kept = [
+                _encode_like(new[i], x, sd[i]) if _is_stored(x) else new[i]
+                for i, x in enumerate(stored)
+            ]
+            return u_def.unflatten(out), QuantizedState(count, treedef.unflatten(kept))
+        lean = {owners[i] for i, x in enumerate(stored) if _is_stored(x)}
+        empty = chunked.empty_like
 
-        which = [i for i, x in enumerate(stored) if _is_quantized(x)]
-        # Pass 1: the block ranges of the new state (reductions; nothing else is kept).
-        _, new = run(updates, stored, params)
-        ranges = {i: _block_range(as_blocks(new[i], stored[i])) for i in which}
-        # Pass 2: the new state again, straight into its codes; the barrier makes XLA
-        # recompute it from the inputs instead of keeping a float32 copy from pass 1.
-        again = jax.lax.optimization_barrier((updates, stored, params, ranges))
-        _, new = run(*again[:3])
-        ranges = again[3]
-        # Pass 3: the updates, from the stored state once more (fused into their consumer).
-        out, _ = run(*jax.lax.optimization_barrier((updates, stored, params)))
-        kept = list(new)
-        for i in which:
-            old = stored[i]
-            blocks = as_blocks(new[i], old)
-            kept[i] = _quantize_blocks(blocks, *ranges[i], old, code, seed(count, i))
-        return out, QuantizedState(count, treedef.unflatten(kept))
+        def drop(leaves):
+            if leaves is None:
+                return None
+            return [empty(x) if j in lean else x for j, x in enumerate(leaves)]
+
+        rest_state = [empty(x) if owners[i] in lean else x for i, x in enumerate(stored)]
+        out, kept = rule(drop(u_leaves), rest_state, drop(p_leaves))
+        for j in sorted(lean):
+            flat, new = chunked.run_leaf(j, owners, rule, u_leaves, stored, p_leaves, CHUNK, sd)
+            out[j] = flat.reshape(jnp.shape(u_leaves[j]))
+            for i, x in new.items():
+                kept[i] = x if _is_stored(x) else x.reshape(jnp.shape(stored[i]))
+        return u_def.unflatten(out), QuantizedState(count, treedef.unflatten(kept))
+
+    def _encode_like(new, old, seed):
+        new = jnp.asarray(new).reshape(old.shape)
+        if isinstance(old, q4.Quantized4Array):
+            return q4.quantize4(new, old.kind, block_size, seed)
+        codes, scale, signed = encode_blocks(to_blocks(new, block_size), old.code, seed)
+        return QuantizedArray(codes, scale, signed, old.shape, old.dtype, old.code)
+
+    init_jit = jax.jit(init_impl)
+    update_jit = jax.jit(update_impl)
+
+    def init_fn(params):
+        return init_jit(params)
+
+    def update_fn(updates, state, params=None, **extra_args):
+        plain = (jax.Array, np.ndarray, float, int)
+        if all(isinstance(x, plain) for x in jax.tree.leaves(extra_args)):
+            return update_jit(updates, state, params, extra_args)
+        return update_impl(updates, state, params, extra_args)
 
     return GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _is_stored(x: Any) -> bool:
+    return is_quantized(x) or isinstance(x, q4.Quantized4Array)
+
+
+def _decode(x: Any) -> Any:
+    if isinstance(x, q4.Quantized4Array):
+        return q4.dequantize4(x)
+    return dequantize(x) if is_quantized(x) else x
+
+
+def _abstract(x: Any) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(tuple(x.shape), x.dtype)
 
 
 def _floating(x: Any) -> bool:
