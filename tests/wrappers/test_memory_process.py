@@ -28,12 +28,6 @@ pytestmark = [
 
 NUM = 16 * 2**20
 F32, BF16, Q8, Q4 = "dlopt f32", "dlopt bf16", "dlopt 8-bit", "dlopt 4-bit"
-# the 8-bit and 4-bit work lives on the quant/quant4 branches until merged; the jitted 8-bit
-# init already meets its target
-XFAIL_Q8 = pytest.mark.xfail(
-    strict=False, reason="lean 8-bit init/step (issue 20) is on the quant branch, not merged"
-)
-XFAIL_Q4 = pytest.mark.xfail(strict=False, reason="quantized(bits=4) is on the quant branch")
 STEP_TARGETS = {BF16: 0.80, Q8: 0.68, Q4: 0.62}
 
 
@@ -75,10 +69,7 @@ def test_measurement_sees_the_buffers():
     "variant, phase",
     [
         *(_param(v, phase) for v in (F32, BF16) for phase in ("init", "init_jit")),
-        _param(Q8, "init", marks=XFAIL_Q8),
-        _param(Q8, "init_jit"),
-        _param(Q4, "init", marks=XFAIL_Q4),
-        _param(Q4, "init_jit", marks=XFAIL_Q4),
+        *(_param(v, phase) for v in (Q8, Q4) for phase in ("init", "init_jit")),
     ],
 )
 def test_init_peak_is_params_plus_state(variant, phase):
@@ -87,9 +78,7 @@ def test_init_peak_is_params_plus_state(variant, phase):
     assert per_param(row, "net") <= bound, (variant, phase, per_param(row, "net"), bound)
 
 
-@pytest.mark.parametrize(
-    "variant", [_param(BF16), _param(Q8, marks=XFAIL_Q8), _param(Q4, marks=XFAIL_Q4)]
-)
+@pytest.mark.parametrize("variant", [_param(BF16), _param(Q8), _param(Q4)])
 def test_step_peak_ratio_to_float32(variant):
     ratio = per_param(measured(variant)["step"], "net") / per_param(measured(F32)["step"], "net")
     assert ratio <= STEP_TARGETS[variant], (variant, ratio)
