@@ -3,22 +3,14 @@ table and JSON; the steps-to-target and best-learning-rate rules."""
 
 import json
 import math
-import pathlib
-import sys
 
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from support.benchmarks import load
 
 
 @pytest.fixture(scope="module")
 def harness():
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import steps_to_target
-    finally:
-        sys.path.remove(str(ROOT))
-    return steps_to_target
+    return load("steps_to_target")
 
 
 def test_steps_to_is_the_first_evaluated_step_at_or_below_the_target(harness):

@@ -21,6 +21,8 @@ from typing import NamedTuple
 import chex
 import jax.numpy as jnp
 
+from dlopt.core import validation
+
 
 class RollingWindow(NamedTuple):
     """The last ``size`` rows pushed into a window (oldest overwritten first)."""
@@ -28,6 +30,20 @@ class RollingWindow(NamedTuple):
     values: chex.Array  # float32[size, width]: the rows, a ring
     count: chex.Array  # int32: how many rows are valid (at most size)
     index: chex.Array  # int32: the slot the next row goes to
+
+
+def check_window(interval: int, scaling_factor: chex.Numeric, min_history: int | None) -> int:
+    """Checks the arguments of a transform that compares against a window (``interval`` >= 2,
+    ``scaling_factor`` > 0 or inf, ``min_history`` in ``[2, interval]``); returns
+    ``min_history``, by default ``max(2, interval // 2)`` (MaxText, Levanter, OLMo-core)."""
+    validation.check_int("interval", interval, 2)
+    validation.check_positive_or_inf("scaling_factor", scaling_factor)
+    if min_history is None:
+        min_history = max(2, interval // 2)
+    validation.check_int("min_history", min_history, 2)
+    if min_history > interval:
+        raise ValueError(f"min_history must be <= interval={interval}, got {min_history=}.")
+    return min_history
 
 
 def window_init(size: int, width: int = 1) -> RollingWindow:

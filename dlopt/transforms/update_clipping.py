@@ -21,7 +21,13 @@ from dlopt.core import numerics, validation
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import GradientTransformation, init_empty_state
 from dlopt.core.per_leaf import per_leaf
-from dlopt.core.rolling import RollingWindow, window_init, window_push, window_threshold
+from dlopt.core.rolling import (
+    RollingWindow,
+    check_window,
+    window_init,
+    window_push,
+    window_threshold,
+)
 
 
 def _clip_rms(u: chex.Array, threshold: chex.Numeric, stacked: int) -> chex.Array:
@@ -155,13 +161,7 @@ def clip_by_norm_history(
     References:
         Levanter ``ClipUpdateNormConfig`` / ``clip_update_by_historical_norm``.
     """
-    validation.check_int("interval", interval, 2)
-    validation.check_positive_or_inf("scaling_factor", scaling_factor)
-    if min_history is None:
-        min_history = max(2, interval // 2)
-    validation.check_int("min_history", min_history, 2)
-    if min_history > interval:
-        raise ValueError(f"min_history must be <= interval={interval}, got {min_history=}.")
+    min_history = check_window(interval, scaling_factor, min_history)
 
     def init_fn(params):
         del params

@@ -21,6 +21,7 @@ from dlopt.core.base import GradientTransformation, GradientTransformationExtraA
 from dlopt.core.base import with_extra_args_support as _extra_args
 from dlopt.core.rolling import (
     RollingWindow,
+    check_window,
     window_init,
     window_push,
     window_restart,
@@ -117,13 +118,7 @@ def skip_step_on_spikes(
         MaxText ``skip_step_on_spikes``; Levanter ``SkipStepConfig``; OLMo-core
         ``SkipStepOptimizer`` (Groeneveld et al., 2024, OLMo 2 report, arXiv 2501.00656).
     """
-    validation.check_int("interval", interval, 2)
-    validation.check_positive_or_inf("scaling_factor", scaling_factor)
-    if min_history is None:
-        min_history = max(2, interval // 2)
-    validation.check_int("min_history", min_history, 2)
-    if min_history > interval:
-        raise ValueError(f"min_history must be <= interval={interval}, got {min_history=}.")
+    min_history = check_window(interval, scaling_factor, min_history)
     if max_consecutive_skips is not None:
         validation.check_int("max_consecutive_skips", max_consecutive_skips, 0)
     inner = _extra_args(tx)
