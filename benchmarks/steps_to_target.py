@@ -239,8 +239,15 @@ def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def benchmark(
-    problems: Sequence[str], optimizers: Sequence[str], *, quick: bool, log=print
+    problems: Sequence[str],
+    optimizers: Sequence[str],
+    *,
+    quick: bool,
+    log: Callable[[str], Any] = print,
+    save: Callable[[dict[str, Any]], Any] = lambda result: None,
 ) -> dict[str, Any]:
+    """Every run of ``optimizers`` on ``problems``; ``save(result so far)`` after each
+    optimizer's grid, so a run cut short keeps what it measured."""
     out: dict[str, Any] = {"problems": {}, "available": {}, "quick": quick}
     for name in optimizers:
         out["available"][name] = hasattr(dlopt, name)
@@ -276,6 +283,8 @@ def benchmark(
                     f"({runs[-1]['seconds']:.1f} s)"
                 )
             entry["runs"][name] = runs
+            out["problems"][pname] = entry
+            save(out)
         out["problems"][pname] = entry
     return out
 
@@ -309,6 +318,9 @@ def markdown(result: dict[str, Any], command: str) -> str:
             if not ok:
                 lines.append(f"| {name} | not available | | | |")
                 continue
+            if name not in entry["runs"]:
+                lines.append(f"| {name} | not run (yet) | | | |")
+                continue
             runs = entry["runs"][name]
             best = _best(runs)
             steps = best["steps_to_target"]
@@ -340,9 +352,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python -m benchmarks.steps_to_target " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )
-    result = benchmark(args.problems, args.optimizers, quick=args.quick)
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
-    (out / f"{stem}.md").write_text(markdown(result, command.strip()) + "\n")
+
+    def save(result: dict[str, Any]) -> None:
+        (out / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
+        (out / f"{stem}.md").write_text(markdown(result, command.strip()) + "\n")
+
+    save(benchmark(args.problems, args.optimizers, quick=args.quick, save=save))
     print(f"wrote {out / stem}.md and .json")
     return 0
 

@@ -42,3 +42,15 @@ def test_quick_run_writes_the_table(harness, tmp_path):
     assert [r["learning_rate"] for r in runs] == list(harness.GRIDS["adamw"][1:4:2])
     curve = runs[1]["curve"]
     assert curve[0][0] == 0 and curve[-1][0] == 60 and curve[-1][1] < curve[0][1]  # it trains
+
+
+def test_a_partial_result_renders(harness):
+    result = {
+        "available": {"adamw": True, "soap": True, "kron": False},
+        "problems": {"lm": {"about": "x", "target": 1.0, "runs": {
+            "adamw": [{"learning_rate": 0.1, "steps_to_target": 5, "final": 0.5,
+                       "diverged": False}]}}},
+    }  # fmt: skip
+    table = harness.markdown(result, "cmd")
+    assert "| soap | not run (yet) |" in table and "| kron | not available |" in table
+    assert "| adamw | 0.1 (grid edge) | 5 | 0.5 | 1/1 |" in table
