@@ -387,6 +387,13 @@ from dlopt.tree.moments import update_moment as update_moment
 from dlopt.tree.moments import update_moment_per_elem_norm as update_moment_per_elem_norm
 from dlopt.tree.state import map_params as tree_map_params
 
+# --- spikes: skipping and clipping bad steps (issue 22)
+from dlopt.transforms.update_clipping import ClipByNormHistoryState as ClipByNormHistoryState
+from dlopt.transforms.update_clipping import clip_by_norm_history as clip_by_norm_history
+from dlopt.transforms.update_clipping import clip_by_update_rms as clip_by_update_rms
+from dlopt.wrappers.spikes import SkipStepOnSpikesState as SkipStepOnSpikesState
+from dlopt.wrappers.spikes import skip_step_on_spikes as skip_step_on_spikes
+
 # --- submodules
 from dlopt import assignment as assignment
 from dlopt import contrib as contrib

@@ -36,6 +36,10 @@ def _frozen_by_path(params):
     return dlopt.path_labels(params, rules, default="train")
 
 
+def _stacked_matrices(updates):  # matrices as stacks of rows, the rest whole
+    return jax.tree.map(lambda u: 1 if jnp.ndim(u) > 1 else 0, updates)
+
+
 def _halve(updates, params):
     return jax.tree.map(lambda u: 0.5 * u, updates)
 
@@ -125,6 +129,13 @@ TRANSFORMS = [
     Entry("clip_by_global_norm", "", lambda: dlopt.clip_by_global_norm(1.0)),
     Entry("clip_by_block_rms", "", lambda: dlopt.clip_by_block_rms(0.5)),
     Entry("adaptive_grad_clip", "", lambda: dlopt.adaptive_grad_clip(0.1)),
+    Entry("clip_by_update_rms", "", lambda: dlopt.clip_by_update_rms(0.5)),
+    Entry(
+        "clip_by_update_rms",
+        "stacked",
+        lambda: dlopt.clip_by_update_rms(0.5, stacked_axes=_stacked_matrices),
+    ),
+    Entry("clip_by_norm_history", "", lambda: dlopt.clip_by_norm_history(interval=4)),
     # wrappers and the fused path
     Entry("inject_hyperparams", "adam", lambda: dlopt.inject_hyperparams(dlopt.adam)(1e-2)),
     Entry(
@@ -139,6 +150,12 @@ TRANSFORMS = [
     ),
     Entry("apply_if_finite", "", lambda: dlopt.apply_if_finite(dlopt.sgd(0.1, momentum=0.9), 3)),
     Entry("multi_steps", "", lambda: dlopt.multi_steps(dlopt.adam(1e-2), 2)),
+    Entry(
+        "skip_step_on_spikes",
+        "",
+        lambda: dlopt.skip_step_on_spikes(dlopt.adamw(1e-2), interval=4, min_history=2),
+        DECAYS,
+    ),
     Entry(
         "quantized",
         "adam",  # tiny blocks and leaves, so the default params' matrices are quantized

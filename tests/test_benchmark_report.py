@@ -1,22 +1,13 @@
 """benchmarks/report.py: one convention (speed-up over optax, > 1 faster) in the console line,
 the markdown and the figure; sections from new benchmark modules plug in."""
 
-import pathlib
-import sys
-
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from support.benchmarks import load
 
 
 @pytest.fixture(scope="module")
 def report():
-    sys.path.insert(0, str(ROOT))
-    try:
-        from benchmarks import report
-    finally:
-        sys.path.remove(str(ROOT))
-    return report
+    return load("report")
 
 
 def result(median_s, ratio, compile_s=1.0):

@@ -43,7 +43,8 @@ MIXED_PRECISION_PARAMS = {
 }
 MIXED_PRECISION = ["sgd", "adagrad", "rmsprop", "adadelta", "adam", "adamw", "nadam", "nadamw",
                    "adamax", "lion", "clip", "clip_by_global_norm", "clip_by_block_rms",
-                   "adaptive_grad_clip"]  # fmt: skip
+                   "adaptive_grad_clip", "clip_by_update_rms", "clip_by_norm_history",
+                   "skip_step_on_spikes"]  # fmt: skip
 
 
 @pytest.mark.parametrize("entry", [e for e in TRANSFORMS if e.name in MIXED_PRECISION], ids=_id)

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from dlopt.core import validation
 from dlopt.lab.progress import EpochProgress
@@ -158,10 +159,12 @@ def fit(
     Each epoch runs ``train_step`` over ``train_data`` and, with ``val_data``, ``eval_step``
     over it. The epoch's logs are example-weighted means (by ``"num_examples"``, the valid
     rows) of the steps' metrics: ``"loss"`` and the loss function's metrics, and their
-    ``"val_"`` twins; exact for per-example means such as loss and accuracy. Callbacks are
-    driven through one `CallbackList`: ``prepare_state`` (before a backup is restored),
-    ``resume``, ``on_train_begin``, ``on_epoch_begin``, ``on_train_batch_end`` (only those
-    whose ``uses_batch_hook`` is true, as it costs a host sync per batch),
+    ``"val_"`` twins; exact for per-example means such as loss and accuracy. With a state
+    that counts skipped steps (`TrainState`), ``"skipped_steps"`` is the number of the
+    epoch's steps skipped (non-finite, or a spike skipped by `dlopt.skip_step_on_spikes`).
+    Callbacks are driven through one `CallbackList`: ``prepare_state`` (before a backup is
+    restored), ``resume``, ``on_train_begin``, ``on_epoch_begin``, ``on_train_batch_end``
+    (only those whose ``uses_batch_hook`` is true, as it costs a host sync per batch),
     ``on_epoch_train_end`` (before validation), ``eval_state`` (the state validation runs
     on), ``on_epoch_end`` and ``on_train_end``, each returning the state; training stops
     after the batch or epoch in which a callback sets ``stop_training``.
@@ -252,9 +255,22 @@ def _steps(loss_fn, train_step, eval_step, options):
     return train_step, eval_step
 
 
+def skipped_count(state: Any) -> int | None:
+    """``state.skipped_steps`` as an int (a pmap state: the first replica's), or None for a
+    state without the count."""
+    count = getattr(state, "skipped_steps", None)
+    if count is None:
+        return None
+    if isinstance(count, jax.Array) and not count.is_fully_addressable:
+        count = count.addressable_data(0)  # a multi-host mesh state: replicated
+    return int(np.asarray(count).reshape(-1)[0])
+
+
 def _train_epoch(state, train_data, epoch, train_step, run, shown):
-    """One epoch of train steps: ``(state, logs)``, the logs their example-weighted means."""
+    """One epoch of train steps: ``(state, logs)``, the logs their example-weighted means
+    and ``"skipped_steps"``, the steps of the epoch the state counts as skipped."""
     batches = _epoch_batches(train_data, epoch, "train_data")
+    skipped_before = skipped_count(state)  # read now: the step donates the state's buffers
     shown.epoch_begin(epoch, _len(batches))
     mean, i = _Mean(), -1
     for i, batch in enumerate(batches):
@@ -272,7 +288,10 @@ def _train_epoch(state, train_data, epoch, train_step, run, shown):
             f"train_data gave no batches in epoch {epoch + 1}; pass a non-empty list or "
             "loader of batches (or a callable epoch -> iterable that yields some)."
         )
-    return state, mean.result()
+    logs = mean.result()
+    if skipped_before is not None:
+        logs["skipped_steps"] = float(skipped_count(state) - skipped_before)
+    return state, logs
 
 
 def _len(batches: Iterable[Any]) -> int | None:

@@ -25,6 +25,8 @@ class StepOptions:
             params, opt_state and model state stay, ``skipped_steps`` and ``step`` count up.
         loss_as_value: pass the batch loss as ``value=`` to ``tx.update`` (plateau
             transforms); an explicit ``value=`` keyword to the step wins.
+        pass_loss: pass the batch loss as ``loss=`` to ``tx.update``
+            (`dlopt.skip_step_on_spikes` watches it); an explicit ``loss=`` keyword wins.
         donate: donate the input state's buffers (the old state is unusable after a call).
         loss_scale: a `dlopt.dynamic_loss_scale` policy, or None: the loss is multiplied by
             the state's scale :math:`S` before differentiation and the gradients divided by
@@ -35,20 +37,23 @@ class StepOptions:
 
     Skipped steps, one count: the step's guard (``skip_nonfinite`` and the loss scale's
     overflow skip are one ``lax.cond``, `dlopt.wrappers.finite.guarded`) counts every step it
-    skips in ``state.skipped_steps`` (`dlopt.wrappers.finite.count_nonfinite`). A ``tx``
-    wrapped in `dlopt.apply_if_finite` keeps optax's counters in its own state; under the
-    step's guard it only sees finite gradients (see `dlopt.apply_if_finite`).
+    skips in ``state.skipped_steps`` (`dlopt.wrappers.finite.count_nonfinite`), and so is
+    every update a `dlopt.skip_step_on_spikes` inside ``tx`` skips
+    (`dlopt.wrappers.finite.skipped_in`). A ``tx`` wrapped in `dlopt.apply_if_finite`
+    keeps optax's counters in its own state; under the step's guard it only sees finite
+    gradients (see `dlopt.apply_if_finite`).
     """
 
     accumulation_steps: int = 1
     skip_nonfinite: bool = True
     loss_as_value: bool = False
+    pass_loss: bool = False
     donate: bool = True
     loss_scale: DynamicLossScale | None = None
 
     def __post_init__(self):
         validation.check_int("accumulation_steps", self.accumulation_steps, 1)
-        for name in ("skip_nonfinite", "loss_as_value", "donate"):
+        for name in ("skip_nonfinite", "loss_as_value", "pass_loss", "donate"):
             validation.check_flag(name, getattr(self, name))
         if self.loss_scale is not None and not isinstance(self.loss_scale, DynamicLossScale):
             raise ValueError(

@@ -160,16 +160,18 @@ class TrainState:
             stored = params
         else:
             stored = Buffers(pack(params, layout), layout)
-        return cls(
-            step=jnp.zeros((), jnp.int32),
-            stored_params=stored,
-            opt_state=tx.init(stored),
-            model_state={} if model_state is None else model_state,
-            rng=key_data(rng),
-            skipped_steps=jnp.zeros((), jnp.int32),
-            tx=tx,
-            apply_fn=apply_fn,
-            loss_scale=None if loss_scale is None else loss_scale.init(),
+        return _own_buffers(
+            cls(
+                step=jnp.zeros((), jnp.int32),
+                stored_params=stored,
+                opt_state=tx.init(stored),
+                model_state={} if model_state is None else model_state,
+                rng=key_data(rng),
+                skipped_steps=jnp.zeros((), jnp.int32),
+                tx=tx,
+                apply_fn=apply_fn,
+                loss_scale=None if loss_scale is None else loss_scale.init(),
+            )
         )
 
     @property
@@ -252,6 +254,23 @@ jax.tree_util.register_dataclass(
         f.name for f in dataclasses.fields(TrainState) if not f.metadata.get("pytree_node", True)
     ],
 )
+
+
+def _own_buffers(state: TrainState) -> TrainState:
+    """``state`` with every array leaf in a buffer of its own: a leaf that shares its buffer
+    with an earlier one (an ``init`` that puts one zero in two fields, or a state leaf that is
+    a params array) is copied, since a donating step cannot donate one buffer twice."""
+    seen: set[int] = set()
+
+    def own(x: Any) -> Any:
+        if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+            return x
+        if id(x) in seen:
+            return jnp.array(x, copy=True)
+        seen.add(id(x))
+        return x
+
+    return jax.tree.map(own, state)
 
 
 def _opt_state_in_layout(opt_state: Any, tx: GradientTransformation, stored: Buffers) -> Any:

@@ -44,7 +44,7 @@ from dlopt.core.flat import Buffers
 from dlopt.training.options import StepOptions
 from dlopt.training.state import TrainState
 from dlopt.wrappers.accumulation import accumulate, accumulation_dtype
-from dlopt.wrappers.finite import all_finite, count_nonfinite, guarded
+from dlopt.wrappers.finite import all_finite, count_nonfinite, guarded, skipped_in
 from dlopt.wrappers.loss_scale import DynamicLossScale
 
 LossFn = Callable[..., Any]
@@ -226,8 +226,10 @@ def apply_guarded(
     the loss with ``loss_as_value``), sets ``model_state`` and steps ``state.averages``;
     with the guard on (``skip_nonfinite`` or a loss scale) this runs inside
     `dlopt.wrappers.finite.guarded`, and a non-finite step only counts ``step`` and
-    ``skipped_steps`` up (`dlopt.wrappers.finite.count_nonfinite`). The loss scale is
-    then adjusted by the same finiteness.
+    ``skipped_steps`` up (`dlopt.wrappers.finite.count_nonfinite`). An update skipped by a
+    `dlopt.skip_step_on_spikes` inside ``tx`` counts in ``skipped_steps`` too
+    (`dlopt.wrappers.finite.skipped_in`). The loss scale is then adjusted by the same
+    finiteness.
     """
     options = options if options is not None else StepOptions()
     policy = options.loss_scale
@@ -236,6 +238,8 @@ def apply_guarded(
         grads = policy.unscale(grads, state.loss_scale)
     if options.loss_as_value:
         extra_args = {"value": metrics["loss"], **extra_args}
+    if options.pass_loss:
+        extra_args = {"loss": metrics["loss"], **extra_args}
 
     def apply(s: TrainState) -> TrainState:
         new = s.apply_gradients(grads, **extra_args).replace(model_state=model_state)
@@ -254,10 +258,16 @@ def apply_guarded(
 
     current = state if tx is None else state.replace(tx=tx)
     if not (options.skip_nonfinite or policy is not None):
-        return apply(current).replace(tx=state.tx)
+        new = apply(current).replace(tx=state.tx)
+        spiked = skipped_in(new.opt_state)  # a skip_step_on_spikes inside tx
+        if spiked is None:
+            return new
+        return new.replace(skipped_steps=count_nonfinite(~spiked, state.skipped_steps))
     finite = all_finite((grads, metrics) if options.skip_nonfinite else grads)
     new = guarded(finite, apply_alike, skip, current)
-    new = new.replace(tx=state.tx, skipped_steps=count_nonfinite(finite, state.skipped_steps))
+    spiked = skipped_in(new.opt_state)  # where not finite, the old state's flag: ignored
+    taken = finite if spiked is None else finite & ~spiked
+    new = new.replace(tx=state.tx, skipped_steps=count_nonfinite(taken, state.skipped_steps))
     if policy is not None:
         new = new.replace(loss_scale=policy.adjust(state.loss_scale, finite))
     return new
@@ -356,7 +366,8 @@ def make_train_step(
         tx: the optimizer; default ``state.tx`` (it must match the one that built opt_state).
         options: a `StepOptions`.
         **flags: `StepOptions` fields as keywords (``accumulation_steps``,
-            ``skip_nonfinite``, ``loss_as_value``, ``donate``, ``loss_scale``), overriding
+            ``skip_nonfinite``, ``loss_as_value``, ``pass_loss``, ``donate``,
+            ``loss_scale``), overriding
             ``options``.
 
     Returns:

@@ -4,12 +4,14 @@ One mechanism skips a bad step everywhere: the predicate `all_finite`, the ``lax
 `guarded` and the counter rule `count_nonfinite`. `apply_if_finite` (optax's wrapper, its
 state and field names kept) is built from them, and so are the train steps of
 `dlopt.training` (``skip_nonfinite`` and the loss scale's overflow skip, counted in
-``TrainState.skipped_steps``). Gradient accumulation (`multi_steps`) is in
-`dlopt.wrappers.accumulation`.
+``TrainState.skipped_steps``). `dlopt.skip_step_on_spikes` skips with the same
+`guarded_update` and counter, and a train step adds its skips to ``skipped_steps`` through
+`skipped_in`. Gradient accumulation (`multi_steps`) is in `dlopt.wrappers.accumulation`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -49,6 +51,19 @@ def count_nonfinite(finite: chex.Array, count: chex.Array) -> chex.Array:
     (``TrainState.skipped_steps``).
     """
     return jnp.where(finite, count, tree_lib.safe_increment(count))
+
+
+def skipped_in(opt_state: Any) -> chex.Array | None:
+    """Whether a skip wrapper inside ``opt_state`` skipped the update that produced it.
+
+    The ``step_skipped`` fields of the state (`dlopt.skip_step_on_spikes`'s, wherever it
+    sits in chains and wrappers; `dlopt.core.tree.find_fields`) or-ed into one bool scalar,
+    or None when the state holds none (then a train step compiles as before). The train
+    steps count a step in ``TrainState.skipped_steps`` when their own guard skips it or this
+    is true: one count of skipped steps.
+    """
+    flags = [jnp.asarray(flag) for flag in tree_lib.find_fields(opt_state, "step_skipped")]
+    return functools.reduce(jnp.logical_or, flags) if flags else None
 
 
 def guarded(pred: chex.Array, apply: Callable[[Any], Any], skip: Callable[[Any], Any], operand):

@@ -69,8 +69,22 @@ def test_init_accepts_abstract_params(case):
         lambda: dlopt.inject_hyperparams(dlopt.adam)(learning_rate=1e-3),
         lambda: dlopt.apply_if_finite(dlopt.sgd(0.1, momentum=0.9), 3),
         lambda: dlopt.multi_steps(dlopt.adam(1e-3), 2),
+        lambda: dlopt.skip_step_on_spikes(dlopt.adam(1e-3), interval=4),
+        lambda: dlopt.chain(
+            dlopt.scale_by_adam(),
+            dlopt.clip_by_update_rms(1.0, stacked_axes=1),
+            dlopt.clip_by_norm_history(interval=4),
+            dlopt.scale(-1e-3),
+        ),
     ],
-    ids=["chain", "inject_hyperparams", "apply_if_finite", "multi_steps"],
+    ids=[
+        "chain",
+        "inject_hyperparams",
+        "apply_if_finite",
+        "multi_steps",
+        "skip_step_on_spikes",
+        "update_clipping",
+    ],  # fmt: skip
 )
 def test_wrappers_keep_the_params_sharding(make):
     tx = make()

@@ -54,7 +54,14 @@ def linear_state():
 
 def test_epoch_logs_are_example_weighted_means_of_the_steps():
     state, history = run_fit(2)
-    assert list(history.history) == ["loss", "accuracy", "val_loss", "val_accuracy"]
+    assert list(history.history) == [
+        "loss",
+        "accuracy",
+        "skipped_steps",
+        "val_loss",
+        "val_accuracy",
+    ]
+    assert history.history["skipped_steps"] == [0.0, 0.0]
     assert len(history) == 2 and int(state.step) == 6
     # replay by hand: the epoch loss weights the 8-row batch by 8, not by 1/3
     train_step, eval_step = steps()

@@ -9,7 +9,7 @@ import pytest
 from support.training import make_state
 
 import dlopt
-from dlopt.training import TrainState
+from dlopt.training import TrainState, make_train_step
 
 # --- TrainState tests
 
@@ -73,3 +73,17 @@ def test_apply_gradients_with_a_list_for_dict_params_names_both_containers():
     state = TrainState.create(apply_fn=None, params={"w": jnp.ones(2)}, tx=dlopt.sgd(0.1), rng=0)
     with pytest.raises(ValueError, match="params is a dict and updates a list"):
         state.apply_gradients(grads=[jnp.ones(2)])
+
+
+def test_every_state_leaf_has_a_buffer_of_its_own():
+    """apply_if_finite's init puts one zero in two fields, dog's state holds the params: a
+    donating step would donate one buffer twice; create gives each leaf its own."""
+    step = make_train_step(
+        lambda p, b, **_: jnp.mean(jnp.square(b["x"] * p["w"][None, None] - 1.0))
+    )
+    for tx in (dlopt.apply_if_finite(dlopt.sgd(0.1), 3), dlopt.dog()):
+        state = TrainState.create(apply_fn=None, params={"w": jnp.zeros(3)}, tx=tx, rng=0)
+        buffers = [id(x) for x in jax.tree.leaves(state)]
+        assert len(buffers) == len(set(buffers))
+        for _ in range(2):
+            state, _ = step(state, {"x": jnp.ones((4, 1, 3))})  # donates the state
