@@ -139,8 +139,8 @@ from dlopt.optimizers.adopt import scale_by_adopt as scale_by_adopt
 from dlopt.optimizers.muon import MuonState as MuonState
 from dlopt.optimizers.muon import muon as muon
 from dlopt.optimizers.muon import scale_by_muon as scale_by_muon
-from dlopt.linalg.newton_schulz import MuonDimensionNumbers as MuonDimensionNumbers
-from dlopt.linalg.newton_schulz import (
+from dlopt.linalg.muon_dims import MuonDimensionNumbers as MuonDimensionNumbers
+from dlopt.linalg.muon_dims import (
     infer_muon_dimension_numbers as infer_muon_dimension_numbers,
 )
 from dlopt.linalg.newton_schulz import (
@@ -386,6 +386,9 @@ from dlopt.tree.moments import update_infinity_moment as update_infinity_moment
 from dlopt.tree.moments import update_moment as update_moment
 from dlopt.tree.moments import update_moment_per_elem_norm as update_moment_per_elem_norm
 from dlopt.tree.state import map_params as tree_map_params
+
+# --- muon: Polar Express, NorMuon, expert weights, stacked compiles (issue 22)
+from dlopt.optimizers.normuon import normuon as normuon
 
 # --- submodules
 from dlopt import assignment as assignment
