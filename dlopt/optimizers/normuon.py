@@ -1,4 +1,10 @@
-"""NorMuon: Muon with neuron-wise second-moment normalization (Li et al., 2025)."""
+"""NorMuon: Muon with neuron-wise second-moment normalization (Li et al., 2025).
+
+Example:
+    >>> import dlopt
+    >>> dlopt.normuon.func is dlopt.muon, dlopt.normuon.keywords
+    (True, {'normalize': 'neuron'})
+"""
 
 from __future__ import annotations
 
