@@ -139,8 +139,8 @@ from dlopt.optimizers.adopt import scale_by_adopt as scale_by_adopt
 from dlopt.optimizers.muon import MuonState as MuonState
 from dlopt.optimizers.muon import muon as muon
 from dlopt.optimizers.muon import scale_by_muon as scale_by_muon
-from dlopt.linalg.newton_schulz import MuonDimensionNumbers as MuonDimensionNumbers
-from dlopt.linalg.newton_schulz import (
+from dlopt.linalg.muon_dims import MuonDimensionNumbers as MuonDimensionNumbers
+from dlopt.linalg.muon_dims import (
     infer_muon_dimension_numbers as infer_muon_dimension_numbers,
 )
 from dlopt.linalg.newton_schulz import (
@@ -393,6 +393,9 @@ from dlopt.transforms.update_clipping import clip_by_norm_history as clip_by_nor
 from dlopt.transforms.update_clipping import clip_by_update_rms as clip_by_update_rms
 from dlopt.wrappers.spikes import SkipStepOnSpikesState as SkipStepOnSpikesState
 from dlopt.wrappers.spikes import skip_step_on_spikes as skip_step_on_spikes
+
+# --- muon: Polar Express, NorMuon, expert weights, stacked compiles (issue 22)
+from dlopt.optimizers.normuon import normuon as normuon
 
 # --- submodules
 from dlopt import assignment as assignment

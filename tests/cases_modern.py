@@ -139,6 +139,13 @@ CONFORMANCE = [
         lambda: dlopt.muon(1e-2, nesterov=False, adaptive=True),
         {"params": FLAX_NAMED},
     ),
+    Entry("normuon", "", lambda: dlopt.normuon(1e-2, weight_decay=1e-2), DECAYS),
+    Entry(
+        "normuon",
+        "polar_express_experts",
+        lambda: dlopt.normuon(1e-2, ns_coeffs="polar_express"),
+        {"params": {"experts": {"wi": jnp.ones((2, 3, 4), jnp.float32)}}},
+    ),
     Entry("scale_by_soap", "", lambda: dlopt.scale_by_soap(precondition_frequency=2)),
     Entry("soap", "", lambda: dlopt.soap(1e-2), DECAYS),
 ]

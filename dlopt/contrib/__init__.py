@@ -8,7 +8,7 @@ optax 0.2.8's.
 """
 
 # --- optimizers dlopt already had (re-exported at optax.contrib's path)
-from dlopt.linalg.newton_schulz import MuonDimensionNumbers as MuonDimensionNumbers
+from dlopt.linalg.muon_dims import MuonDimensionNumbers as MuonDimensionNumbers
 from dlopt.optimizers.ademamix import ScaleByAdemamixState as ScaleByAdemamixState
 from dlopt.optimizers.ademamix import (
     ScaleBySimplifiedAdEMAMixState as ScaleBySimplifiedAdEMAMixState,

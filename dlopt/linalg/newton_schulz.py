@@ -1,11 +1,10 @@
-"""Newton-Schulz orthogonalization, and the matrix view of a weight tensor (Muon's
-dimension numbers: which axes are fan-in and fan-out, inferred from Flax's leaf names)."""
+"""Newton-Schulz orthogonalization (Muon's), its coefficient presets (Jordan's, Dion's, the
+Polar Express), and the stacked form that runs every same-shaped matrix of a tree at once."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
-from typing import Any, Literal, NamedTuple
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import chex
 import jax
@@ -14,7 +13,11 @@ import numpy as np
 
 from dlopt.core import tree as tree_lib
 from dlopt.core import validation
-from dlopt.transforms.regularizers import NOT_WEIGHTS
+from dlopt.linalg.muon_dims import (
+    MuonDimensionNumbers,
+    compute_muon_reshape,
+    is_dim_nums,
+)
 
 PRECONDITIONINGS = ("frobenius", "spectral", "aol", "schatten")
 DEFAULT_NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -25,58 +28,48 @@ _DION_NS_COEFFS = (
     (2.8769, -3.1427, 1.2046),
     (2.8366, -3.0525, 1.2012),
 )
+# Amsel et al. 2025, Algorithm 1: the optimal degree-5 polynomials p_t(x) = a x + b x^3 + c x^5
+# for t = 1..8 (the last repeats), lower spectral bound 1e-3, as published ...
+_POLAR_EXPRESS_RAW = (
+    (8.28721201814563, -23.595886519098837, 17.300387312530933),
+    (4.107059111542203, -2.9478499167379106, 0.5448431082926601),
+    (3.9486908534822946, -2.908902115962949, 0.5518191394370137),
+    (3.3184196573706015, -2.488488024314874, 0.51004894012372),
+    (2.300652019954817, -1.6689039845747493, 0.4188073119525673),
+    (1.891301407787398, -1.2679958271945868, 0.37680408948524835),
+    (1.8750014808534479, -1.2500016453999487, 0.3750001645474248),
+    (1.875, -1.25, 0.375),
+)
+# ... and with its safety factor: p_t(x / 1.01) for every polynomial but the last.
+POLAR_EXPRESS_SAFETY = 1.01
+POLAR_EXPRESS_COEFFS = tuple(
+    (a / POLAR_EXPRESS_SAFETY, b / POLAR_EXPRESS_SAFETY**3, c / POLAR_EXPRESS_SAFETY**5)
+    for a, b, c in _POLAR_EXPRESS_RAW[:-1]
+) + (_POLAR_EXPRESS_RAW[-1],)
 NS_COEFFS_PRESETS = {"standard": DEFAULT_NS_COEFFS, "dion": _DION_NS_COEFFS}
-ReshapeFn = Callable[[jax.Array], jax.Array]
+PRESET_NAMES = ("standard", "dion", "polar_express")
 
 
-class MuonDimensionNumbers(NamedTuple):
-    """Which axes of a weight are the matrix's rows (reduction, fan-in) and columns (output,
-    fan-out) for ``y = x W``; all other axes are batch axes, orthogonalized independently.
-    optax's ``MuonDimensionNumbers`` is accepted wherever this one is."""
+def polar_express_coeffs(ns_steps: int) -> tuple[tuple[float, float, float], ...]:
+    """The Polar Express coefficients for ``ns_steps`` steps, as Algorithm 1 of Amsel et al.
+    (2025) runs them: `POLAR_EXPRESS_COEFFS` (with the 1.01 safety factor), the last one
+    repeated past 8 steps, and the paper's first rescaling :math:`X / (1.01 \\|X\\|_F)`
+    folded into the first polynomial (:math:`p_1(x / 1.01)`: ``a / 1.01``,
+    ``b / 1.01^3``, ``c / 1.01^5``), so that with ``preconditioning="frobenius"`` the
+    iteration is the paper's.
 
-    reduction_axis: Sequence[int] | int = 0
-    output_axis: Sequence[int] | int = 1
-
-
-WeightDimNumOrFn = MuonDimensionNumbers | chex.ArrayTree | Callable[[chex.ArrayTree], Any]
-
-
-def is_dim_nums(x: Any) -> bool:
-    return isinstance(x, tuple) and hasattr(x, "reduction_axis") and hasattr(x, "output_axis")
-
-
-def _normalize_axes(ndim: int, dim_nums: Any) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    def norm(axes):
-        return tuple(a % ndim for a in ((axes,) if isinstance(axes, int) else axes))
-
-    return norm(dim_nums.reduction_axis), norm(dim_nums.output_axis)
-
-
-def _compute_muon_reshape(x: jax.Array, dim_nums: Any) -> tuple[ReshapeFn, ReshapeFn]:
-    """Functions to reshape ``x`` to (batch, reduction, output) and back (optax's name)."""
-    if x.ndim < 2:
-        raise ValueError(f"Muon optimized parameters must have rank >= 2, got {x.ndim=}")
-    reduction, output = _normalize_axes(x.ndim, dim_nums)
-    if set(reduction) & set(output):
-        raise ValueError(
-            f"Normalized reduction axes and output axes must be disjoint, got {reduction} and "
-            f"{output}. Originally {dim_nums=} and {x.shape=}"
-        )
-    batch = tuple(sorted(set(range(x.ndim)) - set(reduction) - set(output)))
-    order = batch + reduction + output
-    inverse = tuple(sorted(range(x.ndim), key=lambda i: order[i]))
-    sizes = [tuple(x.shape[a] for a in axes) for axes in (batch, reduction, output)]
-    flat = tuple(math.prod(s) for s in sizes)
-    unflat = sizes[0] + sizes[1] + sizes[2]
-    return (
-        lambda y: y.transpose(order).reshape(flat),
-        lambda y: y.reshape(unflat).transpose(inverse),
-    )
-
-
-def fans(shape: tuple[int, ...], dim_nums: Any) -> tuple[int, int]:
-    reduction, output = _normalize_axes(len(shape), dim_nums)
-    return math.prod(shape[a] for a in reduction), math.prod(shape[a] for a in output)
+    Example:
+        >>> from dlopt.linalg.newton_schulz import polar_express_coeffs
+        >>> len(polar_express_coeffs(5)), polar_express_coeffs(10)[-1]
+        (5, (1.875, -1.25, 0.375))
+    """
+    rows = list(POLAR_EXPRESS_COEFFS[:ns_steps])
+    rows += [POLAR_EXPRESS_COEFFS[-1]] * (ns_steps - len(rows))
+    if rows:
+        a, b, c = rows[0]
+        s = POLAR_EXPRESS_SAFETY
+        rows[0] = (a / s, b / s**3, c / s**5)
+    return tuple(rows)
 
 
 # --- Newton-Schulz
@@ -96,6 +89,70 @@ def _ns_step(x, c, *, first, preconditioning, eps):
     return c[0] * x + b @ x
 
 
+def _rows(ns_coeffs: Any, ns_steps: int) -> list[jax.Array]:
+    coeffs = jnp.asarray(ns_coeffs)
+    if coeffs.ndim > 2 or coeffs.shape[-1] != 3:
+        raise ValueError(f"ns_coeffs must have shape (3,) or (n, 3), got {coeffs.shape}.")
+    return [coeffs] * ns_steps if coeffs.ndim == 1 else [coeffs[i] for i in range(len(coeffs))]
+
+
+def _orthogonalize_matrix(m, *, rows, preconditioning, eps):
+    """One (rows, cols) matrix: rescale, then the Newton-Schulz steps (wide orientation)."""
+    transposed = m.shape[0] > m.shape[1]
+    m = m.T if transposed else m
+    if preconditioning in ("frobenius", "spectral"):
+        norm = jnp.linalg.norm(m, ord="fro" if preconditioning == "frobenius" else 2)
+        m = m / (norm + tree_lib.scalar_like(eps, norm)).astype(m.dtype)
+    for i, c in enumerate(rows):
+        m = _ns_step(m, c.astype(m.dtype), first=i == 0, preconditioning=preconditioning, eps=eps)
+    return m.T if transposed else m
+
+
+def orthogonalize_stacked(
+    xs: Sequence[jax.Array],
+    dims: Sequence[Any],
+    ns_coeffs: Any,
+    ns_steps: int = 5,
+    preconditioning: Literal["frobenius", "spectral", "aol", "schatten"] = "frobenius",
+    eps: chex.Numeric = 1e-8,
+) -> list[jax.Array]:
+    """``[orthogonalize_via_newton_schulz(x, ..., d) for x, d in zip(xs, dims)]``, computed
+    with every matrix of one (rows, cols, dtype) stacked into ONE vmapped iteration.
+
+    Each tensor is reshaped to (batch, rows, cols) by its dimension numbers; the matrices of a
+    shape, whichever leaves they come from, are concatenated along the batch, orthogonalized
+    together and split back. A tree of 54 conv kernels in 21 shapes traces 21 iterations, not
+    54, and per matrix the arithmetic is the same (an XLA batch of matrix products).
+
+    Args:
+        xs: the tensors (each of rank >= 2, gathered if sharded).
+        dims: a `MuonDimensionNumbers` per tensor.
+        ns_coeffs, ns_steps, preconditioning, eps: as in `orthogonalize_via_newton_schulz`.
+
+    Returns:
+        The orthogonalized tensors, in order.
+    """
+    validation.check_choice("preconditioning", preconditioning, PRECONDITIONINGS)
+    rows = _rows(ns_coeffs, ns_steps)
+    run = jax.vmap(
+        lambda m: _orthogonalize_matrix(m, rows=rows, preconditioning=preconditioning, eps=eps)
+    )
+    reshaped, inverses, groups = [], [], {}
+    for i, (x, d) in enumerate(zip(xs, dims, strict=True)):
+        reshape, inverse = compute_muon_reshape(x, d)
+        reshaped.append(reshape(x))
+        inverses.append(inverse)
+        groups.setdefault((reshaped[i].shape[1:], reshaped[i].dtype), []).append(i)
+    out: list[Any] = [None] * len(xs)
+    for members in groups.values():
+        parts = [reshaped[i] for i in members]
+        result = run(parts[0] if len(parts) == 1 else jnp.concatenate(parts))
+        ends = np.cumsum([p.shape[0] for p in parts])[:-1].tolist()
+        for i, piece in zip(members, jnp.split(result, ends), strict=True):
+            out[i] = inverses[i](piece)
+    return out
+
+
 def orthogonalize_via_newton_schulz(
     x: jax.Array,
     ns_coeffs: jax.Array,
@@ -110,8 +167,10 @@ def orthogonalize_via_newton_schulz(
     :math:`X \\leftarrow c_0 X + c_1 (X X^H) X + c_2 (X X^H)^2 X` (after scaling
     :math:`\\|X\\| \\le 1`) push every singular value towards 1; the default coefficients
     maximize the slope at 0, giving :math:`U S' V^H` with :math:`S'_{ii} \\in (0.5, 1.5)`,
-    which trains as well as :math:`U V^H`. Wide orientation is used internally (a tall
-    matrix is transposed). Tensors are reshaped to (batch, reduction, output) by
+    which trains as well as :math:`U V^H`. Per-step coefficients ((n, 3)) change the
+    polynomial each step: ``"polar_express"`` (`polar_express_coeffs`) are the optimal ones
+    of Amsel et al. (2025), converging to :math:`U V^H`. Wide orientation is used internally
+    (a tall matrix is transposed). Tensors are reshaped to (batch, reduction, output) by
     ``dimension_numbers``; the batch is orthogonalized matrix by matrix.
 
     Args:
@@ -132,6 +191,11 @@ def orthogonalize_via_newton_schulz(
         >>> q = dlopt.orthogonalize_via_newton_schulz(jnp.eye(3) * 5.0, jnp.array([2.0, -1.5, 0.5]))
         >>> bool(jnp.allclose(q, jnp.eye(3), atol=1e-3))
         True
+
+    References:
+        Jordan et al., 2024, "Muon" (the default coefficients); Amsel et al., 2025, "The Polar
+        Express: Optimal Matrix Sign Methods and Their Application to the Muon Algorithm",
+        arXiv:2505.16932.
     """
     if x.ndim != 2 and not is_dim_nums(dimension_numbers):
         raise ValueError(
@@ -140,132 +204,24 @@ def orthogonalize_via_newton_schulz(
         )
     if x.ndim == 2:
         dimension_numbers = MuonDimensionNumbers(0, 1)
-    validation.check_choice("preconditioning", preconditioning, PRECONDITIONINGS)
-    coeffs = jnp.asarray(ns_coeffs)
-    if coeffs.ndim > 2 or coeffs.shape[-1] != 3:
-        raise ValueError(f"ns_coeffs must have shape (3,) or (n, 3), got {coeffs.shape}.")
-    rows = [coeffs] * ns_steps if coeffs.ndim == 1 else [coeffs[i] for i in range(len(coeffs))]
-
-    def orthogonalize(m):
-        transposed = m.shape[0] > m.shape[1]
-        m = m.T if transposed else m
-        if preconditioning in ("frobenius", "spectral"):
-            norm = jnp.linalg.norm(m, ord="fro" if preconditioning == "frobenius" else 2)
-            m = m / (norm + tree_lib.scalar_like(eps, norm)).astype(m.dtype)
-        for i, c in enumerate(rows):
-            m = _ns_step(
-                m, c.astype(m.dtype), first=i == 0, preconditioning=preconditioning, eps=eps
-            )
-        return m.T if transposed else m
-
-    reshape, inverse = _compute_muon_reshape(x, dimension_numbers)
-    return inverse(jax.vmap(orthogonalize)(reshape(x)))
-
-
-# --- which leaves are matrices, and how
-
-
-EMBEDDING_NAMES = frozenset({"embedding", "embeddings", "embed", "wte", "wpe"})
-
-
-def _split_path(path: tuple) -> tuple[tuple, str | None]:
-    """(the path of the leaf's container, the leaf's own name), skipping ``.value``."""
-    return tree_lib.strip_wrappers(path)[:-1], tree_lib.leaf_name(path)
-
-
-def kernel_dims(kernel: Any, bias: Any | None) -> MuonDimensionNumbers:
-    """Dense/DenseGeneral/Conv/nnx kernels: the trailing axes that the bias's shape matches
-    are the outputs (one axis without a bias), every other axis is fan-in."""
-    shape = tuple(jnp.shape(kernel))
-    outputs = 1
-    if bias is not None:
-        b = tuple(jnp.shape(bias))
-        if 1 <= len(b) < len(shape) and shape[-len(b) :] == b:
-            outputs = len(b)
-    if len(shape) == 2:
-        return MuonDimensionNumbers(0, 1)
-    split = len(shape) - outputs
-    return MuonDimensionNumbers(tuple(range(split)), tuple(range(split, len(shape))))
-
-
-def infer_muon_dimension_numbers(params: chex.ArrayTree) -> chex.ArrayTree:
-    """The dimension numbers `muon` uses when none are given: a tree shaped like ``params``
-    with a `MuonDimensionNumbers` for each leaf Muon orthogonalizes and None for Adam's.
-
-    The rule, on leaf names as Flax (linen and nnx) writes them:
-
-    * ``kernel`` with ndim >= 2 (``Dense``, ``DenseGeneral``, ``Conv``, ``ConvTranspose``,
-      ``nnx.Linear``, ``nnx.LinearGeneral``, ``nnx.Conv``): Muon. The output axes are the
-      trailing axes whose shape is the sibling ``bias``'s shape (``DenseGeneral`` with
-      ``features=(heads, head_dim)`` has kernel (in, heads, head_dim) and bias
-      (heads, head_dim)); without a bias, the last axis. All other axes are the reduction
-      (fan-in): a Conv kernel (kh, kw, in, out) becomes a (kh*kw*in, out) matrix.
-    * ``embedding`` (``Embed``, ``nnx.Embed``; also ``embeddings``, ``embed``, ``wte``,
-      ``wpe``): Adam, as the Muon authors do (a lookup table is not a linear map of inputs).
-    * Leaves named like biases and norm parameters (``bias``, ``scale``, ``b``, ``offset``,
-      ``beta``, ``gamma``: `dlopt.transforms.regularizers.NOT_WEIGHTS`), even 2-D ones such as
-      DenseGeneral's (heads, head_dim) bias: Adam.
-    * Any other 2-D leaf: Muon with axes (0, 1) (optax's rule). Everything else (scalars,
-      vectors, n-D leaves not named ``kernel``): Adam.
-
-    A bias-free ``DenseGeneral`` with several output axes cannot be told apart from a conv
-    kernel by shape: pass ``muon_weight_dimension_numbers`` for it.
-
-    Args:
-        params: the parameter pytree (arrays or ``jax.ShapeDtypeStruct``).
-
-    Returns:
-        A pytree with the structure of ``params``, leaves `MuonDimensionNumbers` or None.
-
-    Example:
-        >>> import jax.numpy as jnp, dlopt
-        >>> dims = dlopt.infer_muon_dimension_numbers(
-        ...     {"conv": {"kernel": jnp.ones((3, 3, 2, 8)), "bias": jnp.ones(8)}})
-        >>> dims["conv"]["kernel"], dims["conv"]["bias"]
-        (MuonDimensionNumbers(reduction_axis=(0, 1, 2), output_axis=(3,)), None)
-    """
-    with_paths, treedef = jax.tree_util.tree_flatten_with_path(params)
-    by_name = {_split_path(path): leaf for path, leaf in with_paths}
-
-    def rule(path, leaf):
-        container, name = _split_path(path)
-        ndim = len(jnp.shape(leaf))
-        if name == "kernel" and ndim >= 2:
-            return kernel_dims(leaf, by_name.get((container, "bias")))
-        if name in EMBEDDING_NAMES or name in NOT_WEIGHTS or ndim != 2:
-            return None
-        return MuonDimensionNumbers(0, 1)
-
-    return treedef.unflatten([rule(path, leaf) for path, leaf in with_paths])
-
-
-def matrices_only(params: chex.ArrayTree) -> chex.ArrayTree:
-    """optax's rule without dimension numbers: every 2-D leaf, axes (0, 1)."""
-    return jax.tree.map(lambda p: MuonDimensionNumbers() if jnp.ndim(p) == 2 else None, params)
-
-
-def expand_dims(dims: Any, tree: chex.ArrayTree) -> chex.ArrayTree:
-    """A dims tree (a prefix of ``tree``, leaves dims or None) broadcast to every leaf."""
-    leaves, treedef = jax.tree.flatten(tree)
-    if is_dim_nums(dims) or dims is None:
-        return treedef.unflatten([dims] * len(leaves))
-    is_leaf = lambda x: x is None or is_dim_nums(x)  # noqa: E731
-    flat, prefix = jax.tree.flatten(dims, is_leaf=is_leaf)
-    subtrees = prefix.flatten_up_to(tree)
-    return treedef.unflatten(
-        [d for d, sub in zip(flat, subtrees, strict=True) for _ in jax.tree.leaves(sub)]
-    )
+    return orthogonalize_stacked([x], [dimension_numbers], ns_coeffs, ns_steps,
+                                 preconditioning, eps)[0]  # fmt: skip
 
 
 def resolve_coeffs(ns_coeffs: Any, ns_steps: Any) -> Any:
-    """Validated coefficients (a preset name resolved); (n, 3) ones need n <= ns_steps."""
+    """Validated coefficients (a preset name resolved); (n, 3) ones need n <= ns_steps.
+    ``"polar_express"`` resolves to ``ns_steps`` rows (`polar_express_coeffs`)."""
     validation.check_int("ns_steps", ns_steps, 0)
     if isinstance(ns_coeffs, str):
-        if ns_coeffs not in NS_COEFFS_PRESETS:
+        if ns_coeffs not in PRESET_NAMES:
             raise ValueError(
-                f"ns_coeffs must be coefficients or one of {sorted(NS_COEFFS_PRESETS)}, got "
+                f"ns_coeffs must be coefficients or one of {list(PRESET_NAMES)}, got "
                 f"ns_coeffs={ns_coeffs!r}."
             )
+        if ns_coeffs == "polar_express":
+            if ns_steps < 1:
+                raise ValueError(f"ns_coeffs='polar_express' needs ns_steps >= 1, got {ns_steps}.")
+            return polar_express_coeffs(ns_steps)
         ns_coeffs = NS_COEFFS_PRESETS[ns_coeffs]
     if any(isinstance(c, jax.core.Tracer) for c in jax.tree.leaves(ns_coeffs)):
         return ns_coeffs

@@ -15,72 +15,68 @@ from dlopt.core.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
     ScalarOrSchedule,
-    init_empty_state,
 )
 from dlopt.core.combine import Mask, MaskedNode, chain, partition
 from dlopt.core.per_leaf import per_leaf
-from dlopt.linalg.newton_schulz import (
-    DEFAULT_NS_COEFFS,
-    PRECONDITIONINGS,
+from dlopt.linalg.muon_dims import (
     MuonDimensionNumbers,
     WeightDimNumOrFn,
     expand_dims,
-    fans,
     infer_muon_dimension_numbers,
     is_dim_nums,
     kernel_dims,
     matrices_only,
-    orthogonalize_via_newton_schulz,
+)
+from dlopt.linalg.newton_schulz import (
+    DEFAULT_NS_COEFFS,
+    PRECONDITIONINGS,
+    orthogonalize_stacked,
     resolve_coeffs,
 )
 from dlopt.optimizers.adam import adamw
+from dlopt.optimizers.muon_scaling import scale_by_neuron_norm, scale_by_shape
 from dlopt.transforms.regularizers import add_decayed_weights
 from dlopt.transforms.scaling import scale_by_learning_rate
 
-
-def _scale_by_shape_leaf(u, dims, consistent_rms):
-    fan_in, fan_out = fans(u.shape, dims)
-    if consistent_rms is None:
-        factor = jnp.sqrt(jnp.maximum(1, fan_out / fan_in))
-    else:
-        factor = jnp.sqrt(jnp.maximum(fan_in, fan_out)) * consistent_rms
-    return (tree_lib.scalar_like(factor, u) * u).astype(u.dtype)
-
-
-def _scale_by_shape(dims: chex.ArrayTree, consistent_rms: Any) -> GradientTransformation:
-    """``u <- sqrt(max(1, fan_out / fan_in)) u`` (Jordan's width scaling), or
-    ``sqrt(max(fan_in, fan_out)) * consistent_rms * u`` (Liu et al., 2025)."""
-
-    def update_fn(updates, state, params=None):
-        del params
-        leaves, treedef = jax.tree.flatten(updates)
-        scaled = [
-            _scale_by_shape_leaf(u, d, consistent_rms)
-            for u, d in zip(leaves, treedef.flatten_up_to(dims), strict=True)
-        ]
-        return treedef.unflatten(scaled), state
-
-    return GradientTransformation(init_empty_state, update_fn)
+NORMALIZATIONS = (None, "neuron")
 
 
 # --- the Muon block
 
 
-def _muon_leaf(g, mu, dims, leaf, out_dtype, *, beta, nesterov, adaptive, writer, orthogonalize):
-    count = writer.count
+def _momentum_leaf(g, mu, leaf, out_dtype, *, beta, nesterov, writer):
+    """The (Nesterov) bias-corrected momentum of one leaf, in float32 or wider."""
+    del out_dtype
     f = numerics.compute_dtype(g.dtype, mu.dtype)
     g = g.astype(f)
     mu = writer.put(numerics.ema(mu.astype(f), g, beta), mu, leaf, 1)
-    m = mu.astype(f)
-    m = numerics.unbias_momentum(m, g, beta, count, nesterov=nesterov)
-    m, restore = tree_lib.unshard(m)  # Newton-Schulz contracts the (maybe sharded) axes
-    if m.ndim < 2:  # a 1 x n row: its orthogonalization is the direction m / |m|
-        update = orthogonalize(m.reshape(1, -1), MuonDimensionNumbers()).reshape(m.shape)
-    else:
-        update = orthogonalize(m, dims)
-    if adaptive:  # scale by the dual norm <m, O(m)> (Bernstein and Newhouse, 2024)
-        update = jnp.sum(jnp.conj(m) * update) * update
-    return restore(update.astype(out_dtype)), mu
+    return numerics.unbias_momentum(mu.astype(f), g, beta, writer.count, nesterov=nesterov), mu
+
+
+def _orthogonalize_tree(m_tree, dims, out_dtypes, *, adaptive, **ns):
+    """Every leaf of ``m_tree`` orthogonalized (`orthogonalize_stacked`: one vmapped
+    iteration per matrix shape), ``adaptive``-scaled, cast and resharded like its leaf."""
+    leaves, treedef = jax.tree.flatten(m_tree)
+    if not leaves:
+        return m_tree
+    xs, ds, restores = [], [], []
+    for m, d in zip(leaves, treedef.flatten_up_to(dims), strict=True):
+        m, restore = tree_lib.unshard(m)  # Newton-Schulz contracts the (maybe sharded) axes
+        if m.ndim < 2:  # a 1 x n row: its orthogonalization is the direction m / |m|
+            m, d = m.reshape(1, -1), MuonDimensionNumbers()
+        xs.append(m)
+        ds.append(d)
+        restores.append(restore)
+    outs = orthogonalize_stacked(xs, ds, **ns)
+    result = []
+    for m, o, restore, dtype in zip(
+        leaves, outs, restores, treedef.flatten_up_to(out_dtypes), strict=True
+    ):
+        o = o.reshape(m.shape)
+        if adaptive:  # scale by the dual norm <m, O(m)> (Bernstein and Newhouse, 2024)
+            o = jnp.sum(jnp.conj(m) * o) * o
+        result.append(restore(o.astype(dtype)))
+    return treedef.unflatten(result)
 
 
 class MuonState(NamedTuple):
@@ -142,7 +138,9 @@ def scale_by_muon(
 
     Args:
         ns_coeffs: (3,) Newton-Schulz coefficients, (n, 3) per-step ones, or a preset name
-            (``"standard"``, ``"dion"``).
+            (``"standard"``, ``"dion"``, ``"polar_express"``: Amsel et al. 2025's optimal
+            per-step polynomials with their 1.01 safety factor, ``ns_steps`` of them, see
+            `dlopt.linalg.newton_schulz.polar_express_coeffs`).
         ns_steps: number of steps (int >= 0) with (3,) coefficients; must be >= n for (n, 3).
         beta: :math:`\\beta` in [0, 1).
         eps: >= 0, added to the norm in the first rescaling.
@@ -176,23 +174,25 @@ def scale_by_muon(
         coeffs = jnp.asarray(ns_coeffs)
         return {"ns_coeffs": coeffs[-ns_steps:] if coeffs.ndim == 2 else coeffs}
 
-    def step(state, count, params):
-        def orthogonalize(m, d):
-            return orthogonalize_via_newton_schulz(
-                m, state.ns_coeffs, ns_steps, preconditioning, eps, d
-            )
-
-        return {"orthogonalize": orthogonalize}
-
-    return rule.moment_rule(
+    momentum = rule.moment_rule(
         MuonState,
-        functools.partial(_muon_leaf, beta=beta, nesterov=nesterov, adaptive=adaptive),
+        functools.partial(_momentum_leaf, beta=beta, nesterov=nesterov),
         moments={"mu": mu_dtype},
         rounding=state_rounding,
-        inputs=lambda updates, state, params: (_block_dims(weight_dimension_numbers, updates),),
-        step=step,
         extra_init=coefficients,
     )
+    like_params = mu_dtype is None
+
+    def update_fn(updates, state, params=None):
+        m, new_state = momentum.update(updates, state, params)
+        updates, params = tree_lib.as_arrays(updates), tree_lib.as_arrays(params)
+        dtypes = numerics.out_dtypes(updates, params, state.mu if like_params else None)
+        dims = _block_dims(weight_dimension_numbers, updates)
+        ns = {"ns_coeffs": state.ns_coeffs, "ns_steps": ns_steps,
+              "preconditioning": preconditioning, "eps": eps}  # fmt: skip
+        return _orthogonalize_tree(m, dims, dtypes, adaptive=adaptive, **ns), new_state
+
+    return GradientTransformation(momentum.init, update_fn)
 
 
 def _unless_empty(tx: GradientTransformation) -> GradientTransformationExtraArgs:
@@ -231,6 +231,8 @@ def muon(
     infer_dimension_numbers: bool = True,
     nu_dtype: Any | None = None,
     state_rounding: str = "stochastic",
+    normalize: Literal["neuron"] | None = None,
+    beta2: chex.Numeric = 0.95,
 ) -> GradientTransformationExtraArgs:
     """Muon: MomentUm Orthogonalized by Newton-Schulz for the matrices, AdamW for the rest.
 
@@ -241,7 +243,10 @@ def muon(
         {\\text{fan\\_in}})}\\, \\operatorname{NS}(\\hat m) + \\lambda W\\right)
 
     with :math:`\\hat m` the (Nesterov) momentum and :math:`\\operatorname{NS}` its
-    orthogonalization (`scale_by_muon`); ``consistent_rms=c`` uses the factor
+    orthogonalization (`scale_by_muon`; ``ns_coeffs="polar_express"`` for the Polar Express
+    polynomials); ``normalize="neuron"`` is NorMuon (`normuon`), normalizing each output
+    neuron of :math:`\\operatorname{NS}(\\hat m)` by a second moment (decay ``beta2``) first;
+    ``consistent_rms=c`` uses the factor
     :math:`c \\sqrt{\\max(\\text{fan\\_in}, \\text{fan\\_out})}` instead (RMS like AdamW's,
     Liu et al. 2025, with :math:`c = 0.2`). Every other parameter gets
     ``adamw(adam_learning_rate or learning_rate, adam_b1, adam_b2, eps, adam_eps_root,
@@ -279,11 +284,13 @@ def muon(
             kernels (True) or use optax's every-2-D-leaf rule (False) (dlopt only).
         nu_dtype: dtype of Adam's second moment (dlopt only).
         state_rounding: ``"stochastic"`` or ``"nearest"`` (dlopt only).
+        normalize: None, or ``"neuron"``: NorMuon's neuron-wise normalization (dlopt only).
+        beta2: NorMuon's second-moment decay in [0, 1) (with ``normalize="neuron"``).
 
     Returns:
         A `GradientTransformationExtraArgs` whose state is a `partition` state with groups
-        ``"muon"`` (``chain(scale_by_muon, shape scaling, add_decayed_weights,
-        scale_by_learning_rate)``) and ``"adam"`` (`adamw`), as optax's.
+        ``"muon"`` (``chain(scale_by_muon, [NorMuonState,] shape scaling,
+        add_decayed_weights, scale_by_learning_rate)``) and ``"adam"`` (`adamw`), as optax's.
 
     Example:
         >>> import jax.numpy as jnp, dlopt
@@ -304,6 +311,8 @@ def muon(
     validation.check_non_negative("adam_weight_decay", adam_weight_decay)
     if consistent_rms is not None:
         validation.check_non_negative("consistent_rms", consistent_rms)
+    validation.check_choice("normalize", normalize, NORMALIZATIONS)
+    validation.check_in_range("beta2", beta2, 0.0, 1.0)
     block = functools.partial(
         scale_by_muon, resolve_coeffs(ns_coeffs, ns_steps), ns_steps, beta, eps, mu_dtype,
         nesterov=nesterov, adaptive=adaptive, preconditioning=preconditioning,
@@ -328,9 +337,11 @@ def muon(
         is_leaf = lambda x: x is None or is_dim_nums(x)  # noqa: E731
         labels = jax.tree.map(lambda d: "adam" if d is None else "muon", dims, is_leaf=is_leaf)
         muon_dims = jax.tree.map(lambda d: MaskedNode() if d is None else d, dims, is_leaf=is_leaf)
+        normalization = [scale_by_neuron_norm(muon_dims, beta2)] if normalize else []
         orthogonalized = chain(
             block(weight_dimension_numbers=muon_dims),
-            _scale_by_shape(muon_dims, consistent_rms),
+            *normalization,
+            scale_by_shape(muon_dims, consistent_rms),
             add_decayed_weights(weight_decay, weight_decay_mask),
             scale_by_learning_rate(learning_rate),
         )
