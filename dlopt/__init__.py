@@ -387,6 +387,12 @@ from dlopt.tree.moments import update_moment as update_moment
 from dlopt.tree.moments import update_moment_per_elem_norm as update_moment_per_elem_norm
 from dlopt.tree.state import map_params as tree_map_params
 
+# --- optimizers: PSGD Kron (issue 22)
+from dlopt.optimizers.kron import ScaleByKronState as ScaleByKronState
+from dlopt.optimizers.kron import kron as kron
+from dlopt.optimizers.kron import precond_update_prob_schedule as precond_update_prob_schedule
+from dlopt.optimizers.kron import scale_by_kron as scale_by_kron
+
 # --- submodules
 from dlopt import assignment as assignment
 from dlopt import contrib as contrib
