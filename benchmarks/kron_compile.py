@@ -48,13 +48,15 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.kron_compile")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--trees", nargs="+", default=["resnet50", "transformer12"])
+    parser.add_argument("--contenders", nargs="+", default=list(CONTENDERS), choices=CONTENDERS)
     args = parser.parse_args(argv)
+    contenders = {name: CONTENDERS[name] for name in ["adamw", *args.contenders]}
     print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}")
     for tree in args.trees:
         params = make_tree(tree_shapes(tree, 0), 0, 0.1)
-        times = {name: [] for name in CONTENDERS}
+        times = {name: [] for name in contenders}
         for _ in range(args.reps):
-            for name, make in CONTENDERS.items():
+            for name, make in contenders.items():
                 times[name].append(compile_seconds(make, params))
         n_groups = (groups(params), groups(params, merge=True, partition=True))
         print(f"{tree}: {len(jax.tree.leaves(params))} leaves, kron block groups "
