@@ -390,7 +390,9 @@ from dlopt.tree.state import map_params as tree_map_params
 # --- optimizers: PSGD Kron (issue 22)
 from dlopt.optimizers.kron import ScaleByKronState as ScaleByKronState
 from dlopt.optimizers.kron import kron as kron
-from dlopt.optimizers.kron import precond_update_prob_schedule as precond_update_prob_schedule
+from dlopt.optimizers.kron_step import (
+    precond_update_prob_schedule as precond_update_prob_schedule,
+)
 from dlopt.optimizers.kron import scale_by_kron as scale_by_kron
 
 # --- submodules

@@ -30,34 +30,7 @@ REFERENCE_SEED = 5318008  # psgd-jax's fixed seed, the default ``key``
 UPDATE_RMS_CAP = 1.1  # psgd-jax 0.2.9 caps each leaf's preconditioned RMS at 1.1
 
 
-def precond_update_prob_schedule(
-    max_prob: float = 1.0, min_prob: float = 0.03, decay: float = 0.001, flat_start: int = 500
-) -> Callable[[chex.Array], chex.Array]:
-    """psgd-jax's annealed preconditioner-update probability: ``max_prob`` for ``flat_start``
-    steps, then :math:`\\max(p_{\\max} e^{-\\lambda (t - t_0)}, p_{\\min})` (defaults: 1.0
-    until step 500, 0.03 from about step 4000).
-
-    Example:
-        >>> import jax.numpy as jnp, dlopt
-        >>> schedule = dlopt.precond_update_prob_schedule()
-        >>> [round(float(schedule(jnp.asarray(t))), 3) for t in (1, 500, 1500, 5000)]
-        [1.0, 1.0, 0.368, 0.03]
-    """
-    validation.check_in_range("max_prob", max_prob, 0.0, 1.0, low_closed=False, high_closed=True)
-    validation.check_in_range("min_prob", min_prob, 0.0, max_prob, low_closed=False,
-                              high_closed=True)  # fmt: skip
-    validation.check_non_negative("decay", decay)
-    validation.check_int("flat_start", flat_start, 0)
-
-    def schedule(count: chex.Array) -> chex.Array:
-        t = jnp.asarray(count).astype(jnp.float32) - jnp.float32(flat_start)
-        p = jnp.float32(max_prob) * jnp.exp(-jnp.float32(decay) * t)
-        return jnp.minimum(jnp.maximum(p, jnp.float32(min_prob)), jnp.float32(max_prob))
-
-    return schedule
-
-
-DEFAULT_UPDATE_PROBABILITY = precond_update_prob_schedule()
+DEFAULT_UPDATE_PROBABILITY = step.precond_update_prob_schedule()
 
 
 class ScaleByKronState(NamedTuple):
@@ -124,7 +97,7 @@ def scale_by_kron(
     ``memory_save_mode``), :math:`Q = Q_1 \\otimes \\dots \\otimes Q_k`, :math:`P = Q^T Q`.
     On a preconditioner update (deterministic: whenever the steps since the last one reach
     :math:`1/p_t`, :math:`p_t` = ``preconditioner_update_probability``, by default
-    `precond_update_prob_schedule`), with a probe :math:`V \\sim \\mathcal N(0, I)` and the
+    `dlopt.precond_update_prob_schedule`), with a probe :math:`V \\sim \\mathcal N(0, I)` and the
     damped :math:`h = \\hat m + \\sqrt{\\epsilon_{32}}\\,\\overline{|\\hat m|}\\, V`:
 
     .. math::
@@ -141,7 +114,9 @@ def scale_by_kron(
     Layout: ``scanned_layers`` (a tree of bools) makes a leaf's leading axis a stack of
     layers, each with its own factors; ``merge_small_dims`` merges runs of small axes towards
     ``target_merged_dim_size``; ``partition_grads_into_blocks`` splits triangular axes longer
-    than ``block_size`` into blocks (the last one zero-padded), each with its own factors.
+    than ``block_size`` into blocks and zero-pads every axis longer than 1 to ``block_size``
+    (diagonal ones to a multiple of it), so most blocks share one shape; each block has its
+    own factors.
     Blocks of the same shape, from any leaves, are stacked and fitted by one vmapped
     computation (``lax.map`` in batches of ``lax_map_batch_size`` with
     ``lax_map_scanned_layers``), so compile time grows with the number of distinct block
@@ -157,11 +132,12 @@ def scale_by_kron(
     the arithmetic runs in float32 or wider (psgd-jax: whatever the operands promote to,
     probes in the gradient's dtype); no Flax ``Partitioned`` unboxing (dlopt unboxes
     earlier). From psgd-jax's later (unreleased) ``kron``: ``normalize_grads``,
-    ``merge_small_dims``, ``partition_grads_into_blocks`` are taken, except that only the
-    split axes are padded, with zeros (psgd-jax pads every axis to ``block_size`` and puts
-    damping noise in the padding, which then dominates the factors' balancing), and the
-    padding is left out of the balancing; ``params_sharding`` / ``preconditioner_sharding``
-    are not taken: the momentum follows the params' sharding, the factors are replicated.
+    ``merge_small_dims``, ``partition_grads_into_blocks`` are taken, except that axes of
+    size 1 are not padded, the padding gets no damping noise (psgd-jax's noise there grows
+    the padded part of the factors until it dominates their balancing) and is left out of
+    the balancing, and the probes are drawn per block (one vmapped draw per group) rather
+    than per leaf; ``params_sharding`` / ``preconditioner_sharding`` are not taken: the
+    momentum follows the params' sharding, the factors are replicated.
 
     Args:
         b1: momentum :math:`\\beta_1` in [0, 1) (0: no momentum buffer).

@@ -8,16 +8,46 @@ program holds one copy per distinct block shape.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from dlopt.core import validation
 from dlopt.linalg import kron_factors as factors
 from dlopt.optimizers.kron_layout import Groups
 
 BALANCE_PROBABILITY = 0.01  # psgd-jax rebalances the factors on ~1% of the updates
+
+
+def precond_update_prob_schedule(
+    max_prob: float = 1.0, min_prob: float = 0.03, decay: float = 0.001, flat_start: int = 500
+) -> Callable[[chex.Array], chex.Array]:
+    """psgd-jax's annealed preconditioner-update probability: ``max_prob`` for ``flat_start``
+    steps, then :math:`\\max(p_{\\max} e^{-\\lambda (t - t_0)}, p_{\\min})` (defaults: 1.0
+    until step 500, 0.03 from about step 4000).
+
+    Example:
+        >>> import jax.numpy as jnp, dlopt
+        >>> schedule = dlopt.precond_update_prob_schedule()
+        >>> [round(float(schedule(jnp.asarray(t))), 3) for t in (1, 500, 1500, 5000)]
+        [1.0, 1.0, 0.368, 0.03]
+    """
+    validation.check_in_range("max_prob", max_prob, 0.0, 1.0, low_closed=False, high_closed=True)
+    validation.check_in_range("min_prob", min_prob, 0.0, max_prob, low_closed=False,
+                              high_closed=True)  # fmt: skip
+    validation.check_non_negative("decay", decay)
+    validation.check_int("flat_start", flat_start, 0)
+
+    def schedule(count: chex.Array) -> chex.Array:
+        t = jnp.asarray(count).astype(jnp.float32) - jnp.float32(flat_start)
+        p = jnp.float32(max_prob) * jnp.exp(-jnp.float32(decay) * t)
+        return jnp.minimum(jnp.maximum(p, jnp.float32(min_prob)), jnp.float32(max_prob))
+
+    return schedule
 
 
 class Mapper(NamedTuple):
