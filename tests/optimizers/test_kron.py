@@ -186,15 +186,18 @@ def test_padding_stays_out_of_the_fit():
 
 
 def test_merged_dims_equal_a_reshaped_leaf():
-    merged = run_steps(functools.partial(dlopt.kron, 1e-2, merge_small_dims=True,
-                                         target_merged_dim_size=16),
-                       initial_params({"k": (3, 3, 4, 5)}))  # fmt: skip
-    reshaped = run_steps(
-        functools.partial(dlopt.kron, 1e-2),
-        {"k": initial_params({"k": (3, 3, 4, 5)})["k"].reshape(36, 5)},
+    """merge_small_dims is a reshape: the same run as on the leaf reshaped by hand (the
+    probes are drawn in the leaf's shape; threefry's draws do not depend on it)."""
+    merged_shape, _ = kron_layout.merge_dims((3, 3, 4, 5), 16, (False,) * 4)
+    assert merged_shape == (9, 20)
+    leaf = initial_params({"k": (3, 3, 4, 5)})
+    merged = run_steps(
+        functools.partial(dlopt.kron, 1e-2, merge_small_dims=True, target_merged_dim_size=16),
+        leaf,
     )
-    assert merged[1][0].Qs_preconditioners["k"][0].shape == (36, 36)
-    np.testing.assert_allclose(merged[0]["k"].reshape(36, 5), reshaped[0]["k"], rtol=1e-5)
+    reshaped = run_steps(functools.partial(dlopt.kron, 1e-2), {"k": leaf["k"].reshape(9, 20)})
+    assert [q.shape for q in merged[1][0].Qs_preconditioners["k"]] == [(9, 9), (20, 20)]
+    np.testing.assert_allclose(merged[0]["k"].reshape(9, 20), reshaped[0]["k"], rtol=1e-5)
 
 
 def test_same_shaped_leaves_compile_one_computation():
