@@ -397,6 +397,14 @@ from dlopt.wrappers.spikes import skip_step_on_spikes as skip_step_on_spikes
 # --- muon: Polar Express, NorMuon, expert weights, stacked compiles (issue 22)
 from dlopt.optimizers.normuon import normuon as normuon
 
+# --- optimizers: PSGD Kron (issue 22)
+from dlopt.optimizers.kron import ScaleByKronState as ScaleByKronState
+from dlopt.optimizers.kron import kron as kron
+from dlopt.optimizers.kron_step import (
+    precond_update_prob_schedule as precond_update_prob_schedule,
+)
+from dlopt.optimizers.kron import scale_by_kron as scale_by_kron
+
 # --- submodules
 from dlopt import assignment as assignment
 from dlopt import contrib as contrib

@@ -285,5 +285,18 @@ TRANSFORMS = [
         lambda: dlopt.chain(dlopt.scale_by_distance_over_gradients(), dlopt.scale(-1.0)),
     ),
     Entry("optimistic_adam", "", lambda: _quiet(dlopt.optimistic_adam, 1e-2)),
+    # PSGD Kron (issue 22): defaults, and merged dims in padded blocks with a schedule
+    Entry("kron", "", lambda: dlopt.kron(1e-2, weight_decay=1e-2), DECAYS),
+    Entry(
+        "scale_by_kron",
+        "merged_blocks",
+        lambda: dlopt.scale_by_kron(
+            merge_small_dims=True,
+            target_merged_dim_size=4,
+            partition_grads_into_blocks=True,
+            block_size=2,
+            preconditioner_update_probability=0.5,
+        ),
+    ),  # fmt: skip
     *cases_contrib_b.CONFORMANCE,
 ]
