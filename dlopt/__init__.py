@@ -387,6 +387,12 @@ from dlopt.tree.moments import update_moment as update_moment
 from dlopt.tree.moments import update_moment_per_elem_norm as update_moment_per_elem_norm
 from dlopt.tree.state import map_params as tree_map_params
 
+# --- shampoo (issue 22)
+from dlopt.optimizers.shampoo import GraftingType as GraftingType
+from dlopt.optimizers.shampoo import PreconditionerType as PreconditionerType
+from dlopt.optimizers.shampoo import ShampooState as ShampooState
+from dlopt.optimizers.shampoo import distributed_shampoo as distributed_shampoo
+
 # --- submodules
 from dlopt import assignment as assignment
 from dlopt import contrib as contrib
