@@ -9,7 +9,8 @@ group are one batched computation instead of one traced copy per block (the comp
 the step grows with the number of distinct block shapes, not with the number of blocks).
 
 `plan` holds the static (shape-only) bookkeeping; `to_groups` and `from_groups` move a list
-of leaves into the stacked groups and back with one pad/reshape/transpose per leaf.
+of leaves into the stacked groups and back with one pad/reshape/transpose per leaf (a leaf
+sharded on an explicit mesh is gathered first and its result given the sharding back).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from dlopt.core.tree import unshard
 
 
 def merge_small_dims(shape: tuple[int, ...], max_dim: int) -> tuple[int, ...]:
@@ -143,7 +146,7 @@ def to_groups(xs: list[jax.Array], layout: Plan) -> list[jax.Array]:
     parts: list[list[jax.Array]] = [[] for _ in layout.groups]
     for x, leaf in zip(xs, layout.leaves, strict=True):
         if leaf.group >= 0:
-            parts[leaf.group].append(_to_blocks(x, leaf))
+            parts[leaf.group].append(_to_blocks(unshard(x)[0], leaf))
     return [p[0] if len(p) == 1 else jnp.concatenate(p) for p in parts]
 
 
@@ -157,5 +160,5 @@ def from_groups(groups: list[jax.Array], layout: Plan, xs: list[jax.Array]) -> l
             continue
         n = math.prod(leaf.counts)
         stacked = groups[leaf.group][leaf.offset : leaf.offset + n]
-        out.append(_from_blocks(stacked, leaf, x.shape))
+        out.append(unshard(x)[1](_from_blocks(stacked, leaf, x.shape)))
     return out

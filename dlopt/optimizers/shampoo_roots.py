@@ -110,7 +110,8 @@ def refresh(
     errs = [[None] * len(group.axes) for group in layout.groups]
     for (_, exponent), members in stacks.items():
         x = jnp.concatenate([stats[g][i] for g, i in members])
-        valid = jnp.asarray(np.concatenate([layout.groups[g].valid[i] for g, i in members]))
+        valid = np.concatenate([layout.groups[g].valid[i] for g, i in members])
+        valid = lax.optimization_barrier(jnp.asarray(valid))  # no constant-folding of masks
         root = functools.partial(inverse_pth_root, p=exponent, **root_kwargs)
         fn = jax.vmap(lambda m, v, root=root: root(m, valid=v))
         if axis_name is None:
