@@ -175,8 +175,8 @@ def distributed_shampoo(
     >>> tx = dlopt.distributed_shampoo(0.1, start_preconditioning_step=1)
     >>> grads = {"w": jnp.full((3, 2), 0.5), "b": jnp.ones(2)}
     >>> updates, state = tx.update(grads, tx.init(params), params)
-    >>> updates["b"].shape, [s.shape for s in state.statistics[0]]
-    ((2,), [(1, 3, 3), (1, 2, 2)])
+    >>> updates["w"].shape, sorted(s.shape for group in state.statistics for s in group)
+    ((3, 2), [(1, 2, 2), (1, 6, 6)])
 
     References:
       Anil et al., "Scalable Second Order Optimization for Deep Learning", 2020.
