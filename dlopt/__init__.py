@@ -405,6 +405,12 @@ from dlopt.optimizers.kron_step import (
 )
 from dlopt.optimizers.kron import scale_by_kron as scale_by_kron
 
+# --- shampoo (issue 22)
+from dlopt.optimizers.shampoo import GraftingType as GraftingType
+from dlopt.optimizers.shampoo import PreconditionerType as PreconditionerType
+from dlopt.optimizers.shampoo import ShampooState as ShampooState
+from dlopt.optimizers.shampoo import distributed_shampoo as distributed_shampoo
+
 # --- submodules
 from dlopt import assignment as assignment
 from dlopt import contrib as contrib

@@ -14,6 +14,7 @@ import cases_large_batch
 import cases_modern
 import cases_schedule_free
 import cases_second_order
+import cases_shampoo
 import jax
 import jax.numpy as jnp
 from helpers import Entry
@@ -234,6 +235,7 @@ TRANSFORMS = [
     *cases_modern.CONFORMANCE,
     *cases_schedule_free.CONFORMANCE,
     *cases_second_order.CONFORMANCE,
+    *cases_shampoo.CONFORMANCE,
     # optax API: wrappers, layouts, monitoring (issue 21)
     Entry("apply_every", "", lambda: dlopt.apply_every(2)),
     Entry(

@@ -26,6 +26,7 @@ import cases_large_batch
 import cases_modern
 import cases_schedule_free
 import cases_second_order
+import cases_shampoo
 import jax
 import jax.numpy as jnp
 import pytest
@@ -54,7 +55,7 @@ REQUIRED: dict[str, Any] = {
 }
 GROUPS = (
     cases_adam_family, cases_large_batch, cases_modern, cases_schedule_free, cases_second_order,
-    cases_contrib_b,
+    cases_contrib_b, cases_shampoo,
 )  # fmt: skip
 for group in GROUPS:
     REQUIRED |= group.REQUIRED
