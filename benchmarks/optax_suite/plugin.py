@@ -25,6 +25,11 @@ def _is_function(value: Any) -> bool:
     return inspect.isfunction(value) or isinstance(value, functools.partial)
 
 
+# Names of optax's private modules that dlopt keeps in a submodule rather than at its top level
+# (``optax._src.utils.MultiNormalDiagFromLogScale``, what ``multi_normal`` returns).
+ELSEWHERE = {"MultiNormalDiagFromLogScale": "dlopt.perturbations"}
+
+
 def counterpart(module_name: str) -> types.ModuleType | None:
     """The dlopt module whose names stand in for optax module ``module_name``'s: the same
     public submodule (``optax.losses._regression`` -> ``dlopt.losses``,
@@ -81,6 +86,8 @@ class Proxy(types.ModuleType):
         if name.startswith("_") or dlopt is None:
             return value
         ours = getattr(dlopt, name, None)
+        if ours is None and name in ELSEWHERE:
+            ours = getattr(importlib.import_module(ELSEWHERE[name]), name, None)
         kinds = (_is_function, inspect.isclass)
         if ours is not None and ours is not value and any(k(value) and k(ours) for k in kinds):
             SWAPPED.setdefault(real.__name__, set()).add(name)
