@@ -25,34 +25,26 @@ def _is_function(value: Any) -> bool:
     return inspect.isfunction(value) or isinstance(value, functools.partial)
 
 
-# optax's public submodules whose classes dlopt's module of the same path answers too (their
-# functions take each other's enums, keys and distributions); elsewhere functions only.
-CLASS_SUBMODULES = (
-    "tree_utils",
-    "tree",
-    "projections",
-    "perturbations",
-    "assignment",
-    "microbatching",
-    "second_order",
-)
+# Names of optax's private modules that dlopt keeps in a submodule rather than at its top level
+# (``optax._src.utils.MultiNormalDiagFromLogScale``, what ``multi_normal`` returns).
+ELSEWHERE = {"MultiNormalDiagFromLogScale": "dlopt.perturbations"}
 
 
-def counterpart(module_name: str) -> tuple[types.ModuleType | None, bool]:
-    """The dlopt module whose names stand in for optax module ``module_name``'s, and whether
-    its classes do too: the same public submodule (``optax.losses._regression`` ->
-    ``dlopt.losses``, ``optax.tree_utils._tree_math`` -> ``dlopt.tree_utils``), else dlopt's
-    top level (``optax._src.alias``). optax's pytree modules are swapped only by dlopt's of
-    the same path (``optax.tree.scale`` is not the transform ``dlopt.scale``)."""
+def counterpart(module_name: str) -> types.ModuleType | None:
+    """The dlopt module whose names stand in for optax module ``module_name``'s: the same
+    public submodule (``optax.losses._regression`` -> ``dlopt.losses``,
+    ``optax.tree_utils._tree_math`` -> ``dlopt.tree_utils``), else dlopt's top level
+    (``optax._src.alias``). optax's pytree modules are swapped only by dlopt's of the same path
+    (``optax.tree.scale`` is not the transform ``dlopt.scale``)."""
     parts = module_name.split(".")
     if len(parts) < 2 or parts[1].startswith("_"):
-        return importlib.import_module("dlopt"), False
+        return importlib.import_module("dlopt")
     try:
-        return importlib.import_module("dlopt." + parts[1]), parts[1] in CLASS_SUBMODULES
+        return importlib.import_module("dlopt." + parts[1])
     except ImportError:
         if parts[1] in ("tree", "tree_utils"):
-            return None, False
-        return importlib.import_module("dlopt"), False
+            return None
+        return importlib.import_module("dlopt")
 
 
 def _evaluated(fn: Any) -> Any:
@@ -72,14 +64,16 @@ def _evaluated(fn: Any) -> Any:
 
 
 class Proxy(types.ModuleType):
-    """A module that answers with dlopt's function wherever dlopt exports the same name."""
+    """A module that answers with dlopt's function or class wherever dlopt exports the same
+    name, as ``import dlopt as optax`` would: ``optax.GradientTransformation``,
+    ``optax.EmptyState``, ``optax.MaskedNode`` and the state classes are dlopt's, so a test's
+    ``isinstance`` checks and expected trees meet the objects dlopt's functions return."""
 
     def __init__(self, real: types.ModuleType):
         super().__init__(real.__name__, real.__doc__)
-        dlopt, classes = counterpart(real.__name__)
+        dlopt = counterpart(real.__name__)
         object.__setattr__(self, "_real", real)
         object.__setattr__(self, "_dlopt", dlopt)
-        object.__setattr__(self, "_classes", classes)
         for name in ("__file__", "__path__", "__spec__", "__loader__", "__package__"):
             if hasattr(real, name):
                 object.__setattr__(self, name, getattr(real, name))
@@ -92,7 +86,9 @@ class Proxy(types.ModuleType):
         if name.startswith("_") or dlopt is None:
             return value
         ours = getattr(dlopt, name, None)
-        kinds = (_is_function,) + ((inspect.isclass,) if self._classes else ())
+        if ours is None and name in ELSEWHERE:
+            ours = getattr(importlib.import_module(ELSEWHERE[name]), name, None)
+        kinds = (_is_function, inspect.isclass)
         if ours is not None and ours is not value and any(k(value) and k(ours) for k in kinds):
             SWAPPED.setdefault(real.__name__, set()).add(name)
             return _evaluated(ours) if _is_function(ours) else ours
