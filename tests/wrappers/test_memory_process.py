@@ -16,8 +16,10 @@ import functools
 import os
 
 import pytest
+from support.benchmarks import load
 
-from benchmarks import memory_process as mp
+mp = load("memory_process")
+
 
 pytestmark = [
     pytest.mark.slow,

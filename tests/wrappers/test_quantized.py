@@ -6,8 +6,6 @@ Also the peak memory of the per-moment dtypes (bf16 moments with stochastic roun
 
 from __future__ import annotations
 
-import functools
-
 import chex
 import jax
 import jax.numpy as jnp
@@ -15,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 from jax.sharding import PartitionSpec as P
-from sklearn.datasets import load_digits
+from support.benchmarks import load
 from support.training import MLP, batches, make_data, make_loss_fn, make_state
 
 import dlopt
@@ -25,6 +23,8 @@ from dlopt.wrappers.codes8 import dynamic_code, linear_code
 from dlopt.wrappers.codes8 import encode as _encode
 from dlopt.wrappers.quantized4 import Quantized4Array
 from dlopt.wrappers.quantized_array import QuantizedArray, dequantize, quantize
+
+quality_bench = load("quantized_quality")
 
 BF16 = jnp.bfloat16
 N4M = 4 * 2**20
@@ -248,57 +248,12 @@ def test_extra_args_reach_the_wrapped_transform():
 # ----------------------------------------------------------------------------- quality
 
 
-def lstsq_problem(n=512, d=64, k=64, noise=0.01):
-    """Least squares with features spread over 1.5 decades, run until still converging."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((n, d)) * np.logspace(0, -1.5, d)
-    b = a @ rng.standard_normal((d, k)) + noise * rng.standard_normal((n, k))
-    a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
-    return (lambda p: jnp.mean((a @ p["w"] - b) ** 2)), {"w": jnp.zeros((d, k), jnp.float32)}
+# the problems of `benchmarks.quantized_quality` (which runs the 4-bit comparison too)
+lstsq_problem = quality_bench.lstsq_problem
+digits_problem = quality_bench.digits_problem
+final_loss = quality_bench.full_batch_final_loss
 
 
-def digits_problem(hidden=128, l2=1e-4):
-    """A 64-128-128-10 ReLU MLP on all 1797 digits (full batch) with an L2 penalty."""
-    x, y = load_digits(return_X_y=True)
-    x, y = jnp.asarray(x / 16.0, jnp.float32), jnp.asarray(y)
-    rng = np.random.default_rng(0)
-    sizes = [(64, hidden), (hidden, hidden), (hidden, 10)]
-    params = {}
-    for i, (fan_in, fan_out) in enumerate(sizes):
-        params[f"w{i}"] = jnp.asarray(
-            rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_in), jnp.float32
-        )
-        params[f"b{i}"] = jnp.zeros(fan_out, jnp.float32)
-
-    def loss(p):
-        h = x
-        for i in range(3):
-            h = h @ p[f"w{i}"] + p[f"b{i}"][None, :]
-            h = jax.nn.relu(h) if i < 2 else h
-        ce = jax.nn.logsumexp(h, -1) - jnp.take_along_axis(h, y[:, None], 1)[:, 0]
-        return jnp.mean(ce) + l2 * sum(jnp.sum(p[f"w{i}"] ** 2) for i in range(3))
-
-    return loss, params
-
-
-def final_loss(problem, tx, steps=600):
-    loss, params = problem
-
-    @jax.jit
-    def run(params):
-        def step(carry, _):
-            params, state = carry
-            g = jax.grad(loss)(params)
-            u, state = tx.update(g, state, params)
-            return (dlopt.apply_updates(params, u), state), None
-
-        (params, _), _ = jax.lax.scan(step, (params, tx.init(params)), None, length=steps)
-        return loss(params)
-
-    return float(run(params))
-
-
-@functools.cache
 def quality(problem_name):
     problem, lr = {"lstsq": (lstsq_problem(), 1e-2), "digits": (digits_problem(), 1e-3)}[
         problem_name

@@ -7,9 +7,11 @@ from __future__ import annotations
 import functools
 
 import pytest
+from support.benchmarks import load
 
 import dlopt
-from benchmarks import quantized_quality as qq
+
+qq = load("quantized_quality")
 
 
 @functools.cache
