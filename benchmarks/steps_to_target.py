@@ -47,9 +47,9 @@ _ADAM_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 GRIDS = {
     "adamw": _ADAM_GRID,
     "soap": _ADAM_GRID,
-    "distributed_shampoo": _ADAM_GRID,  # grafted onto Adam/RMSProp step sizes
+    "distributed_shampoo": (1e-2, 3e-2, 1e-1, 3e-1, 1.0),  # SGD grafting (the default)
     "muon": (3e-3, 1e-2, 3e-2, 1e-1, 3e-1),
-    "kron": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
+    "kron": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
 }
 PROBLEMS = ("lstsq", "digits", "lm")
 RESULTS = Path(__file__).resolve().parent / "results"
