@@ -46,6 +46,7 @@ from jax import lax
 
 from dlopt.core import tree as tree_lib
 from dlopt.core.base import GradientTransformation, ScalarOrSchedule
+from dlopt.core.per_leaf import per_leaf
 from dlopt.optimizers import shampoo_blocks as blocks_lib
 from dlopt.optimizers import shampoo_roots as roots_lib
 from dlopt.optimizers.shampoo_checks import GraftingType, PreconditionerType, check_arguments
@@ -94,6 +95,7 @@ def _graft(g, v, count, graft, *, beta2, eps, clip):
     return update, v
 
 
+@per_leaf
 def distributed_shampoo(
     learning_rate: ScalarOrSchedule,
     block_size: int = 128,
