@@ -226,16 +226,22 @@ def schedule_free_eval_params(state: Any, params: chex.ArrayTree) -> chex.ArrayT
 
 
 def _warmup(learning_rate: ScalarOrSchedule, warmup_steps: int | None) -> ScalarOrSchedule:
-    """optax's ``warmup_constant_schedule(0, learning_rate, warmup_steps)``, or the rate."""
+    """The rate ramped linearly from 0 over ``warmup_steps``: optax's
+    ``warmup_constant_schedule(0, learning_rate, warmup_steps)`` for a number, and
+    ``min(t / warmup_steps, 1) * learning_rate(t)`` for a schedule (optax's raises a
+    ``TypeError`` at the first update there); the rate itself when ``warmup_steps`` is None."""
     if warmup_steps is None:
         return learning_rate
     validation.check_int("warmup_steps", warmup_steps, 1)
-    if callable(learning_rate):
-        raise ValueError(
-            "warmup_steps ramps a constant learning_rate up from 0; with a schedule, put the "
-            f"warmup in the schedule and pass warmup_steps=None, got warmup_steps={warmup_steps}."
-        )
-    return linear_schedule(0.0, learning_rate, warmup_steps)
+    if not callable(learning_rate):
+        return linear_schedule(0.0, learning_rate, warmup_steps)
+    ramp = linear_schedule(0.0, 1.0, warmup_steps)
+    schedule = learning_rate
+
+    def warmed_up(count: chex.Numeric) -> chex.Numeric:
+        return ramp(count) * schedule(count)
+
+    return warmed_up
 
 
 def schedule_free_sgd(
@@ -259,12 +265,13 @@ def schedule_free_sgd(
     to ``learning_rate`` over ``warmup_steps``. The weight decay :math:`\\lambda y` is taken
     at :math:`y` and scaled by :math:`\\gamma` (as optax and torch do).
 
-    Deliberate difference from optax: ``warmup_steps`` must be an int >= 1 or None (optax's
-    ``warmup_steps=0`` gives a learning rate of 0 forever).
+    Deliberate differences from optax: ``warmup_steps`` must be an int >= 1 or None (optax's
+    ``warmup_steps=0`` gives a learning rate of 0 forever), and it ramps a schedule too
+    (optax's raises a ``TypeError`` at the first update when given both).
 
     Args:
-        learning_rate: :math:`\\gamma` >= 0 after warmup (a schedule when ``warmup_steps`` is
-            None).
+        learning_rate: :math:`\\gamma` >= 0 after warmup, or a schedule (with
+            ``warmup_steps``, multiplied by the ramp).
         warmup_steps: length of the linear warmup from 0, or None.
         b1: :math:`\\beta_1` in (0, 1].
         weight_decay: :math:`\\lambda` >= 0, or None for none.
@@ -314,8 +321,8 @@ def schedule_free_adamw(
     with ``b1=0``, without the all-zero first moment.
 
     Args:
-        learning_rate: :math:`\\gamma` >= 0 after warmup (a schedule when ``warmup_steps`` is
-            None).
+        learning_rate: :math:`\\gamma` >= 0 after warmup, or a schedule (with
+            ``warmup_steps``, multiplied by the ramp).
         warmup_steps: length of the linear warmup from 0, or None.
         b1: :math:`\\beta_1` in (0, 1] (interpolation; not a momentum here).
         b2: :math:`\\beta_2` in [0, 1).
