@@ -3,7 +3,10 @@
 Eight fake CPU devices are configured before JAX initializes, for pmap/sharding tests.
 """
 
+import gc
+
 import jax
+import pytest
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -20,3 +23,14 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.load_profile("ci")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_code_after_each_module():
+    """Drops JAX's compiled executables and trace caches when a test module is done: a worker
+    that keeps every module's executables grew past 4 GiB of resident memory in its first 10
+    minutes, and two of them with the memory tests' subprocesses can exhaust the machine
+    (tests/schedules, tree and losses in one process: peak 2.5 GB kept, 1.3 GB dropped)."""
+    yield
+    jax.clear_caches()
+    gc.collect()
