@@ -228,7 +228,7 @@ def optimistic_adam(
         Daskalakis, Ilyas, Syrgkanis and Zeng, 2018, "Training GANs with Optimism", ICLR.
     """
     warnings.warn(
-        "optimistic_adam is deprecated (as in optax): use dlopt.optimistic_adam_v2.",
+        "`optimistic_adam` is deprecated (as in optax), please use `optimistic_adam_v2` instead.",
         DeprecationWarning,
         stacklevel=2,
     )

@@ -215,3 +215,10 @@ def test_wrapped_schedule_and_state_aliases():
     assert dlopt.MultiTransformState is dlopt.PartitionState
     assert dlopt.InjectStatefulHyperparamsState is dlopt.InjectHyperparamsState
     assert isinstance(dlopt.clip(1.0).init(PARAMS), dlopt.ClipState)
+
+
+def test_deprecated_optimistic_adam_warns_with_optax_words():
+    """optax's own tests match the warning's text ("use `optimistic_adam_v2` instead")."""
+    for module in (optax, dlopt):
+        with pytest.warns(DeprecationWarning, match="use `optimistic_adam_v2` instead"):
+            module.optimistic_adam(0.1)
