@@ -79,7 +79,13 @@ class InjectHyperparamsState(NamedTuple):
     hyperparams: dict[str, chex.Array]  # the values used by the last step; numeric ones writable
     hyperparams_states: dict[str, Any]  # the states of the stateful schedules (optax's name)
     inner_state: Any  # the state of the wrapped transform
-    schedule_scales: dict[str, chex.Array]  # f32 multiplier of each schedule (1; writable)
+    schedule_scales: dict[str, chex.Array]  # f32 multiplier of schedule h at "h_scale" (1)
+
+
+def _scale_key(name: str) -> str:
+    """The `InjectHyperparamsState.schedule_scales` key of schedule ``name``: ``name`` plus
+    "_scale", so that optax's ``tree_get(state, name)`` finds the hyperparameter alone."""
+    return f"{name}_scale"
 
 
 def inject_hyperparams(
@@ -101,7 +107,7 @@ def inject_hyperparams(
     steps (`set_hyperparam`, or ``state.hyperparams[name] = jnp.asarray(v, dtype)``) without a
     recompile, or build a batch of states and ``jax.vmap`` many trainings at once. A callable
     argument is a schedule ``step -> value``, evaluated on ``state.count`` and multiplied by
-    ``state.schedule_scales[name]`` (1 unless set with `set_schedule_scale`, as the
+    ``state.schedule_scales[name + "_scale"]`` (1 unless set with `set_schedule_scale`, as the
     `ReduceLROnPlateau` callback does: ``lr_t = scale * schedule(t)``); writing its
     ``hyperparams`` entry has no effect. A `dlopt.core.base.StatefulSchedule` (optax's protocol:
     ``init()``, ``update(state, **extra_args)``, ``__call__(state, **extra_args)``) keeps its
@@ -165,7 +171,7 @@ def inject_hyperparams(
             hyperparams |= {k: _as_scheduled(s(count), dtype) for k, s in schedules.items()}
             states = {k: f.init() for k, f in stateful.items()}
             hyperparams |= {k: _as_scheduled(f(states[k]), dtype) for k, f in stateful.items()}
-            scales = {k: jnp.ones([], jnp.float32) for k in scaled}
+            scales = {_scale_key(k): jnp.ones([], jnp.float32) for k in scaled}
             inner_state = build(hyperparams).init(params)
             return InjectHyperparamsState(count, hyperparams, states, inner_state, scales)
 
@@ -179,7 +185,7 @@ def inject_hyperparams(
             values |= {k: f(state.hyperparams_states[k], **extra_args) for k, f in stateful.items()}
             for k, value in values.items():
                 value = jnp.asarray(value).astype(hyperparams[k].dtype)
-                hyperparams[k] = value * scales[k].astype(value.dtype)
+                hyperparams[k] = value * scales[_scale_key(k)].astype(value.dtype)
             states = {
                 k: f.update(state.hyperparams_states[k], **extra_args) for k, f in stateful.items()
             }
@@ -299,7 +305,7 @@ def is_scheduled(opt_state: Any, name: str) -> bool:
     """
     for node in _injected_nodes(opt_state):
         if name in node.hyperparams:
-            return name in (getattr(node, "schedule_scales", None) or {})
+            return _scale_key(name) in (getattr(node, "schedule_scales", None) or {})
     raise _missing(opt_state, name)
 
 
@@ -319,7 +325,7 @@ def set_schedule_scale(opt_state: Any, name: str, scale: chex.Numeric) -> Any:
         >>> float(state.hyperparams["learning_rate"])
         0.05000000074505806
     """
-    new_state, found = _set_entry(opt_state, "schedule_scales", name, scale)
+    new_state, found = _set_entry(opt_state, "schedule_scales", _scale_key(name), scale)
     if not found:
         raise ValueError(
             f"no injected schedule named {name!r} in the optimizer state: pass {name} to "

@@ -310,7 +310,7 @@ def test_reduce_lr_on_plateau_scales_a_scheduled_learning_rate():
     got = history.history["lr"]  # epoch means of the per-step rates
     np.testing.assert_allclose(got, np.mean(np.reshape(lrs, (5, 2)), axis=1), rtol=1e-6)
     assert cb.scale == 0.25 and dlopt.wrappers.inject.is_scheduled(state.opt_state, "learning_rate")
-    assert float(state.opt_state.schedule_scales["learning_rate"]) == 0.25
+    assert float(state.opt_state.schedule_scales["learning_rate_scale"]) == 0.25
     assert step._cache_size() == 1
 
 

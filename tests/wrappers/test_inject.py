@@ -102,3 +102,23 @@ def test_a_schedule_that_starts_at_an_int_keeps_its_fractional_values():
     _, state = tx.update({"w": jnp.ones(2)}, state, params)
     _, state = tx.update({"w": jnp.ones(2)}, state, params)
     assert float(state.hyperparams["learning_rate"]) == float(jnp.float32(0.3))
+
+
+def test_optax_tree_get_finds_a_scheduled_hyperparameter_once():
+    """optax's recipe for the current learning rate reads one value from dlopt's state: the
+    schedule's scale is stored under "learning_rate_scale", not a second "learning_rate"."""
+
+    def schedule(t):
+        return 1.0 / (t.astype(jnp.float32) + 1)
+
+    tx = dlopt.inject_hyperparams(dlopt.sgd)(learning_rate=schedule)
+    state = tx.init(jnp.zeros(3))
+    for step in range(3):
+        lr = optax.tree_utils.tree_get(
+            state, "learning_rate", filtering=lambda _, value: isinstance(value, jnp.ndarray)
+        )
+        assert abs(float(lr) - 1.0 / max(step, 1)) < 1e-6  # the rate of the last step
+        _, state = tx.update(jnp.ones(3), state)
+    assert dlopt.wrappers.inject.is_scheduled(state, "learning_rate")
+    halved = dlopt.set_schedule_scale(state, "learning_rate", 0.5)
+    assert float(halved.schedule_scales["learning_rate_scale"]) == 0.5

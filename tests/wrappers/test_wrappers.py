@@ -240,7 +240,7 @@ def test_set_schedule_scale_multiplies_a_schedule_and_only_a_schedule():
         chex.assert_trees_all_close(used, scale * schedule(jnp.asarray(t)))
     replicated = jax.tree.map(lambda x: jnp.stack([x, x]), state)
     scaled = dlopt.set_schedule_scale(replicated, "learning_rate", 0.1)
-    chex.assert_trees_all_equal(scaled[1].schedule_scales["learning_rate"], jnp.full(2, 0.1))
+    chex.assert_trees_all_equal(scaled[1].schedule_scales["learning_rate_scale"], jnp.full(2, 0.1))
     with pytest.raises(ValueError, match="no injected schedule named 'momentum'"):
         dlopt.set_schedule_scale(state, "momentum", 0.5)
     with pytest.raises(ValueError, match="'b1'"):
