@@ -46,7 +46,8 @@ BASE = "dlopt f32"  # ratios are to this variant, measured in the same run
 PROCESS_VARIANTS = ("optax f32", "dlopt f32", "dlopt bf16", "dlopt 8-bit", "dlopt 4-bit")
 
 
-def _status(field: str) -> int:
+def status_bytes(field: str) -> int:
+    """A size field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in bytes (Linux only)."""
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
 
@@ -73,7 +74,7 @@ def _watchdog(limit: int) -> None:
 
     def poll() -> None:
         while True:
-            if _status("VmRSS") > limit:
+            if status_bytes("VmRSS") > limit:
                 os._exit(3)
             time.sleep(0.002)
 
@@ -103,7 +104,7 @@ def child(
     dev = jax.devices()[0]
     gpu = dev.platform == "gpu"
     _settle()
-    base = dev.memory_stats()["bytes_in_use"] if gpu else _status("VmRSS")
+    base = dev.memory_stats()["bytes_in_use"] if gpu else status_bytes("VmRSS")
     if cap is not None and not gpu:
         _watchdog(base + cap)
     tx = make_tx(variant)
@@ -135,7 +136,7 @@ def child(
             jax.block_until_ready(tx.init(params))
         _settle(reset=cap is None)
         live = sum(a.nbytes for a in jax.tree.leaves((params, state, x, y)))
-        start = dev.memory_stats()["bytes_in_use"] if gpu else _status("VmRSS")
+        start = dev.memory_stats()["bytes_in_use"] if gpu else status_bytes("VmRSS")
         if phase == "init":
             state = jax.block_until_ready(tx.init(params))
         elif phase == "init_jit":
@@ -144,7 +145,7 @@ def child(
             for _ in range(STEPS):
                 params, state = step(params, state, x, y)
             jax.block_until_ready(state)
-        peak = dev.memory_stats()["peak_bytes_in_use"] if gpu else _status("VmHWM")
+        peak = dev.memory_stats()["peak_bytes_in_use"] if gpu else status_bytes("VmHWM")
         out.append({
             "variant": variant,
             "phase": phase,

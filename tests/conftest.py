@@ -13,6 +13,7 @@ jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 from hypothesis import HealthCheck, settings  # noqa: E402
+from support.benchmarks import load  # noqa: E402
 
 settings.register_profile(
     "ci",
@@ -25,19 +26,15 @@ settings.register_profile(
 settings.load_profile("ci")
 
 
-CLEAR_CACHES_ABOVE_MIB = 3072
+CLEAR_CACHES_ABOVE_BYTES = 3 * 2**30
 
 
-def _resident_mib() -> int:
+def _resident_bytes() -> int:
     """This process's resident memory (Linux; 0 elsewhere)."""
     try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) // 1024
+        return load("memory_process").status_bytes("VmRSS")
     except OSError:
-        pass
-    return 0
+        return 0
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -48,6 +45,6 @@ def _free_compiled_code_when_memory_grows():
     machine (tests/schedules, tree and losses in one process: peak 2.5 GB kept, 1.3 GB
     dropped). Below the threshold, modules that share jitted runners keep them."""
     yield
-    if _resident_mib() > CLEAR_CACHES_ABOVE_MIB:
+    if _resident_bytes() > CLEAR_CACHES_ABOVE_BYTES:
         jax.clear_caches()
         gc.collect()

@@ -236,10 +236,9 @@ def _warmup(learning_rate: ScalarOrSchedule, warmup_steps: int | None) -> Scalar
     if not callable(learning_rate):
         return linear_schedule(0.0, learning_rate, warmup_steps)
     ramp = linear_schedule(0.0, 1.0, warmup_steps)
-    schedule = learning_rate
 
     def warmed_up(count: chex.Numeric) -> chex.Numeric:
-        return ramp(count) * schedule(count)
+        return ramp(count) * learning_rate(count)
 
     return warmed_up
 
